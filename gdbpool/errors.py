@@ -1,0 +1,82 @@
+"""Errors raised by gdbpool.
+
+One base class, :class:`GDBPoolError`, and specific subclasses whose messages
+say what went wrong and what to do.  The names of the 2011 library are kept:
+``DBPoolConnectionException`` and ``PoolConnectionException`` are aliases of
+:class:`PoolConnectionError`, ``DBInteractionException`` is the class of every
+failed interaction.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DBInteractionException",
+    "DBPoolConnectionException",
+    "EmbeddedPostgresError",
+    "GDBPoolError",
+    "InteractionTimeout",
+    "NotificationError",
+    "PoolClosed",
+    "PoolConnectionError",
+    "PoolConnectionException",
+    "PoolTimeout",
+    "TooManyRequests",
+]
+
+
+class GDBPoolError(Exception):
+    """Base class of every error gdbpool raises."""
+
+
+class ConfigurationError(GDBPoolError, ValueError):
+    """A bad argument or setting: the message names it and says what is allowed."""
+
+
+class EmbeddedPostgresError(GDBPoolError):
+    """The embedded PostgreSQL server could not be found, started or stopped."""
+
+
+class PoolConnectionError(GDBPoolError):
+    """A connection could not be opened (bad DSN, wrong password, host unreachable).
+
+    The message names host, port and database, never the password.
+    """
+
+
+DBPoolConnectionException = PoolConnectionError
+PoolConnectionException = PoolConnectionError
+
+
+class PoolTimeout(GDBPoolError, TimeoutError):
+    """No connection became available within the waiting timeout."""
+
+
+class TooManyRequests(GDBPoolError):
+    """More requests are waiting than the pool's ``max_waiting`` allows."""
+
+
+class PoolClosed(GDBPoolError):
+    """The pool (or interaction pool) is closed."""
+
+
+class DBInteractionException(GDBPoolError):
+    """An interaction failed.
+
+    ``pgcode`` is the PostgreSQL SQLSTATE when the server raised the error, and
+    the original exception is the ``__cause__`` (also kept as ``original``).
+    """
+
+    def __init__(self, message: str, *, pgcode: str | None = None,
+                 original: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.pgcode = pgcode
+        self.original = original
+
+
+class InteractionTimeout(DBInteractionException, TimeoutError):
+    """An interaction ran past its ``timeout``; its statement was cancelled on the server."""
+
+
+class NotificationError(GDBPoolError, ValueError):
+    """A notification could not be sent or decoded (payload too long, bad JSON, bad channel)."""

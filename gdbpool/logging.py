@@ -1,0 +1,107 @@
+"""structlog set-up for gdbpool, and the processor that keeps passwords out of logs.
+
+gdbpool never configures logging behind the application's back: it logs through
+``structlog.get_logger("gdbpool")`` and whatever the application configured
+applies.  :func:`configure_logging` is the one-call set-up used by
+``do_log=True``, the ``gdbpool`` command and the examples: readable console
+output by default, one JSON object per line with ``json=True``.  Both pipelines
+run :func:`redact_secrets` last before rendering, so a DSN or connection string
+that reaches an event (in a message, a field, a nested structure or a formatted
+traceback) is shown with its password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger", "redact", "redact_secrets"]
+
+_MASK = "***"
+_SECRET_KEYS = frozenset({"password", "passwd", "pwd", "secret", "passfile_contents"})
+# key=value form of libpq connection strings: password=abc, password = 'a b\'c'
+_KV = re.compile(r"""(?i)\b(password|passwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""")
+# URI form: postgresql://user:secret@host, also any scheme://user:secret@
+_URI = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*):([^@\s]*)@")
+# URI query form: ?password=abc&...
+_QUERY = re.compile(r"(?i)([?&](?:password|passwd)=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every password in a DSN, URI or query string masked."""
+    if "pass" not in text.lower() and "://" not in text:
+        return text
+    text = _KV.sub(lambda m: f"{m.group(1)}{m.group(2)}{_MASK}", text)
+    text = _URI.sub(lambda m: f"{m.group(1)}:{_MASK}@", text)
+    return _QUERY.sub(lambda m: f"{m.group(1)}{_MASK}", text)
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if depth > 5:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (_MASK if isinstance(k, str) and k.lower() in _SECRET_KEYS else _scrub(v, depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_scrub(v, depth + 1) for v in value)
+    if isinstance(value, BaseException):
+        return redact(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask passwords wherever they appear in the event."""
+    for key, value in list(event_dict.items()):
+        if key.lower() in _SECRET_KEYS:
+            event_dict[key] = _MASK
+        else:
+            event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def configure_logging(
+    *, json: bool = False, level: int | str = logging.INFO, stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the whole process (call once, from the application).
+
+    ``json=True`` renders one JSON object per line; otherwise a readable console
+    format.  Tracebacks are formatted before redaction so they are redacted too.
+    """
+    lvl = logging.getLevelName(level) if isinstance(level, str) else level
+    out = stream if stream is not None else sys.stderr
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        redact_secrets,
+        renderer,
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "gdbpool", **context: Any) -> Any:
+    """Return a structlog logger bound to ``context`` (``pool=``, ``channel=``...)."""
+    return structlog.get_logger(name).bind(**context)
