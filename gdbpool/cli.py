@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gdbpool`` command, with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="gdbpool",
-        description="PostgreSQL pooling for gevent, as an actor system, with a ZeroMQ NOTIFY bridge.",
+        description=(
+            "PostgreSQL pooling for gevent, as an actor system, with a ZeroMQ NOTIFY bridge."
+        ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

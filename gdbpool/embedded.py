@@ -124,6 +124,7 @@ class EmbeddedPostgres:
         self.keep = (not self._throwaway) if keep is None else keep
         self.replica_of = replica_of
         self.settings = dict(settings or {})
+        self.password: str
         if isinstance(replica_of, EmbeddedPostgres):
             self.password = replica_of.password
         elif isinstance(replica_of, str):
@@ -291,12 +292,12 @@ class EmbeddedPostgres:
                 self.data_dir = self._root / "data"
             else:
                 self._root = self.data_dir.parent / f".{self.data_dir.name}.run"
-                if self.data_dir.exists() and any(self.data_dir.iterdir()):
-                    if not (self.data_dir / "PG_VERSION").exists():
-                        raise EmbeddedPostgresError(
-                            f"data directory {self.data_dir} is not empty and holds no "
-                            "PostgreSQL cluster; give an empty or missing directory"
-                        )
+                has_files = self.data_dir.exists() and any(self.data_dir.iterdir())
+                if has_files and not (self.data_dir / "PG_VERSION").exists():
+                    raise EmbeddedPostgresError(
+                        f"data directory {self.data_dir} is not empty and holds no "
+                        "PostgreSQL cluster; give an empty or missing directory"
+                    )
             self.socket_dir = self._root / "sock"
             self._root.mkdir(parents=True, exist_ok=True)
             self.socket_dir.mkdir(exist_ok=True)

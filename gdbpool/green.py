@@ -20,6 +20,7 @@ server-side.  psycopg2 then treats the connection as unusable; pools discard it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg2
@@ -46,10 +47,8 @@ def gevent_wait_callback(conn: Any, timeout: float | None = None) -> None:
                 raise psycopg2.OperationalError(f"bad state from poll: {state}")
     except BaseException:
         # Interrupted (greenlet killed, Timeout): stop the statement server-side.
-        try:
+        with contextlib.suppress(Exception):  # the connection is lost anyway
             conn.cancel()
-        except Exception:  # noqa: S110 - the connection is lost anyway; re-raise below
-            pass
         raise
 
 

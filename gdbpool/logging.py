@@ -25,7 +25,7 @@ __all__ = ["configure_logging", "get_logger", "redact", "redact_secrets"]
 _MASK = "***"
 _SECRET_KEYS = frozenset({"password", "passwd", "pwd", "secret", "passfile_contents"})
 # key=value form of libpq connection strings: password=abc, password = 'a b\'c'
-_KV = re.compile(r"""(?i)\b(password|passwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""")
+_KV = re.compile(r"""(?i)(?<![?&])\b(password|passwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""")
 # URI form: postgresql://user:secret@host, also any scheme://user:secret@
 _URI = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*):([^@\s]*)@")
 # URI query form: ?password=abc&...
@@ -83,7 +83,9 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        else structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

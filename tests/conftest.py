@@ -48,10 +48,11 @@ def pg_replica(pg_primary: EmbeddedPostgres) -> Iterator[EmbeddedPostgres]:
 def _wait_streaming(primary: EmbeddedPostgres, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if primary.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") != "0":
+        sql = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        if primary.psql(sql) != "0":
             return
         time.sleep(0.05)
-    raise TimeoutError("replica did not start streaming within %.0fs" % timeout)
+    raise TimeoutError(f"replica did not start streaming within {timeout:.0f}s")
 
 
 def _current_lsn(dsn: str) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import socket
+import tempfile
 from pathlib import Path
 
 import psycopg2

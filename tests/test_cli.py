@@ -1,0 +1,107 @@
+"""The ``gdbpool`` command: help, the foreground embedded server, the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from gdbpool.embedded import free_port, pid_alive
+
+GDBPOOL = [sys.executable, "-m", "gdbpool.cli"]
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GDBPOOL, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_subcommands() -> None:
+    proc = _run("--help")
+    assert proc.returncode == 0
+    for name in ("demo", "postgres"):
+        assert name in proc.stdout
+
+
+def test_unknown_subcommand_exits_2() -> None:
+    proc = _run("no-such-command")
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
+
+
+def test_postgres_runs_in_the_foreground_and_stops_on_sigterm() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*GDBPOOL, "postgres", "--port", str(port), "--password", "pw-cli", "--fast"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert "ready on 127.0.0.1" in ready, proc.stderr.read() if proc.stderr else ready
+        dsnline = proc.stdout.readline()
+        assert "pw-cli" not in dsnline and "password=***" in dsnline
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password="pw-cli",
+                                dbname="postgres")
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid(), (SELECT pid FROM pg_stat_activity "
+                        "WHERE backend_type = 'checkpointer')")
+            _, checkpointer = cur.fetchone()
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while pid_alive(checkpointer) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(checkpointer), "the server outlived gdbpool postgres"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_postgres_refuses_a_taken_port() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        proc = _run("postgres", "--port", str(s.getsockname()[1]))
+    assert proc.returncode == 1
+    assert "already in use" in proc.stderr
+
+
+def test_postgres_refuses_a_non_empty_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "junk").write_text("x")
+    proc = _run("postgres", "--data", str(tmp_path), "--port", str(free_port()))
+    assert proc.returncode == 1
+    assert "not empty" in proc.stderr
+
+
+@pytest.mark.timeout(150)
+def test_demo_exits_0_and_leaves_no_postgres_behind() -> None:
+    before = _postgres_pids()
+    proc = _run("demo", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo finished" in proc.stdout
+    assert "password=***" in proc.stdout
+    leftover = _postgres_pids() - before
+    assert not leftover, f"postgres processes left behind: {leftover}"
+
+
+def _postgres_pids() -> set[int]:
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in ("postgres", "postmaster") and pid_alive(int(entry)):
+                pids.add(int(entry))
+    return pids
