@@ -1,0 +1,69 @@
+"""Errors raised by the actor kit.
+
+Every error derives from :class:`ActorError`; each message names the actor
+(or supervisor) concerned and says what went wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActorError",
+    "ActorStartError",
+    "ActorStopped",
+    "AskTimeout",
+    "MailboxFull",
+    "SupervisorGaveUp",
+    "UnhandledMessage",
+]
+
+
+class ActorError(Exception):
+    """Base class of every error raised by :mod:`actors`."""
+
+
+class ActorStopped(ActorError):
+    """The actor is stopping or stopped and will not handle this message.
+
+    Raised at once by ``tell``/``ask`` once ``stop()`` has begun, and set on
+    the reply of every asked message still queued when the actor stops
+    without handling it (forced stop, crash, supervisor giving up).
+    """
+
+
+class MailboxFull(ActorError):
+    """A bounded mailbox had no room for the message.
+
+    With ``overflow="fail"`` this is raised at once; with ``overflow="block"``
+    after the sender waited ``send_timeout`` seconds for room.
+    """
+
+
+class ActorStartError(ActorError):
+    """The actor could not be started.
+
+    Raised by ``start()``/``spawn()`` when the constructor or ``on_start``
+    raised (the cause is chained); the actor never runs. Invalid start
+    options (``mailbox_size``, ``overflow``, ``send_timeout``) raise
+    :class:`ValueError` instead, before anything is created.
+    """
+
+
+class UnhandledMessage(ActorError):
+    """The actor has no ``@handles`` method for the message's type.
+
+    Set on the reply for an ask; for a tell it crashes the actor like any
+    other handler exception.
+    """
+
+
+class AskTimeout(ActorError, TimeoutError):
+    """The actor did not answer an ask within its ``timeout``."""
+
+
+class SupervisorGaveUp(ActorError):
+    """A supervisor exceeded its restart intensity and stopped.
+
+    Passed to the supervisor's ``on_give_up`` callback and reported to its
+    parent supervisor as a crash; the child's last exception is chained as
+    ``__cause__``.
+    """
