@@ -1,0 +1,126 @@
+"""Property: whatever the mix of tell/ask/crash/stop, no ask is left unanswered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gevent
+from gevent.event import AsyncResult
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from actors import (
+    Actor,
+    ActorRef,
+    ActorState,
+    ActorStopped,
+    MailboxFull,
+    Supervisor,
+    handles,
+)
+
+BOUND = 2.0  # seconds: every ask must be settled within this after stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Slow:
+    seconds: float
+
+
+class Worker(Actor):
+    @handles(Work)
+    def work(self, msg: Work) -> int:
+        return msg.n
+
+    @handles(Fail)
+    def fail(self, msg: Fail) -> None:
+        raise RuntimeError("fail")
+
+    @handles(Slow)
+    def slow(self, msg: Slow) -> str:
+        gevent.sleep(msg.seconds)  # simulated work, not synchronisation
+        return "slow"
+
+
+MESSAGES = st.one_of(
+    st.builds(Work, st.integers(0, 9)),
+    st.just(Fail()),
+    st.builds(Slow, st.sampled_from([0.0, 0.001, 0.01])),
+    st.just("unhandled"),
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("tell"), MESSAGES),
+        st.tuples(st.just("ask"), MESSAGES),
+        st.tuples(st.just("yield"), st.none()),
+        st.tuples(st.just("stop_in_background"), st.sampled_from([0.0, 0.005, 1.0])),
+    ),
+    max_size=40,
+)
+
+
+def run(ref: ActorRef, ops: list[tuple[str, object]]) -> list[AsyncResult]:
+    replies: list[AsyncResult] = []
+    for op, arg in ops:
+        try:
+            if op == "tell":
+                ref.tell(arg)
+            elif op == "ask":
+                replies.append(ref.ask(arg))
+            elif op == "yield":
+                gevent.sleep(0)
+            else:
+                assert isinstance(arg, float)
+                gevent.spawn(ref.stop, arg)
+        except (ActorStopped, MailboxFull):
+            pass  # refused at once: allowed, nothing left pending
+    return replies
+
+
+def check_settled(ref: ActorRef, replies: list[AsyncResult]) -> None:
+    ref.stop(timeout=0.05)
+    assert ref.state is ActorState.STOPPED
+    # stop() returned: every ask is already answered or failed.
+    assert all(r.ready() for r in replies)
+    for r in replies:
+        if not r.successful():
+            assert isinstance(r.exception, Exception)
+    assert ref._greenlet is None or ref._greenlet.join(BOUND) or ref._greenlet.dead
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=OPS,
+    mailbox=st.sampled_from([None, 1, 4]),
+    overflow=st.sampled_from(["block", "fail"]),
+)
+def test_every_ask_is_answered_or_failed_unsupervised(
+    ops: list[tuple[str, object]], mailbox: int | None, overflow: str
+) -> None:
+    with capture_logs():
+        ref = Worker.start(mailbox_size=mailbox, overflow=overflow, send_timeout=0.01)  # type: ignore[arg-type]
+        check_settled(ref, run(ref, ops))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=OPS, max_restarts=st.integers(0, 3))
+def test_every_ask_is_answered_or_failed_under_a_supervisor(
+    ops: list[tuple[str, object]], max_restarts: int
+) -> None:
+    with capture_logs():
+        sup = Supervisor(max_restarts=max_restarts, backoff_initial=0.0, backoff_max=0.001)
+        ref = sup.spawn(Worker)
+        replies = run(ref, ops)
+        check_settled(ref, replies)
+        sup.stop(timeout=BOUND)
