@@ -334,9 +334,7 @@ class ActorRef:
             self._supervisor._child_finished(self)
 
 
-def _check_options(
-    name: str, mailbox_size: int | None, overflow: str, send_timeout: float
-) -> None:
+def _check_options(name: str, mailbox_size: int | None, overflow: str, send_timeout: float) -> None:
     if mailbox_size is not None and (
         not isinstance(mailbox_size, int) or isinstance(mailbox_size, bool) or mailbox_size < 1
     ):

@@ -113,8 +113,15 @@ class Supervisor:
         if not self._running:
             raise ActorError(f"supervisor {self.name!r} is stopped; cannot spawn")
         ref = _start(
-            actor_class, args, kwargs, name, mailbox_size, overflow, send_timeout,
-            start_timeout, self,
+            actor_class,
+            args,
+            kwargs,
+            name,
+            mailbox_size,
+            overflow,
+            send_timeout,
+            start_timeout,
+            self,
         )
         self._children.append(ref)
         return ref
@@ -124,8 +131,16 @@ class Supervisor:
 
         Each child gets ``timeout`` seconds, as for ``ActorRef.stop``. The
         supervisor cannot be used afterwards; calling it again is a no-op.
+        Called from a child's own handler, it only begins the stop and
+        returns (as ``ActorRef.stop`` does from inside an actor).
         """
         if self._stopped:
+            return
+        current = gevent.getcurrent()
+        if any(ref._greenlet is current for ref in self._children):
+            # Called from a child's handler: waiting here for that child to
+            # stop would wait for ourselves. Stop from a helper instead.
+            gevent.spawn(self.stop, timeout)
             return
         self._stopped = True
         self._halt(timeout)

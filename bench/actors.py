@@ -169,5 +169,6 @@ def main() -> None:
         f"{tell_ratio:>7.2f}x  throughput, >= 0.5x"
     )
 
+
 if __name__ == "__main__":
     main()

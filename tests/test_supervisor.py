@@ -172,7 +172,10 @@ def test_giving_up_escalates_to_the_parent_which_restarts_the_child_supervisor()
         name="parent", max_restarts=1, backoff_initial=0.0, on_give_up=parent_gave_up.set
     )
     child = Supervisor(
-        name="child", max_restarts=0, backoff_initial=0.0, on_give_up=child_gave_up.put,
+        name="child",
+        max_restarts=0,
+        backoff_initial=0.0,
+        on_give_up=child_gave_up.put,
         parent=parent,
     )
     ref = child.spawn(Counter, starts, 100, name="worker")
@@ -231,3 +234,21 @@ def test_a_child_stopped_on_purpose_is_not_restarted_and_leaves_the_children() -
     done.stop()
     assert sup.children == [keep]
     sup.stop()
+
+
+def test_stopping_the_supervisor_from_a_childs_handler_does_not_deadlock() -> None:
+    starts: Queue = Queue()
+    sup = Supervisor()
+
+    class Quitter(Counter):
+        @handles(Total)
+        def get_total(self, msg: Total) -> int:
+            sup.stop(timeout=WAIT)
+            return self.total
+
+    ref = sup.spawn(Quitter, starts)
+    other = sup.spawn(Counter, starts)
+    assert ref.ask(Total()).get(timeout=WAIT) == 0
+    ref._done.wait(WAIT)
+    other._done.wait(WAIT)
+    assert ref.state is ActorState.STOPPED and other.state is ActorState.STOPPED
