@@ -80,3 +80,17 @@ class InteractionTimeout(DBInteractionException, TimeoutError):
 
 class NotificationError(GDBPoolError, ValueError):
     """A notification could not be sent or decoded (payload too long, bad JSON, bad channel)."""
+
+
+class WireFormatError(NotificationError):
+    """A ZeroMQ bridge message is not in the bridge's wire format (or a newer version of it)."""
+
+
+__all__ += ["WireFormatError"]
+
+
+class BridgeClosed(GDBPoolError):
+    """The ZeroMQ bridge or subscriber is closed."""
+
+
+__all__ += ["BridgeClosed"]

@@ -1,0 +1,370 @@
+"""ZmqNotifyBridge: publishes a NotificationHub's notifications on a ZeroMQ PUB socket.
+
+Decisions worth knowing:
+
+* **Explicit channels.**  PostgreSQL ``LISTEN`` has no wildcards, so the
+  bridge listens on the channels it is given.  Channel *prefix* selection
+  happens on the subscriber side: topics are channel names and a SUB
+  socket's filter is a prefix.
+* **Never blocks its listeners.**  Each channel subscription on the hub is
+  bounded (``queue_size``, drop oldest).  Notifications the bridge had to
+  drop there still consume sequence numbers, so remote subscribers see them
+  as a gap.  The PUB socket sends without blocking; above ``sndhwm``
+  messages queued for one subscriber, ZeroMQ drops that subscriber's
+  messages (which its sequence numbers then reveal).
+* **One owner of the socket.**  A ``BridgePublisher`` actor owns the PUB
+  socket and the sequence counters; one pump greenlet per channel feeds it,
+  and a heartbeat greenlet asks it to beat every ``heartbeat_interval``.
+  Heartbeats go through the same socket in order, so their per-channel last
+  sequence numbers let a subscriber detect loss even when traffic stops.
+* **CURVE** uses a ZAP handler greenlet on a ``zmq.green`` REP socket bound
+  to ``inproc://zeromq.zap.01`` in the bridge's own context (pyzmq's
+  ``ThreadAuthenticator`` runs an asyncio loop in a thread, which does not
+  mix with a gevent hub).  A private context per bridge keeps allow-lists of
+  several bridges in one process apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gevent
+import zmq
+import zmq.green as gzmq
+from gevent.event import Event
+from zmq.utils import z85
+
+from actors import Actor, ActorRef, handles
+from gdbpool.errors import ConfigurationError
+from gdbpool.logging import get_logger
+from gdbpool.zmq_wire import encode_heartbeat, encode_notify, encode_reconnected, new_source_id
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_SNDHWM",
+    "BridgePublisher",
+    "NotificationSource",
+    "ZmqNotifyBridge",
+]
+
+#: Seconds between heartbeats.
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+#: Send high-water mark: messages queued per subscriber before ZeroMQ drops.
+DEFAULT_SNDHWM = 10_000
+#: Bound of the bridge's subscription queue on the hub, per channel.
+DEFAULT_QUEUE_SIZE = 10_000
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_STOP_TIMEOUT = 5.0
+
+
+class _Subscription(Protocol):
+    def get(self, timeout: float | None = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class NotificationSource(Protocol):
+    """What the bridge needs from a hub: ``NotificationHub`` fits."""
+
+    def subscribe(self, channel: str, maxsize: int = ..., overflow: str = ...) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Forward:
+    """One item taken from a channel subscription; ``dropped`` is its drop count so far."""
+
+    channel: str
+    item: Any
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Beat:
+    """Time to publish a heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """Ask for the publisher's counters."""
+
+
+class BridgePublisher(Actor):
+    """Owns the PUB socket and the per-channel sequence counters.
+
+    Every ``_Forward`` becomes one message on its channel's topic; every
+    ``_Beat`` one heartbeat.  Sends never block.  The socket is closed when
+    the actor stops.
+    """
+
+    def __init__(self, socket: zmq.Socket[bytes], channels: Sequence[str], source: str,
+                 bridge: str, heartbeat_interval: float) -> None:
+        super().__init__()
+        self._socket = socket
+        self._source = source
+        self._bridge = bridge
+        self._interval = heartbeat_interval
+        self._seqs: dict[str, int] = dict.fromkeys(channels, 0)
+        self._seen_dropped: dict[str, int] = dict.fromkeys(channels, 0)
+        self._counts = {"published": 0, "reconnected": 0, "heartbeats": 0,
+                        "dropped_in_bridge": 0, "send_failed": 0}
+        self._log = get_logger("gdbpool.bridge", bridge=bridge, source=source)
+
+    def on_stop(self) -> None:
+        self._socket.close(linger=0)
+
+    @handles(_Forward)
+    def forward(self, msg: _Forward) -> None:
+        channel = msg.channel
+        # Notifications the hub dropped from our subscription queue still take
+        # sequence numbers: subscribers then see the loss as a gap.
+        lost = msg.dropped - self._seen_dropped[channel]
+        if lost > 0:
+            self._seen_dropped[channel] = msg.dropped
+            self._counts["dropped_in_bridge"] += lost
+            self._log.warning("bridge_queue_overflow", channel=channel, dropped=lost)
+        seq = self._seqs[channel] + lost + 1
+        self._seqs[channel] = seq
+        item = msg.item
+        if hasattr(item, "payload"):
+            frames = encode_notify(channel, item.payload, source=self._source,
+                                   bridge=self._bridge, seq=seq, pid=item.pid,
+                                   ts=item.received_at)
+            self._counts["published"] += 1
+        else:
+            reason = str(getattr(item, "reason", "listener reconnected"))
+            frames = encode_reconnected(channel, source=self._source, bridge=self._bridge,
+                                        seq=seq, ts=float(getattr(item, "at", time.time())),
+                                        reason=reason)
+            self._counts["reconnected"] += 1
+            self._log.warning("listener_reconnected_forwarded", channel=channel, reason=reason)
+        self._send(frames)
+
+    @handles(_Beat)
+    def beat(self, msg: _Beat) -> None:
+        self._counts["heartbeats"] += 1
+        self._send(encode_heartbeat(source=self._source, bridge=self._bridge, ts=time.time(),
+                                    interval=self._interval, seqs=self._seqs))
+
+    @handles(_Stats)
+    def stats(self, msg: _Stats) -> dict[str, int]:
+        return dict(self._counts)
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            # PUB drops on its high-water mark rather than failing; count it anyway.
+            self._counts["send_failed"] += 1
+
+
+class ZmqNotifyBridge:
+    """Publishes notifications of ``channels`` from ``hub`` on a ZeroMQ PUB socket.
+
+    The wire format is described in :mod:`gdbpool.zmq_wire`.  Defaults:
+
+    - ``bind``: ``tcp://127.0.0.1:0`` (loopback, a free port; read
+      :attr:`endpoint`).  Binding elsewhere is an explicit choice.
+    - ``sndhwm``: 10,000 messages per subscriber, then ZeroMQ drops.
+    - ``heartbeat_interval``: 1.0 s.
+    - ``queue_size``: 10,000 notifications per channel queued between the
+      hub and the bridge (drop oldest beyond, counted as a gap).
+    - ``source_id``: random per bridge run; ``name``: the bound endpoint.
+    - CURVE: give ``curve_secret_key`` and ``curve_public_key`` (z85, as from
+      ``zmq.curve_keypair()``) to encrypt; ``allowed_client_keys`` (z85
+      public keys) to admit only those subscribers (None: any subscriber
+      that knows the server key).
+
+    Raises :class:`ConfigurationError` for a bad endpoint, an address in
+    use, bad keys or bad bounds.  :meth:`close` stops everything; it is
+    idempotent.  The bridge is also a context manager.
+    """
+
+    def __init__(
+        self,
+        hub: NotificationSource,
+        channels: Sequence[str],
+        *,
+        bind: str = "tcp://127.0.0.1:0",
+        sndhwm: int = DEFAULT_SNDHWM,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        source_id: str | None = None,
+        name: str | None = None,
+        curve_secret_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
+        allowed_client_keys: Iterable[str | bytes] | None = None,
+    ) -> None:
+        channels = list(dict.fromkeys(channels))
+        if not channels or not all(isinstance(c, str) and c for c in channels):
+            raise ConfigurationError(f"channels must be non-empty channel names, got {channels!r}")
+        if sndhwm < 0 or queue_size < 1:
+            raise ConfigurationError("sndhwm must be >= 0 and queue_size >= 1")
+        if heartbeat_interval <= 0:
+            raise ConfigurationError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
+        self.source_id = source_id or new_source_id()
+        self.channels: tuple[str, ...] = tuple(channels)
+        self._closed = False
+        self._ctx: zmq.Context[Any] = gzmq.Context()
+        self._greenlets: list[gevent.Greenlet[Any, Any]] = []
+        self._subscriptions: list[_Subscription] = []
+        self._stop = Event()
+        try:
+            zap = self._start_curve(curve_secret_key, curve_public_key, allowed_client_keys)
+            socket = self._ctx.socket(zmq.PUB)
+            socket.sndhwm = sndhwm
+            socket.linger = 0
+            if zap:
+                socket.curve_server = True
+                socket.curve_secretkey = _key(curve_secret_key, "curve_secret_key")
+                socket.curve_publickey = _key(curve_public_key, "curve_public_key")
+            try:
+                socket.bind(bind)
+            except zmq.ZMQError as exc:
+                socket.close(linger=0)
+                raise ConfigurationError(
+                    f"cannot bind the bridge's PUB socket to {bind!r}: {exc.strerror}; give an "
+                    "endpoint such as tcp://127.0.0.1:5555 (port 0 picks a free port)"
+                ) from exc
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            for greenlet in self._greenlets:
+                greenlet.kill()
+            raise
+        self.endpoint: str = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.name = name or self.endpoint
+        self._log = get_logger("gdbpool.bridge", bridge=self.name, source=self.source_id)
+        self._ref: ActorRef = BridgePublisher.start(
+            socket, self.channels, self.source_id, self.name, heartbeat_interval,
+            name=f"bridge[{self.name}]",
+        )
+        try:
+            for channel in self.channels:
+                sub = hub.subscribe(channel, maxsize=queue_size, overflow="drop_oldest")
+                self._subscriptions.append(sub)
+                self._spawn(self._pump, channel, sub)
+        except BaseException:
+            self.close()
+            raise
+        self._spawn(self._heartbeat, heartbeat_interval)
+        self._log.info("bridge_started", endpoint=self.endpoint, channels=list(self.channels),
+                       curve=zap)
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def stats(self, timeout: float = 5.0) -> dict[str, int]:
+        """Counters: published, reconnected, heartbeats, dropped_in_bridge, send_failed."""
+        result: dict[str, int] = self._ref.ask(_Stats()).get(timeout=timeout)
+        return result
+
+    def close(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Stop the pumps and heartbeat, close the hub subscriptions and the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        gevent.killall(self._greenlets, timeout=timeout)
+        for sub in self._subscriptions:
+            try:
+                sub.close()
+            except Exception:
+                self._log.exception("subscription_close_failed")
+        if self._ref.is_alive:
+            self._ref.stop(timeout=timeout)
+        self._ctx.destroy(linger=0)
+        self._log.info("bridge_stopped")
+
+    def __enter__(self) -> ZmqNotifyBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ZmqNotifyBridge {self.endpoint} source={self.source_id} {state}>"
+
+    # -- internals ----------------------------------------------------------
+
+    def _spawn(self, func: Any, *args: Any) -> None:
+        greenlet = gevent.spawn(func, *args)
+        greenlet.name = f"bridge-{func.__name__}"
+        self._greenlets.append(greenlet)
+
+    def _pump(self, channel: str, sub: _Subscription) -> None:
+        tell = self._ref.tell
+        try:
+            while True:
+                item = sub.get(timeout=None)
+                if item is None:  # a closed subscription may answer None
+                    break
+                tell(_Forward(channel, item, int(getattr(sub, "dropped", 0))))
+        except Exception as exc:
+            if not self._closed:
+                self._log.error("subscription_ended", channel=channel, error=repr(exc))
+
+    def _heartbeat(self, interval: float) -> None:
+        tell = self._ref.tell
+        while not self._stop.wait(interval):
+            tell(_Beat())
+
+    def _start_curve(self, secret: str | bytes | None, public: str | bytes | None,
+                     allowed: Iterable[str | bytes] | None) -> bool:
+        if secret is None and public is None:
+            if allowed is not None:
+                raise ConfigurationError(
+                    "allowed_client_keys needs CURVE: "
+                    "give curve_secret_key and curve_public_key too"
+                )
+            return False
+        if not zmq.has("curve"):
+            raise ConfigurationError("this libzmq has no CURVE support")
+        _key(secret, "curve_secret_key")
+        _key(public, "curve_public_key")
+        allow = None if allowed is None else {_key(k, "allowed_client_keys") for k in allowed}
+        zap = self._ctx.socket(zmq.REP)
+        zap.linger = 0
+        zap.bind(_ZAP_ENDPOINT)
+        self._spawn(self._authenticate, zap, allow)
+        return True
+
+    def _authenticate(self, zap: zmq.Socket[bytes], allowed: set[bytes] | None) -> None:
+        """ZAP handler (RFC 27): admit CURVE clients whose public key is allowed."""
+        log = get_logger("gdbpool.bridge", bridge="zap")
+        while True:
+            frames = zap.recv_multipart()
+            if len(frames) < 6:
+                request_id = frames[1] if len(frames) > 1 else b""
+                zap.send_multipart([b"1.0", request_id, b"400", b"bad ZAP request", b"", b""])
+                continue
+            request_id, address, mechanism, creds = frames[1], frames[3], frames[5], frames[6:]
+            key = z85.encode(creds[0]) if mechanism == b"CURVE" and len(creds) == 1 else b""
+            if key and (allowed is None or key in allowed):
+                zap.send_multipart([b"1.0", request_id, b"200", b"OK", key, b""])
+            else:
+                log.warning("subscriber_refused", address=address.decode(errors="replace"),
+                            mechanism=mechanism.decode(errors="replace"),
+                            key=key.decode()[:8] + "..." if key else None)
+                zap.send_multipart([b"1.0", request_id, b"400", b"key not allowed", b"", b""])
+
+
+def _key(value: str | bytes | None, what: str) -> bytes:
+    """Validate a z85-encoded CURVE key (40 characters) and return it as bytes."""
+    raw = value.encode() if isinstance(value, str) else value
+    if raw is None or len(raw) != 40:
+        raise ConfigurationError(
+            f"{what} must be a z85-encoded CURVE key of 40 characters (see zmq.curve_keypair())"
+        )
+    try:
+        z85.decode(raw)
+    except Exception as exc:
+        raise ConfigurationError(f"{what} is not valid z85: {raw[:8]!r}...") from exc
+    return raw
