@@ -89,6 +89,17 @@ class WireFormatError(NotificationError):
 __all__ += ["WireFormatError"]
 
 
+class SubscriptionClosed(NotificationError):
+    """The subscription was closed (by ``close()``, ``listen_on``'s cancel, or its hub closing).
+
+    Raised by ``Subscription.get()`` once nothing is left to read; iteration
+    simply ends instead.  The message says who closed it.
+    """
+
+
+__all__ += ["SubscriptionClosed"]
+
+
 class BridgeClosed(GDBPoolError):
     """The ZeroMQ bridge or subscriber is closed."""
 
