@@ -1,0 +1,460 @@
+"""The Interaction message, and how one runs on a psycopg2 connection.
+
+An :class:`Interaction` is what callers hand to a pool: an SQL string (its
+parameters go to the driver, never into the string) or a callable, plus the
+options it runs with and the ``reply`` AsyncResult its result is set on.
+:func:`run_interaction` is the one place an interaction meets a connection:
+it chooses the transaction mode, commits or rolls back, applies the options and
+turns failures into :class:`~gdbpool.errors.DBInteractionException`.
+
+Decisions (what a caller may rely on):
+
+* **Round trips.** A plain SQL string (no ``isolation_level``, not
+  ``read_only``) runs in autocommit mode: one statement is its own implicit
+  transaction on the server (committed on success, rolled back on error --
+  several ``;``-separated statements form one implicit transaction), which
+  costs one round trip instead of three (BEGIN, statement, COMMIT).
+  ``read_only`` and the explicit isolation levels run in a real transaction
+  (``BEGIN ISOLATION LEVEL ... READ ONLY``, statement, COMMIT/ROLLBACK).
+  Callables always run in a transaction (or autocommit when asked with
+  ``isolation_level="autocommit"``): committed when they return, rolled back
+  when they raise.
+* **Results.** An SQL string returns ``cursor.fetchall()`` when the statement
+  returns rows, else ``cursor.rowcount``. Rows are tuples by default (the
+  driver's default, the cheapest); ``cursor_factory=RealDictCursor`` gives
+  dicts like the 2011 library did. A callable returns whatever it returns.
+* **Callables** are called ``work(conn, *args)`` for a tuple or list,
+  ``work(conn, **args)`` for a mapping, ``work(conn, args)`` for anything else
+  and ``work(conn)`` when ``args`` is None. When the callable's signature has a
+  parameter named ``cursor`` it also gets ``cursor=`` (a fresh cursor built with
+  ``cursor_factory`` and ``dec2float``, closed afterwards).
+* **Errors.** Any exception raised while the work runs becomes a
+  :class:`~gdbpool.errors.DBInteractionException` (``pgcode`` is the SQLSTATE
+  when the server raised it, ``original``/``__cause__`` the exception). Only
+  ``BaseException`` that is not an ``Exception`` (greenlet kill, ``Timeout``)
+  passes through unchanged.
+* **Timeout.** ``timeout`` seconds after the work started, the statement is
+  cancelled on the server (``pg_cancel_backend`` over a short-lived side
+  connection, see ``_Canceller`` for why not ``conn.cancel()``); it fails
+  with ``QueryCanceled``, the transaction is rolled back, the connection
+  stays usable and the caller gets
+  :class:`~gdbpool.errors.InteractionTimeout`. If the statement has not
+  stopped :data:`CANCEL_GRACE` seconds later (server unreachable), the
+  connection's socket is shut down: the connection is closed (the pool
+  replaces it) and the caller still gets ``InteractionTimeout``. Work that
+  completed despite the timer (its result arrived together with the cancel)
+  is returned, not reported as a timeout, so a committed write is never
+  reported as failed. A ``gevent.Timeout`` around the work would be simpler
+  but psycopg2 closes a connection whose wait callback raised, so every
+  timeout would cost a reconnect.
+* **Joining a transaction.** When ``conn`` is already inside a transaction
+  (a caller holding a connection across several interactions), the work runs
+  in it: nothing is committed or rolled back and ``isolation_level`` /
+  ``read_only`` are ignored; the transaction's owner ends it.
+* ``dry_run=True`` returns ``cursor.mogrify(sql, args).decode()`` and executes
+  nothing (SQL strings only).
+* ``dec2float=True`` returns NUMERIC columns as ``float``: a typecaster is
+  registered on the interaction's cursor (or, for a callable that opens its
+  own cursors, on the connection for the call's duration and removed after),
+  never globally.
+
+``run_interaction`` leaves the connection as it found it (autocommit,
+isolation level, read-only, cursor factory), or closed when it broke.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import gevent
+import psycopg2
+from gevent.event import AsyncResult, Event
+from psycopg2 import errors as pgerrors
+from psycopg2 import extensions
+
+from gdbpool.errors import ConfigurationError, DBInteractionException, InteractionTimeout
+
+__all__ = [
+    "CANCEL_GRACE",
+    "ISOLATION_LEVELS",
+    "Interaction",
+    "run_interaction",
+]
+
+#: Seconds a timed-out statement gets to stop after the cancel request before
+#: the connection's socket is shut down (an unreachable server never answers
+#: the cancel).
+CANCEL_GRACE: Final = 2.0
+
+#: Isolation level names accepted by ``isolation_level`` → psycopg2 constants.
+#: ``"autocommit"`` is not an isolation level but a session mode; it is here
+#: because the 2011 API listed it among them.
+ISOLATION_LEVELS: Final[Mapping[str, int]] = {
+    "read committed": extensions.ISOLATION_LEVEL_READ_COMMITTED,
+    "repeatable read": extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+    "serializable": extensions.ISOLATION_LEVEL_SERIALIZABLE,
+    "autocommit": extensions.ISOLATION_LEVEL_AUTOCOMMIT,
+}
+
+_STATUS_READY: Final = extensions.STATUS_READY
+
+
+def _to_float(value: str | None, cursor: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+_DEC2FLOAT = extensions.new_type(extensions.DECIMAL.values, "GDBPOOL_DEC2FLOAT", _to_float)
+_DEC2FLOAT_ARRAY = extensions.new_array_type(
+    extensions.DECIMALARRAY.values, "GDBPOOL_DEC2FLOATARRAY", _DEC2FLOAT
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One unit of work for a pool, and the ``reply`` its outcome is set on.
+
+    Fields:
+
+    * ``work``: an SQL string, or a callable taking ``conn`` (and ``cursor``
+      when its signature names it) plus ``args`` (see the module docstring).
+    * ``args``: driver parameters for an SQL string (tuple, list or mapping;
+      never formatted into the string), arguments for a callable. Default None.
+    * ``read_only``: run in a read-only transaction. Default False.
+    * ``isolation_level``: ``"read committed"``, ``"repeatable read"``,
+      ``"serializable"`` or ``"autocommit"``; None (default) keeps the
+      connection's default (the server's, normally read committed).
+    * ``timeout``: seconds before the statement is cancelled on the server and
+      the reply fails with InteractionTimeout. None (default): no limit.
+    * ``cursor_factory``: psycopg2 cursor class (e.g. ``RealDictCursor``).
+      None (default): tuples.
+    * ``dry_run``: return the mogrified SQL, execute nothing. Default False.
+    * ``dec2float``: NUMERIC columns come back as float. Default False.
+    * ``pool``: name of the pool to run on (used by the router). Default None.
+    * ``session``: read-your-writes token (used by the router). Default None.
+    * ``reply``: set by the worker that ran the interaction; a fresh
+      AsyncResult by default.
+
+    Raises :class:`~gdbpool.errors.ConfigurationError` when built with an
+    unknown isolation level, a negative timeout, or ``dry_run`` with a callable.
+    """
+
+    work: str | Callable[..., Any]
+    args: Any = None
+    read_only: bool = False
+    isolation_level: str | None = None
+    timeout: float | None = None
+    cursor_factory: Any = None
+    dry_run: bool = False
+    dec2float: bool = False
+    pool: str | None = None
+    session: Any = None
+    reply: AsyncResult = field(default_factory=AsyncResult, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        work = self.work
+        if not isinstance(work, str):
+            if not callable(work):
+                raise ConfigurationError(
+                    "interaction work must be an SQL string or a callable, "
+                    f"not {type(work).__name__}"
+                )
+            if self.dry_run:
+                raise ConfigurationError("dry_run needs an SQL string, not a callable")
+        level = self.isolation_level
+        if level is not None and level not in ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"unknown isolation_level {level!r}; use one of {', '.join(ISOLATION_LEVELS)}"
+            )
+        timeout = self.timeout
+        if timeout is not None and not timeout > 0:
+            raise ConfigurationError(f"interaction timeout must be > 0 seconds, not {timeout!r}")
+
+
+def run_interaction(conn: Any, interaction: Interaction) -> Any:
+    """Run ``interaction`` on ``conn`` and return its result.
+
+    ``conn`` is an open psycopg2 connection, normally idle (not in a
+    transaction); see the module docstring for the transaction modes, the
+    result, the timeout and joining a transaction in progress. Raises
+    :class:`~gdbpool.errors.DBInteractionException` (or its subclass
+    :class:`~gdbpool.errors.InteractionTimeout`) when the work failed; the
+    connection is then rolled back and usable, or closed when it broke.
+    This function does not set ``interaction.reply``: the caller does.
+    """
+    work = interaction.work
+    if interaction.dry_run:
+        with conn.cursor() as cur:
+            return cur.mogrify(work, interaction.args).decode()
+
+    canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
+    try:
+        if conn.status != _STATUS_READY:
+            return _run_joined(conn, interaction, canceller)
+        level = interaction.isolation_level
+        if isinstance(work, str) and level is None and not interaction.read_only:
+            return _run_autocommit(conn, interaction, canceller)
+        return _run_transaction(conn, interaction, canceller)
+    finally:
+        if canceller is not None:
+            canceller.finish()
+
+
+# -- the three modes ----------------------------------------------------------------
+
+
+def _run_autocommit(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
+    """Hot path: an SQL string as its own implicit transaction (one round trip)."""
+    restore = not conn.autocommit
+    if restore:
+        conn.autocommit = True
+    try:
+        return _execute(conn, interaction)
+    except Exception as exc:
+        raise _failure(exc, interaction, canceller) from exc
+    finally:
+        if restore and not conn.closed:
+            conn.autocommit = False
+
+
+def _run_transaction(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
+    """Isolation level / read-only / callables: BEGIN ... COMMIT, ROLLBACK on error."""
+    level = interaction.isolation_level
+    autocommit = level == "autocommit"
+    saved = (conn.autocommit, conn.isolation_level, conn.readonly)
+    conn.set_session(
+        isolation_level=None if level is None or autocommit else ISOLATION_LEVELS[level],
+        readonly=True if interaction.read_only else saved[2],
+        autocommit=autocommit,
+    )
+    try:
+        try:
+            result = _execute(conn, interaction)
+            if conn.status != _STATUS_READY:
+                conn.commit()
+            return result
+        except Exception as exc:
+            _rollback_quietly(conn)
+            raise _failure(exc, interaction, canceller) from exc
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+    finally:
+        if not conn.closed:
+            # No query is sent for these unless the connection is in autocommit
+            # mode with a non-default read-only setting.
+            conn.autocommit = saved[0]
+            conn.isolation_level = saved[1]
+            conn.readonly = saved[2]
+
+
+def _run_joined(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
+    """Inside the caller's open transaction: no commit, no rollback, no session change."""
+    try:
+        return _execute(conn, interaction)
+    except Exception as exc:
+        raise _failure(exc, interaction, canceller) from exc
+
+
+# -- executing the work -------------------------------------------------------------
+
+
+def _execute(conn: Any, interaction: Interaction) -> Any:
+    work = interaction.work
+    if isinstance(work, str):
+        cur = _cursor(conn, interaction)
+        try:
+            cur.execute(work, interaction.args)
+            return cur.fetchall() if cur.description is not None else cur.rowcount
+        finally:
+            cur.close()
+    if _wants_cursor(work):
+        cur = _cursor(conn, interaction)
+        try:
+            return _call(work, conn, interaction.args, {"cursor": cur})
+        finally:
+            cur.close()
+    return _call_with_connection_options(conn, interaction)
+
+
+def _cursor(conn: Any, interaction: Interaction) -> Any:
+    factory = interaction.cursor_factory
+    cur = conn.cursor() if factory is None else conn.cursor(cursor_factory=factory)
+    if interaction.dec2float:
+        extensions.register_type(_DEC2FLOAT, cur)
+        extensions.register_type(_DEC2FLOAT_ARRAY, cur)
+    return cur
+
+
+def _call_with_connection_options(conn: Any, interaction: Interaction) -> Any:
+    """A callable that opens its own cursors: apply the options on the connection, then undo."""
+    factory = interaction.cursor_factory
+    dec2float = interaction.dec2float
+    if factory is None and not dec2float:
+        return _call(interaction.work, conn, interaction.args, None)
+    saved_factory = conn.cursor_factory
+    types: dict[int, Any] = conn.string_types
+    oids = (*extensions.DECIMAL.values, *extensions.DECIMALARRAY.values)
+    saved_types = {oid: types[oid] for oid in oids if oid in types}
+    if factory is not None:
+        conn.cursor_factory = factory
+    if dec2float:
+        extensions.register_type(_DEC2FLOAT, conn)
+        extensions.register_type(_DEC2FLOAT_ARRAY, conn)
+    try:
+        return _call(interaction.work, conn, interaction.args, None)
+    finally:
+        conn.cursor_factory = saved_factory
+        if dec2float:
+            for oid in oids:
+                types.pop(oid, None)
+            types.update(saved_types)
+
+
+def _call(work: Any, conn: Any, args: Any, extra: dict[str, Any] | None) -> Any:
+    kw = extra or {}
+    if args is None:
+        return work(conn, **kw)
+    if isinstance(args, tuple | list):
+        return work(conn, *args, **kw)
+    if isinstance(args, Mapping):
+        return work(conn, **args, **kw)
+    return work(conn, args, **kw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature_names_cursor(func: Any) -> bool:
+    try:
+        return "cursor" in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
+def _wants_cursor(work: Any) -> bool:
+    # Bound methods are cached by their function so the cache holds no instance.
+    return _signature_names_cursor(getattr(work, "__func__", work))
+
+
+# -- errors, rollback, timeout --------------------------------------------------------
+
+
+def _failure(
+    exc: Exception, interaction: Interaction, canceller: _Canceller | None
+) -> DBInteractionException:
+    pgcode = getattr(exc, "pgcode", None)
+    if canceller is not None and canceller.fired and isinstance(exc, _CANCELLED):
+        what = (
+            "the server did not answer the cancel; the connection was closed"
+            if canceller.severed
+            else "the statement was cancelled on the server"
+        )
+        return InteractionTimeout(
+            f"interaction ran past its timeout of {interaction.timeout} s: {what}",
+            pgcode=pgcode,
+            original=exc,
+        )
+    text = str(exc).strip() or type(exc).__name__
+    return DBInteractionException(
+        f"interaction failed: {type(exc).__name__}: {text}", pgcode=pgcode, original=exc
+    )
+
+
+_CANCELLED = (pgerrors.QueryCanceled, psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def _rollback_quietly(conn: Any) -> None:
+    if conn.closed:
+        return
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        # A connection that cannot roll back is broken; close it so its owner replaces it.
+        conn.close()
+
+
+class _Canceller:
+    """Cancels the connection's running statement ``timeout`` seconds from now.
+
+    The cancel is ``SELECT pg_cancel_backend(pid)`` on a short-lived side
+    connection opened cooperatively with the same parameters, not
+    ``conn.cancel()``: libpq's PQcancel blocks holding the GIL until the
+    server answers, which freezes the whole process when the server is
+    unreachable. If the work is still running :data:`CANCEL_GRACE` seconds
+    after the timer fired, the connection's socket is shut down, so the work
+    ends with OperationalError and psycopg2 closes the connection.
+    """
+
+    __slots__ = ("_conn", "_done", "_greenlet", "_pending", "_side", "fired", "severed")
+
+    def __init__(self, conn: Any, timeout: float) -> None:
+        self._conn = conn
+        self.fired = False
+        self.severed = False
+        self._done = Event()
+        self._pending: gevent.Greenlet | None = None
+        self._side: Any = None
+        self._greenlet = gevent.spawn_later(timeout, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._pending = gevent.spawn(self._cancel)
+        if not self._done.wait(CANCEL_GRACE):
+            self.severed = True
+            _shutdown_socket(self._conn)
+
+    def _cancel(self) -> None:
+        conn = self._conn
+        try:
+            pid = conn.info.backend_pid
+            params = conn.get_dsn_parameters()
+            password = conn.info.password
+        except psycopg2.Error:
+            return  # closed meanwhile: nothing runs on the server any more
+        if password:
+            params["password"] = password
+        params["application_name"] = "gdbpool:cancel"
+        try:
+            with gevent.Timeout(CANCEL_GRACE):
+                side = psycopg2.connect(extensions.make_dsn(**params))
+        except (psycopg2.Error, gevent.Timeout):
+            return  # unreachable: the grace period ends with the socket shut down
+        self._side = side
+        try:
+            side.autocommit = True
+            with side.cursor() as cur:
+                cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        except psycopg2.Error:
+            pass  # severed by finish(), or the backend is already gone
+        finally:
+            side.close()
+
+    def finish(self) -> None:
+        """Stop the timer; if it fired, wait (bounded) until its cancel was delivered."""
+        self._done.set()
+        if not self.fired:
+            self._greenlet.kill(block=False)
+            return
+        pending = self._pending
+        # The cancel must not land on the connection's next statement.
+        if pending is not None and not pending.join(CANCEL_GRACE):
+            if self._side is not None:
+                _shutdown_socket(self._side)
+            pending.join(CANCEL_GRACE)
+
+
+def _shutdown_socket(conn: Any) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, psycopg2.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
