@@ -28,10 +28,9 @@ keeps them, reconnects, and tells every route a gap event as well.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,7 +44,7 @@ from psycopg2.extensions import parse_dsn
 from actors import Actor, ActorError, handles
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
 from gdbpool.logging import get_logger, redact
-from gdbpool.notification import Notification, Reconnected
+from gdbpool.notification import Notification, Reconnected, make_notification
 from gdbpool.subscription import Subscription
 
 __all__ = [
@@ -103,8 +102,7 @@ class HubState:
     reconnect_initial: float = DEFAULT_RECONNECT_INITIAL
     reconnect_max: float = DEFAULT_RECONNECT_MAX
     routes: dict[str, Route] = field(default_factory=dict)
-    seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    received: int = 0
+    received: int = 0  # notifications received so far: also the last seq handed out
     reconnects: int = 0
     started: bool = False
     connected: bool = False
@@ -348,34 +346,39 @@ class ListenConnection(Actor):
 
     def _route(self) -> None:
         """Number the notifications read so far and tell each channel's route its batch."""
-        notifies = self._conn.notifies
-        if not notifies:
+        conn = self._conn
+        batch = conn.notifies
+        if not batch:
             return
-        batch = notifies[:]
-        del notifies[:]
+        conn.notifies = []  # swap, not copy: psycopg2 appends to whatever list is there
         state = self._state
-        now = time.time()
-        seq = state.seq
-        source = state.source
+        first = state.received + 1
         state.received += len(batch)
-        groups: dict[str, list[Notification]] = {}
-        for n in batch:
-            channel = n.channel
-            item = Notification(channel, n.payload, n.pid, now, next(seq), source)
-            group = groups.get(channel)
-            if group is None:
-                groups[channel] = [item]
-            else:
-                group.append(item)
+        now = time.time()
+        source = state.source
+        make = make_notification
+        items = [make(n.channel, n.payload, n.pid, now, seq, source)
+                 for seq, n in enumerate(batch, first)]
         routes = state.routes
-        for channel, items in groups.items():
-            route = routes.get(channel)
-            if route is None:  # arrived while its UNLISTEN was on the way
-                continue
-            try:
-                route.deliver(tuple(items))
-            except ActorError as exc:
-                self._log.error("route_failed", channel=channel, error=str(exc))
+        channels = {n.channel for n in batch}
+        if len(channels) == 1:
+            self._deliver(routes, channels.pop(), tuple(items))
+            return
+        groups: dict[str, list[Notification]] = {channel: [] for channel in channels}
+        for item in items:
+            groups[item.channel].append(item)
+        for channel, group in groups.items():
+            self._deliver(routes, channel, tuple(group))
+
+    def _deliver(self, routes: dict[str, Route], channel: str,
+                 batch: tuple[Notification, ...]) -> None:
+        route = routes.get(channel)
+        if route is None:  # arrived while its UNLISTEN was on the way
+            return
+        try:
+            route.deliver(batch)
+        except ActorError as exc:
+            self._log.error("route_failed", channel=channel, error=str(exc))
 
     def _connection_lost(self, exc: BaseException) -> None:
         self._lost_reason = f"{type(exc).__name__}: {_oneline(exc)}"
