@@ -84,6 +84,7 @@ __all__ = [
     "CANCEL_GRACE",
     "ISOLATION_LEVELS",
     "Interaction",
+    "run_in_transaction",
     "run_interaction",
 ]
 
@@ -200,6 +201,27 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
         if isinstance(work, str) and level is None and not interaction.read_only:
             return _run_autocommit(conn, interaction, canceller)
         return _run_transaction(conn, interaction, canceller)
+    finally:
+        if canceller is not None:
+            canceller.finish()
+
+
+def run_in_transaction(conn: Any, interaction: Interaction) -> Any:
+    """Run ``interaction`` inside the transaction ``conn`` holds (or is about to begin).
+
+    For a caller that owns the transaction across several interactions: the
+    work runs in the connection's current session (a non-autocommit
+    connection begins its transaction at the first statement, with the
+    session's isolation level and read-only mode); nothing is committed or
+    rolled back and ``isolation_level``/``read_only`` are ignored. Errors and
+    ``timeout`` behave as in :func:`run_interaction`; after an error the
+    transaction is aborted on the server and its owner must roll it back.
+    """
+    if interaction.dry_run:
+        return run_interaction(conn, interaction)
+    canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
+    try:
+        return _run_joined(conn, interaction, canceller)
     finally:
         if canceller is not None:
             canceller.finish()

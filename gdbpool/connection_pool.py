@@ -1,0 +1,778 @@
+"""DBConnectionPool: a pool of PostgreSQL connections run by actors.
+
+The :class:`DBConnectionPool` object is a facade. The pool's state lives in a
+pool actor, which never does I/O: it matches requests (interactions from
+:meth:`~DBConnectionPool.submit`, checkouts from :meth:`~DBConnectionPool.get`)
+with idle :class:`~gdbpool.connection_worker.ConnectionWorker` actors, each of
+which owns one connection and does all the I/O on it (open, check, run,
+reset, close). Workers are supervised: one that crashes is restarted and
+reconnects.
+
+Decisions:
+
+* **Sizing.** ``min_size`` connections are opened at start (default
+  ``pool_size``, i.e. eager, like the 2011 library); the pool grows lazily up
+  to ``max_size = pool_size`` when requests wait, and shrinks back to
+  ``min_size`` by closing connections idle longer than ``max_idle``. Idle
+  connections are reused last-in first-out, so the surplus stays idle and
+  expires while the hot ones stay warm.
+* **Waiting.** A request with no idle connection waits in FIFO order, at most
+  ``timeout`` seconds (then :class:`~gdbpool.errors.PoolTimeout`, whose
+  message names host, port and database, and the last connection error when
+  the server is unreachable). With ``max_waiting > 0`` a request arriving when
+  that many already wait fails at once with
+  :class:`~gdbpool.errors.TooManyRequests`.
+* **Returning.** :meth:`~DBConnectionPool.put` never blocks: the worker
+  rolls back an open transaction and resets the session (autocommit off,
+  default isolation and read-only) in its own greenlet; a connection that is
+  closed, or whose reset fails, is discarded and replaced.
+* **Unreachable server.** Each worker reconnects on its own, with exponential
+  backoff (``reconnect_initial`` doubling up to ``reconnect_max`` seconds,
+  +-25% jitter); waiting requests time out meanwhile; the pool recovers by
+  itself when the server returns. :attr:`~DBConnectionPool.healthy` is False
+  while the last connection attempt failed and no connection is open.
+* **Closing.** :meth:`~DBConnectionPool.close` fails waiting requests with
+  :class:`~gdbpool.errors.PoolClosed`, lets running interactions finish
+  (bounded by its ``timeout``), closes every idle connection, and closes
+  connections still checked out when they are put back. Any later use raises
+  PoolClosed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult, Event
+from psycopg2 import extensions
+
+from actors import Actor, ActorRef, ActorStopped, Supervisor, SupervisorGaveUp, handles
+from gdbpool.connection_worker import (
+    ConnectFailed,
+    ConnectionWorker,
+    Idle,
+    Lost,
+    Opened,
+    PoolSettings,
+    Recycle,
+    Return,
+    check_connection,
+    open_connection,
+    ping,
+)
+from gdbpool.errors import (
+    ConfigurationError,
+    PoolClosed,
+    PoolConnectionError,
+    PoolTimeout,
+    TooManyRequests,
+)
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.logging import get_logger, redact
+
+__all__ = ["DBConnectionPool"]
+
+
+# -- what the pool actor is told, besides the worker messages and Interaction ----------
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkout:
+    """``get()``: lend an idle connection; the reply gets ``(conn, idle_since)``."""
+
+    timeout: float
+    reply: AsyncResult = field(default_factory=AsyncResult)
+
+
+@dataclass(frozen=True, slots=True)
+class _Expire:
+    """A waiting request's timeout passed."""
+
+    request: Interaction | _Checkout
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """Periodic housekeeping: max_idle, max_lifetime of idle connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """Ask: an Event set once ``min_size`` connections are open."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """Ask: the counters."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """Ask: stop serving; the reply is an Event set once no worker is busy."""
+
+
+@dataclass(slots=True)
+class _Status:
+    """Written by the pool actor only; read by the facade."""
+
+    healthy: bool = True
+    closed: bool = False
+    last_error: str = ""
+
+
+class _PoolActor(Actor):
+    """Owns the pool's state: which worker is idle, busy or lent, who waits, counters."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        status: _Status,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        max_waiting: int,
+        max_idle: float,
+        supervisor: Supervisor,
+        first_conn: Any,
+    ) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.settings = settings
+        self.status = status
+        self.min_size = min_size
+        self.max_size = max_size
+        self.max_waiting = max_waiting
+        self.max_idle = max_idle
+        self.supervisor = supervisor
+        self.first_conn = first_conn
+        self.idle: list[ActorRef] = []  # LIFO stack
+        self.idle_since: dict[ActorRef, float] = {}
+        self.conns: dict[ActorRef, Any] = {}
+        self.workers: set[ActorRef] = set()  # every live worker, whatever its state
+        self.connecting = 0
+        self.busy_since: dict[ActorRef, float] = {}  # running an interaction, or lent
+        self.lent: set[ActorRef] = set()
+        self.ready: list[tuple[int, Event]] = []  # wait(): (connections wanted, event)
+        self.waiting: deque[tuple[Interaction | _Checkout, float, Any]] = deque()
+        self.drained: Event | None = None
+        self.ticker: gevent.Greenlet | None = None
+        self.counters = dict.fromkeys(
+            (
+                "requests_num",
+                "requests_queued",
+                "requests_wait_ms",
+                "requests_errors",
+                "connections_num",
+                "connections_ms",
+                "connections_errors",
+                "connections_lost",
+                "usage_ms",
+            ),
+            0,
+        )
+
+    def on_start(self) -> None:
+        first, self.first_conn = self.first_conn, None
+        for _ in range(self.min_size):
+            self._spawn_worker(first)
+            first = None
+        period = max(0.05, min(self.max_idle, self.settings.max_lifetime, 60.0) / 2)
+        self.ticker = gevent.spawn(self._tick_forever, period)
+
+    def on_stop(self) -> None:
+        if self.ticker is not None:
+            self.ticker.kill(block=False)
+
+    def _tick_forever(self, period: float) -> None:
+        tick = _Tick()
+        while True:
+            gevent.sleep(period)
+            try:
+                self.ref.tell(tick)
+            except ActorStopped:
+                return
+
+    # -- requests ---------------------------------------------------------------
+
+    @handles(Interaction)
+    def submit(self, interaction: Interaction) -> None:
+        self.counters["requests_num"] += 1
+        if self.status.closed:
+            interaction.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} is closed"))
+            return
+        if self.idle:
+            worker = self.idle.pop()
+            self.busy_since[worker] = time.monotonic()
+            worker.tell(interaction)
+        else:
+            self._wait(interaction, None)
+
+    @handles(_Checkout)
+    def checkout(self, request: _Checkout) -> None:
+        self.counters["requests_num"] += 1
+        if self.status.closed:
+            request.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} is closed"))
+            return
+        if self.idle:
+            self._lend(self.idle.pop(), request)
+        else:
+            self._wait(request, request.timeout)
+
+    def _lend(self, worker: ActorRef, request: _Checkout) -> None:
+        self.busy_since[worker] = time.monotonic()
+        self.lent.add(worker)
+        request.reply.set((self.conns[worker], self.idle_since.get(worker, 0.0)))
+
+    def _wait(self, request: Interaction | _Checkout, timeout: float | None) -> None:
+        if 0 < self.max_waiting <= len(self.waiting):
+            self.counters["requests_errors"] += 1
+            request.reply.set_exception(
+                TooManyRequests(
+                    f"pool {self.settings.name!r}: {len(self.waiting)} requests already wait "
+                    f"(max_waiting={self.max_waiting}); retry later or raise max_waiting"
+                )
+            )
+            return
+        self.counters["requests_queued"] += 1
+        wait = self.timeout if timeout is None else timeout
+        timer = gevent.get_hub().loop.timer(wait)
+        timer.start(self._expire_later, request)
+        self.waiting.append((request, time.monotonic(), timer))
+        self._grow()
+
+    def _expire_later(self, request: Interaction | _Checkout) -> None:
+        # Runs in the hub: only post a message.
+        with contextlib.suppress(ActorStopped):
+            self.ref.tell(_Expire(request))
+
+    @handles(_Expire)
+    def expire(self, msg: _Expire) -> None:
+        for i, (request, since, _timer) in enumerate(self.waiting):
+            if request is msg.request:
+                del self.waiting[i]
+                waited = time.monotonic() - since
+                self.counters["requests_errors"] += 1
+                self.counters["requests_wait_ms"] += int(waited * 1000)
+                request.reply.set_exception(PoolTimeout(self._timeout_message(waited)))
+                return
+
+    def _timeout_message(self, waited: float) -> str:
+        text = (
+            f"pool {self.settings.name!r} ({self.settings.target}): no connection available "
+            f"within {waited:.2f} s"
+        )
+        if not self.status.healthy and self.status.last_error:
+            text += f"; server unreachable: {self.status.last_error}"
+        return text
+
+    def _grow(self) -> None:
+        size = len(self.workers)
+        if size < self.max_size and self.connecting < len(self.waiting):
+            self._spawn_worker(None)
+
+    def _spawn_worker(self, conn: Any) -> None:
+        n = len(self.workers) + 1
+        name = f"{self.settings.name}.worker-{n}"
+        self.connecting += 1
+        worker = self.supervisor.spawn(ConnectionWorker, self.settings, self.ref, conn, name=name)
+        self.workers.add(worker)
+
+    # -- worker reports ----------------------------------------------------------
+
+    @handles(Idle)
+    def idle_worker(self, msg: Idle) -> None:
+        worker = msg.worker
+        self.lent.discard(worker)
+        since = self.busy_since.pop(worker, None)
+        if since is not None:
+            self.counters["usage_ms"] += int((time.monotonic() - since) * 1000)
+        self._serve(worker)
+
+    @handles(Opened)
+    def opened(self, msg: Opened) -> None:
+        self.connecting -= 1
+        self.conns[msg.worker] = msg.conn
+        self.counters["connections_num"] += 1
+        self.counters["connections_ms"] += msg.connect_ms
+        self.status.healthy = True
+        self._serve(msg.worker)
+        if self.ready:
+            self._check_ready()
+
+    @handles(ConnectFailed)
+    def connect_failed(self, msg: ConnectFailed) -> None:
+        self.counters["connections_num"] += 1
+        self.counters["connections_errors"] += 1
+        self.status.last_error = msg.error
+        if not self.idle and not self.busy_since:
+            self.status.healthy = False
+
+    @handles(Lost)
+    def lost(self, msg: Lost) -> None:
+        worker = msg.worker
+        if msg.broken:
+            self.counters["connections_lost"] += 1
+        self.busy_since.pop(worker, None)
+        self.lent.discard(worker)
+        self.conns.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if worker in self.workers:
+            self.connecting += 1
+        if msg.retry is not None:
+            # It never ran: first in line again, with a fresh wait.
+            timer = gevent.get_hub().loop.timer(self.timeout)
+            timer.start(self._expire_later, msg.retry)
+            self.waiting.appendleft((msg.retry, time.monotonic(), timer))
+        if self.status.closed:
+            self._retire(worker)
+
+    def _serve(self, worker: ActorRef) -> None:
+        if self.status.closed:
+            self._retire(worker)
+            return
+        self.idle_since[worker] = now = time.monotonic()
+        waiting = self.waiting
+        while waiting:
+            request, since, timer = waiting.popleft()
+            timer.close()
+            if request.reply.ready():
+                continue
+            self.counters["requests_wait_ms"] += int((now - since) * 1000)
+            if isinstance(request, Interaction):
+                self.busy_since[worker] = now
+                worker.tell(request)
+            else:
+                self._lend(worker, request)
+            return
+        self.idle.append(worker)
+
+    def _retire(self, worker: ActorRef) -> None:
+        self.workers.discard(worker)
+        self.conns.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        with contextlib.suppress(ActorStopped):
+            worker.tell(Recycle(stop=True))
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        # Lent connections do not hold the close up: put() closes them.
+        if self.drained is not None and len(self.busy_since) <= len(self.lent):
+            self.drained.set()
+
+    def _check_ready(self) -> None:
+        opened = len(self.conns)
+        for wanted, event in list(self.ready):
+            if opened >= wanted:
+                event.set()
+                self.ready.remove((wanted, event))
+
+    # -- housekeeping --------------------------------------------------------------
+
+    @handles(_Tick)
+    def tick(self, msg: _Tick) -> None:
+        now = time.monotonic()
+        # The bottom of the LIFO stack has been idle longest.
+        while self.idle and len(self.workers) > self.min_size:
+            oldest = self.idle[0]
+            if now - self.idle_since.get(oldest, now) <= self.max_idle:
+                break
+            self.settings.log.debug("connection_idle_closed", worker=oldest.name)
+            self._retire(oldest)
+
+    @handles(_Ready)
+    def when_ready(self, msg: _Ready) -> Event:
+        event = Event()
+        self.ready.append((self.min_size, event))
+        self._check_ready()
+        return event
+
+    @handles(_Stats)
+    def stats(self, msg: _Stats) -> dict[str, int]:
+        return {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size,
+            "pool_size": len(self.workers),
+            "pool_available": len(self.idle),
+            "requests_waiting": len(self.waiting),
+            **self.counters,
+        }
+
+    @handles(_Close)
+    def close(self, msg: _Close) -> Event:
+        self.status.closed = True
+        self.drained = Event()
+        for request, _since, timer in self.waiting:
+            timer.close()
+            request.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} was closed"))
+        self.waiting.clear()
+        for worker in list(self.idle):
+            self._retire(worker)
+        for worker in list(self.workers):
+            if worker not in self.busy_since:
+                self._retire(worker)  # still connecting
+        self._check_drained()
+        return self.drained
+
+
+class DBConnectionPool:
+    """A pool of connections to one PostgreSQL server (see the module docstring).
+
+    Tunables (all keyword arguments after ``pool_size``):
+
+    * ``pool_size``: most connections open at once (``max_size``). Default 10.
+    * ``name``: used in logs, actor names and ``application_name``. Default
+      ``"default"``.
+    * ``min_size``: connections opened at start and kept open. Default
+      ``pool_size`` (eager); 0 opens nothing until the first request.
+    * ``application_name``: set on every connection, so the pool shows in
+      ``pg_stat_activity``. Default the DSN's, else ``"gdbpool:<name>"``.
+    * ``timeout``: seconds a request may wait for a connection. Default 30.
+    * ``max_waiting``: requests allowed to wait at once; 0 = unbounded
+      (default).
+    * ``max_lifetime``: seconds before a connection is replaced. Default 3600
+      (each connection gets 95-100% of it, so they do not expire together).
+    * ``max_idle``: seconds an idle connection above ``min_size`` is kept.
+      Default 600.
+    * ``connect_timeout``: seconds one connection attempt may take. Default 10.
+    * ``check_after``: idle seconds after which a checkout runs ``SELECT 1``
+      first (every checkout does a cheap socket check). Default 30.
+    * ``reconnect_initial`` / ``reconnect_max``: backoff between failed
+      connection attempts, doubling from the first to the second. Defaults
+      0.1 and 10 seconds, +-25% jitter.
+
+    If ``min_size > 0`` the constructor opens the first connection itself and
+    raises :class:`~gdbpool.errors.PoolConnectionError` (naming host, port and
+    database, never the password) if it cannot; the others open in the
+    background. An unparsable DSN raises PoolConnectionError too; a bad
+    tunable raises :class:`~gdbpool.errors.ConfigurationError`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 10,
+        *,
+        name: str = "default",
+        min_size: int | None = None,
+        application_name: str | None = None,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 3600.0,
+        max_idle: float = 600.0,
+        connect_timeout: float = 10.0,
+        check_after: float = 30.0,
+        reconnect_initial: float = 0.1,
+        reconnect_max: float = 10.0,
+    ) -> None:
+        min_size = pool_size if min_size is None else min_size
+        _check_tunables(
+            pool_size, min_size, timeout, max_waiting, max_lifetime, max_idle,
+            connect_timeout, check_after, reconnect_initial, reconnect_max,
+        )  # fmt: skip
+        params = _parse_dsn(dsn, name)
+        self.name = name
+        self.timeout = timeout
+        self._log = get_logger("gdbpool.pool", pool=name)
+        self._settings = PoolSettings(
+            name=name,
+            dsn=dsn,
+            target=_target(params),
+            application_name=(
+                application_name or params.get("application_name") or f"gdbpool:{name}"
+            ),
+            connect_timeout=connect_timeout,
+            max_lifetime=max_lifetime,
+            check_after=check_after,
+            backoff_initial=reconnect_initial,
+            backoff_max=reconnect_max,
+            log=self._log,
+        )
+        first = open_connection(self._settings) if min_size > 0 else None
+        self._status = _Status()
+        self._supervisor = Supervisor(
+            f"{name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
+        )
+        self._ref = _PoolActor.start(
+            self._settings,
+            self._status,
+            min_size,
+            pool_size,
+            timeout,
+            max_waiting,
+            max_idle,
+            self._supervisor,
+            first,
+            name=f"{name}.pool",
+        )
+        self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
+                       max_size=pool_size)  # fmt: skip
+
+    # -- the 2011 API ------------------------------------------------------------
+
+    def get(
+        self,
+        timeout: float | None = None,
+        auto_commit: bool = False,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> Any:
+        """Check out a connection; give it back with :meth:`put`.
+
+        ``timeout`` bounds the wait (default: the pool's ``timeout``; then
+        :class:`~gdbpool.errors.PoolTimeout`). The connection comes in the
+        session asked for: ``auto_commit=True`` (or
+        ``isolation_level="autocommit"``), one of the isolation levels, and/or
+        ``read_only=True``; otherwise the pool default (transactions at the
+        server's default isolation, read-write). Raises PoolClosed after
+        :meth:`close`, TooManyRequests past ``max_waiting``.
+        """
+        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"unknown isolation_level {isolation_level!r}; use one of "
+                f"{', '.join(ISOLATION_LEVELS)}"
+            )
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            request = _Checkout(max(0.0, deadline - time.monotonic()))
+            self._tell(request)
+            conn, idle_since = request.reply.get()
+            conn.gdbpool_pool = self
+            conn.gdbpool_lent = True
+            if self._usable(conn, idle_since):
+                break
+            self.put(conn)  # the worker sees it closed and replaces it
+        autocommit = auto_commit or isolation_level == "autocommit"
+        if autocommit or read_only or isolation_level is not None:
+            conn.set_session(
+                isolation_level=None
+                if isolation_level in (None, "autocommit")
+                else ISOLATION_LEVELS[isolation_level],
+                readonly=True if read_only else None,
+                autocommit=autocommit,
+            )
+        return conn
+
+    def put(self, conn: Any, timeout: float = 1) -> None:
+        """Give back a connection from :meth:`get`; never blocks.
+
+        The connection is rolled back if left in a transaction and reset to the
+        pool default; discarded and replaced if broken. ``timeout`` is accepted
+        for compatibility with the 2011 API and unused. Raises
+        :class:`~gdbpool.errors.ConfigurationError` for a connection this pool
+        did not lend, or one already given back.
+        """
+        if getattr(conn, "gdbpool_pool", None) is not self:
+            raise ConfigurationError(
+                f"put() got a connection that pool {self.name!r} did not lend: "
+                "give it back to the pool it came from"
+            )
+        if not conn.gdbpool_lent:
+            raise ConfigurationError(
+                f"put() got a connection already given back to pool {self.name!r}"
+            )
+        conn.gdbpool_lent = False
+        try:
+            conn.gdbpool_worker.tell(Return(conn))
+        except ActorStopped:
+            conn.close()  # the pool was closed while it was out
+
+    @contextlib.contextmanager
+    def connection(
+        self,
+        timeout: float | None = None,
+        auto_commit: bool = False,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> Iterator[Any]:
+        """``with pool.connection() as conn:`` — :meth:`get`, then :meth:`put`.
+
+        The block's transaction is committed when it exits normally and rolled
+        back when it raises (like psycopg's connection context).
+        """
+        conn = self.get(timeout, auto_commit, isolation_level=isolation_level, read_only=read_only)
+        try:
+            yield conn
+            if not conn.closed and conn.status != extensions.STATUS_READY:
+                conn.commit()
+        finally:
+            self.put(conn)
+
+    # -- interactions ------------------------------------------------------------
+
+    def submit(self, interaction: Interaction) -> None:
+        """Run ``interaction`` on a pooled connection; its ``reply`` gets the outcome.
+
+        Never raises for a bad interaction: SQL errors, timeouts, PoolTimeout,
+        TooManyRequests and PoolClosed are set on ``interaction.reply``.
+        """
+        try:
+            self._ref.tell(interaction)
+        except ActorStopped:
+            interaction.reply.set_exception(PoolClosed(f"pool {self.name!r} is closed"))
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until ``min_size`` connections are open (like psycopg_pool's ``wait()``).
+
+        Raises :class:`~gdbpool.errors.PoolTimeout` after ``timeout`` seconds,
+        with the last connection error when the server is unreachable.
+        """
+        try:
+            ready: Event = self._ref.ask(_Ready(), timeout=timeout).get()
+        except ActorStopped:
+            raise PoolClosed(f"pool {self.name!r} is closed") from None
+        if not ready.wait(timeout):
+            error = self._status.last_error
+            raise PoolTimeout(
+                f"pool {self.name!r} ({self._settings.target}): connections not open within "
+                f"{timeout} s" + (f"; last error: {error}" if error else "")
+            )
+
+    # -- state --------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """False while the server is unreachable (no connection open, last attempt failed)."""
+        return self._status.healthy and not self._status.closed
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._status.closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters, named like psycopg_pool's.
+
+        ``pool_min``, ``pool_max``, ``pool_size`` (connections open or being
+        opened), ``pool_available`` (idle), ``requests_waiting`` (now),
+        ``requests_num`` (total), ``requests_queued`` (had to wait),
+        ``requests_wait_ms`` (total waiting time), ``requests_errors``
+        (timeouts, too many requests), ``connections_num`` (attempts),
+        ``connections_ms`` (time spent connecting), ``connections_errors``
+        (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
+        (total time connections were busy or lent).
+        """
+        try:
+            result: dict[str, int] = self._ref.ask(_Stats(), timeout=5.0).get()
+        except ActorStopped:
+            raise PoolClosed(f"pool {self.name!r} is closed") from None
+        return result
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: see the module docstring. Idempotent.
+
+        Waits up to ``timeout`` seconds for running interactions, then stops the
+        workers (closing their connections) and the pool actor.
+        """
+        if self._status.closed and not self._ref.is_alive:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            drained: Event = self._ref.ask(_Close(), timeout=timeout).get()
+            drained.wait(max(0.0, deadline - time.monotonic()))
+        except (ActorStopped, gevent.Timeout):
+            pass
+        self._supervisor.stop(max(0.1, deadline - time.monotonic()))
+        self._ref.stop(max(0.1, deadline - time.monotonic()))
+        self._log.info("pool_closed")
+
+    def __enter__(self) -> DBConnectionPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._status.closed else "open"
+        return f"<DBConnectionPool {self.name!r} {self._settings.target} {state}>"
+
+    # -- internals -------------------------------------------------------------------
+
+    def _tell(self, message: object) -> None:
+        if self._status.closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+        try:
+            self._ref.tell(message)
+        except ActorStopped:
+            raise PoolClosed(f"pool {self.name!r} is closed") from None
+
+    def _usable(self, conn: Any, idle_since: float) -> bool:
+        if not check_connection(conn):
+            return False
+        if time.monotonic() - idle_since > self._settings.check_after:
+            return ping(conn, self._settings.connect_timeout)
+        return True
+
+    def _gave_up(self, error: SupervisorGaveUp) -> None:
+        self._log.error("pool_workers_gave_up", error=str(error))
+        gevent.spawn(self.close)
+
+
+def _parse_dsn(dsn: str, name: str) -> dict[str, str]:
+    try:
+        return dict(extensions.parse_dsn(dsn))
+    except Exception:
+        # The parser's message may quote a fragment of the password: do not chain it.
+        raise PoolConnectionError(
+            f"pool {name!r}: invalid DSN ({_target_from_text(dsn)}); expected "
+            "'key=value ...' pairs or a postgresql:// URI"
+        ) from None
+
+
+def _target(params: dict[str, str]) -> str:
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def _target_from_text(dsn: str) -> str:
+    found = {
+        key: m.group(1)
+        for key in ("host", "port", "dbname")
+        if (m := re.search(rf"\b{key}\s*=\s*([^\s']+)", dsn))
+    }
+    if found:
+        return _target(found)
+    return redact(dsn.split("@")[-1].split("?")[0]) if "://" in dsn else "unknown host"
+
+
+def _check_tunables(
+    pool_size: int,
+    min_size: int,
+    timeout: float,
+    max_waiting: int,
+    max_lifetime: float,
+    max_idle: float,
+    connect_timeout: float,
+    check_after: float,
+    reconnect_initial: float,
+    reconnect_max: float,
+) -> None:
+    if pool_size < 1:
+        raise ConfigurationError(f"pool_size must be >= 1, not {pool_size}")
+    if not 0 <= min_size <= pool_size:
+        raise ConfigurationError(f"min_size must be between 0 and pool_size, not {min_size}")
+    if max_waiting < 0:
+        raise ConfigurationError(f"max_waiting must be >= 0 (0 = unbounded), not {max_waiting}")
+    for label, value in (
+        ("timeout", timeout),
+        ("max_lifetime", max_lifetime),
+        ("max_idle", max_idle),
+        ("connect_timeout", connect_timeout),
+        ("reconnect_initial", reconnect_initial),
+    ):
+        if not value > 0:
+            raise ConfigurationError(f"{label} must be > 0 seconds, not {value}")
+    if check_after < 0:
+        raise ConfigurationError(f"check_after must be >= 0 seconds, not {check_after}")
+    if reconnect_max < reconnect_initial:
+        raise ConfigurationError("reconnect_max must be >= reconnect_initial")

@@ -1,0 +1,361 @@
+"""ConnectionWorker: the actor that owns one pooled PostgreSQL connection.
+
+A worker opens its connection (retrying with backoff while the server is
+unreachable), runs the interactions its pool hands it, takes its connection
+back from ``put()`` and resets it, and replaces it when it breaks, grows too
+old (``max_lifetime``) or is found dead by a check. It tells its pool actor
+about every change (opened, idle, lost, failed to connect); it never touches
+the pool's state. The messages of that conversation live here too.
+
+Checks (why a connection handed out is alive):
+
+* Cheap, at every checkout: ``conn.closed``, then a zero-timeout ``poll()``
+  of the socket; an idle connection has nothing to read, so a readable socket
+  means the server sent something (an error before ``pg_terminate_backend``
+  closed it, EOF) and ``conn.poll()`` tells which. One syscall, no round trip.
+* Deep, when the connection sat idle longer than ``check_after`` seconds
+  (default 30): ``SELECT 1``, bounded by ``connect_timeout`` (the socket is shut
+  down if the server does not answer), for half-open connections after a
+  network cut where no FIN ever arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import select
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import psycopg2
+from psycopg2 import extensions
+
+from actors import Actor, ActorRef, handles
+from gdbpool.errors import DBInteractionException, PoolConnectionError
+from gdbpool.interaction import Interaction, run_interaction
+from gdbpool.logging import redact
+
+__all__ = ["ConnectionWorker", "PoolSettings", "PooledConnection", "open_connection"]
+
+_STATUS_READY = extensions.STATUS_READY
+
+
+class PooledConnection(extensions.connection):  # type: ignore[misc]
+    """A psycopg2 connection that knows the pool and worker it belongs to.
+
+    ``put()`` uses these attributes to refuse foreign connections and double
+    returns without asking the pool actor.
+    """
+
+    gdbpool_pool: object = None
+    gdbpool_worker: ActorRef | None = None
+    gdbpool_lent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """What every worker of one pool needs to know (built once by the pool)."""
+
+    name: str
+    dsn: str
+    target: str  # "host:port/dbname", for messages; never the password
+    application_name: str
+    connect_timeout: float
+    max_lifetime: float
+    check_after: float
+    backoff_initial: float
+    backoff_max: float
+    log: Any
+
+
+# -- what workers are told -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open (or reopen) the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    """``put()`` gave the lent connection back: reset it (or replace it)."""
+
+    conn: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Recycle:
+    """Close the connection (too old, or the pool is closing) and, unless ``stop``, reopen."""
+
+    stop: bool = False
+
+
+# -- what workers tell their pool ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The worker's connection is open and idle."""
+
+    worker: ActorRef
+    conn: Any
+    connect_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """The worker finished its interaction (or its loan came back) and is idle."""
+
+    worker: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The worker's connection broke or was retired; ``retry`` did not run and goes back."""
+
+    worker: ActorRef
+    retry: Interaction | None = None
+    broken: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    """An attempt to open a connection failed (``error`` is redacted); retrying later."""
+
+    worker: ActorRef
+    error: str
+
+
+class ConnectionWorker(Actor):
+    """Owns one connection; see the module docstring.
+
+    Greenlet switches for one submitted interaction on an idle pool, from
+    ``submit()`` to the caller holding the result: caller → pool actor (1),
+    pool → worker (1), worker ⇄ hub while the server answers (2), worker →
+    caller via the reply (1), worker → pool with :class:`Idle` (1, batched with
+    the pool's next message under load): 6 in all, against 2 for a caller
+    that owns its connection.
+    """
+
+    def __init__(self, settings: PoolSettings, pool: ActorRef, conn: Any = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.pool = pool
+        self.conn: Any = None
+        self.expires_at = 0.0
+        self.idle_since = 0.0
+        self.failures = 0
+        self._initial = conn
+        self._idle_msg: Idle | None = None
+
+    def on_start(self) -> None:
+        self._idle_msg = Idle(self.ref)
+        initial, self._initial = self._initial, None
+        if initial is not None and not initial.closed:
+            self._adopt(initial, 0)
+        else:
+            self.ref.tell(Connect())
+
+    def on_stop(self) -> None:
+        conn = self.conn
+        # A lent connection is closed by put() once the pool is closed.
+        if conn is not None and not conn.gdbpool_lent:
+            conn.close()
+
+    def on_failure(self, exc: BaseException) -> None:
+        # A bug in a handler: drop the connection, the restarted instance reconnects.
+        self._discard()
+        self.pool.tell(Lost(self.ref))
+
+    # -- handlers -----------------------------------------------------------------
+
+    @handles(Connect)
+    def connect(self, msg: Connect) -> None:
+        if self.conn is not None:
+            return
+        started = time.monotonic()
+        try:
+            conn = open_connection(self.settings)
+        except PoolConnectionError as exc:
+            self.failures += 1
+            delay = backoff(self.failures, self.settings.backoff_initial, self.settings.backoff_max)
+            self.settings.log.warning(
+                "reconnect_failed", attempt=self.failures, retry_in=round(delay, 3), error=str(exc)
+            )
+            self.pool.tell(ConnectFailed(self.ref, str(exc)))
+            gevent.spawn_later(delay, self._retry)
+            return
+        self._adopt(conn, int((time.monotonic() - started) * 1000))
+
+    @handles(Interaction)
+    def run(self, interaction: Interaction) -> None:
+        conn = self.conn
+        if conn is None or not self.alive(conn):
+            self._lose(retry=interaction)
+            return
+        try:
+            interaction.reply.set(run_interaction(conn, interaction))
+        except DBInteractionException as exc:
+            interaction.reply.set_exception(exc)
+        self._after_use(conn)
+
+    @handles(Return)
+    def give_back(self, msg: Return) -> None:
+        conn = msg.conn
+        if conn is not self.conn:
+            return
+        if not conn.closed:
+            try:
+                if conn.status != _STATUS_READY:
+                    conn.rollback()
+                conn.cursor_factory = None
+                conn.set_session(
+                    isolation_level="DEFAULT",
+                    readonly="DEFAULT",
+                    deferrable="DEFAULT",
+                    autocommit=False,
+                )
+            except psycopg2.Error:
+                conn.close()  # its state cannot be verified: replace it
+        self._after_use(conn)
+
+    @handles(Recycle)
+    def recycle(self, msg: Recycle) -> None:
+        if msg.stop:
+            self.ref.stop()  # on_stop closes the connection unless it is lent
+            return
+        self._discard()
+        self.pool.tell(Lost(self.ref, broken=False))
+        self.ref.tell(Connect())
+
+    # -- internals ------------------------------------------------------------------
+
+    def alive(self, conn: Any) -> bool:
+        """Cheap check, plus ``SELECT 1`` after ``check_after`` idle seconds (module docstring)."""
+        if not check_connection(conn):
+            return False
+        if time.monotonic() - self.idle_since > self.settings.check_after:
+            return ping(conn, self.settings.connect_timeout)
+        return True
+
+    def _after_use(self, conn: Any) -> None:
+        if conn.closed:
+            self._lose()
+        elif time.monotonic() > self.expires_at:
+            self.recycle(Recycle())
+        else:
+            self.idle_since = time.monotonic()
+            self.pool.tell(self._idle_msg)
+
+    def _adopt(self, conn: Any, connect_ms: int) -> None:
+        self.conn = conn
+        self.failures = 0
+        conn.gdbpool_worker = self.ref
+        # +-5% so connections opened together are not all recycled together.
+        self.expires_at = time.monotonic() + self.settings.max_lifetime * random.uniform(0.95, 1.0)
+        self.idle_since = time.monotonic()
+        self.settings.log.debug("connection_opened", worker=self.ref.name, connect_ms=connect_ms)
+        self.pool.tell(Opened(self.ref, conn, connect_ms))
+
+    def _lose(self, retry: Interaction | None = None) -> None:
+        self.settings.log.info("connection_lost", worker=self.ref.name)
+        self._discard()
+        self.pool.tell(Lost(self.ref, retry))
+        self.ref.tell(Connect())
+
+    def _discard(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+    def _retry(self) -> None:
+        with contextlib.suppress(Exception):  # stopped meanwhile: nothing to retry
+            self.ref.tell(Connect())
+
+
+def open_connection(settings: PoolSettings) -> Any:
+    """Open one connection for the pool, bounded by ``connect_timeout``.
+
+    Raises :class:`PoolConnectionError` naming host, port and database (never
+    the password) when it cannot.
+    """
+    try:
+        with gevent.Timeout(settings.connect_timeout):
+            return psycopg2.connect(
+                settings.dsn,
+                connection_factory=PooledConnection,
+                application_name=settings.application_name,
+            )
+    except gevent.Timeout:
+        reason = f"no answer within connect_timeout={settings.connect_timeout} s"
+        raise PoolConnectionError(_cannot(settings, reason)) from None
+    except psycopg2.Error as exc:
+        reason = " ".join(redact(str(exc)).split()) or type(exc).__name__
+        raise PoolConnectionError(_cannot(settings, reason)) from exc
+
+
+def _cannot(settings: PoolSettings, reason: str) -> str:
+    return f"pool {settings.name!r} cannot connect to {settings.target}: {reason}"
+
+
+def check_connection(conn: Any) -> bool:
+    """Cheap liveness check of an idle connection: no round trip (module docstring)."""
+    if conn.closed:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        if not poller.poll(0):
+            return True
+        conn.poll()  # reads what the server sent; raises if it closed the connection
+    except (psycopg2.Error, OSError, ValueError):
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+        return False
+    return not conn.closed
+
+
+def ping(conn: Any, timeout: float) -> bool:
+    """``SELECT 1`` on an idle connection; False (and the connection closed) if it fails.
+
+    The socket is shut down if the server does not answer within ``timeout``
+    seconds, so a half-open connection cannot hang the check.
+    """
+    timer = gevent.spawn_later(timeout, shutdown_socket, conn)
+    try:
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.autocommit = autocommit
+        return True
+    except psycopg2.Error:
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+        return False
+    finally:
+        timer.kill(block=False)
+
+
+def shutdown_socket(conn: Any) -> None:
+    """Shut the connection's socket down: its pending I/O fails at once, no cancel sent."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, psycopg2.Error):
+        return
+    try:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
+def backoff(failures: int, initial: float, maximum: float) -> float:
+    """Delay before reconnect attempt ``failures + 1``: exponential, capped, +-25% jitter."""
+    delay = min(maximum, initial * 2 ** min(failures - 1, 30))
+    return float(delay * random.uniform(0.75, 1.25))
