@@ -31,7 +31,7 @@ import psycopg2
 from gevent.event import Event
 
 from actors import Actor, ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp, handles
-from gdbpool.errors import NotificationError, PoolClosed, PoolConnectionError
+from gdbpool.errors import GDBPoolError, NotificationError, PoolClosed, PoolConnectionError
 from gdbpool.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RECONNECT_INITIAL,
@@ -244,7 +244,7 @@ class NotificationHub:
         except ActorError as exc:
             self._supervisor.stop()
             cause = exc.__cause__
-            if isinstance(cause, PoolConnectionError | NotificationError):
+            if isinstance(cause, GDBPoolError):
                 raise cause from exc
             raise PoolConnectionError(
                 f"cannot start the LISTEN connection to {describe_dsn(dsn)}: {exc}"

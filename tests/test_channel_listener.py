@@ -16,7 +16,7 @@ from gevent.queue import Queue
 from structlog.testing import capture_logs
 
 from gdbpool.channel_listener import NotificationHub
-from gdbpool.errors import NotificationError, PoolClosed, PoolConnectionError
+from gdbpool.errors import ConfigurationError, NotificationError, PoolClosed, PoolConnectionError
 from gdbpool.notification import Notification
 from gdbpool.subscription import Subscription
 
@@ -309,6 +309,11 @@ def test_unreachable_server_fails_fast_without_the_password(pg_primary: Any) -> 
         NotificationHub(bad, connect_timeout=5)
     assert "wrong-secret" not in str(info.value)
     assert f":{pg_primary.port}/postgres" in str(info.value)
+
+
+def test_a_standby_is_refused_with_a_clear_error(replica_dsn: str) -> None:
+    with pytest.raises(ConfigurationError, match="standby; LISTEN needs the primary"):
+        NotificationHub(replica_dsn)
 
 
 def test_iterating_a_subscription(hub: NotificationHub) -> None:
