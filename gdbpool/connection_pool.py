@@ -41,6 +41,7 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from actors import Actor, ActorRef, ActorStopped, Supervisor, SupervisorGaveUp, 
 from gdbpool.connection_worker import (
     ConnectFailed,
     ConnectionWorker,
+    Gone,
     Idle,
     Lost,
     Opened,
@@ -162,6 +164,7 @@ class _PoolActor(Actor):
         self.waiting: deque[tuple[Interaction | _Checkout, float, Any]] = deque()
         self.drained: Event | None = None
         self.ticker: gevent.Greenlet | None = None
+        self.numbers = itertools.count(1)
         self.counters = dict.fromkeys(
             (
                 "requests_num",
@@ -277,8 +280,7 @@ class _PoolActor(Actor):
             self._spawn_worker(None)
 
     def _spawn_worker(self, conn: Any) -> None:
-        n = len(self.workers) + 1
-        name = f"{self.settings.name}.worker-{n}"
+        name = f"{self.settings.name}.worker-{next(self.numbers)}"
         self.connecting += 1
         worker = self.supervisor.spawn(ConnectionWorker, self.settings, self.ref, conn, name=name)
         self.workers.add(worker)
@@ -332,6 +334,23 @@ class _PoolActor(Actor):
             self.waiting.appendleft((msg.retry, time.monotonic(), timer))
         if self.status.closed:
             self._retire(worker)
+
+    @handles(Gone)
+    def gone(self, msg: Gone) -> None:
+        worker = msg.worker
+        self.counters["connections_lost"] += 1
+        self.busy_since.pop(worker, None)
+        self.lent.discard(worker)
+        self.conns.pop(worker, None)
+        self.idle_since.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self.workers.discard(worker)
+        self.settings.log.warning("worker_killed", worker=worker.name)
+        if self.status.closed:
+            self._check_drained()
+        elif len(self.workers) < self.min_size or self.connecting < len(self.waiting):
+            self._spawn_worker(None)
 
     def _serve(self, worker: ActorRef) -> None:
         if self.status.closed:

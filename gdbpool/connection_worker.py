@@ -32,6 +32,7 @@ from typing import Any
 
 import gevent
 import psycopg2
+from gevent import GreenletExit
 from psycopg2 import extensions
 
 from actors import Actor, ActorRef, handles
@@ -123,6 +124,13 @@ class Lost:
 
 
 @dataclass(frozen=True, slots=True)
+class Gone:
+    """The worker was killed (its greenlet, not a crash): replace it."""
+
+    worker: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectFailed:
     """An attempt to open a connection failed (``error`` is redacted); retrying later."""
 
@@ -180,6 +188,9 @@ class ConnectionWorker(Actor):
         started = time.monotonic()
         try:
             conn = open_connection(self.settings)
+        except GreenletExit:
+            self._killed()
+            raise
         except PoolConnectionError as exc:
             self.failures += 1
             delay = backoff(self.failures, self.settings.backoff_initial, self.settings.backoff_max)
@@ -201,6 +212,14 @@ class ConnectionWorker(Actor):
             interaction.reply.set(run_interaction(conn, interaction))
         except DBInteractionException as exc:
             interaction.reply.set_exception(exc)
+        except GreenletExit:
+            # Killed mid-query: the wait callback cancelled the statement and
+            # psycopg2 closed the connection; nobody else will answer the caller.
+            interaction.reply.set_exception(
+                DBInteractionException("the connection worker was killed while running this")
+            )
+            self._killed()
+            raise
         self._after_use(conn)
 
     @handles(Return)
@@ -221,6 +240,9 @@ class ConnectionWorker(Actor):
                 )
             except psycopg2.Error:
                 conn.close()  # its state cannot be verified: replace it
+            except GreenletExit:
+                self._killed()
+                raise
         self._after_use(conn)
 
     @handles(Recycle)
@@ -267,6 +289,11 @@ class ConnectionWorker(Actor):
         self.pool.tell(Lost(self.ref, retry))
         self.ref.tell(Connect())
 
+    def _killed(self) -> None:
+        self._discard()
+        with contextlib.suppress(Exception):
+            self.pool.tell(Gone(self.ref))
+
     def _discard(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None and not conn.closed:
@@ -310,9 +337,12 @@ def check_connection(conn: Any) -> bool:
     try:
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
-        if not poller.poll(0):
-            return True
-        conn.poll()  # reads what the server sent; raises if it closed the connection
+        # A terminated backend sends its FATAL message, then EOF: the first
+        # poll() consumes the message, the next one meets the EOF and raises.
+        for _ in range(4):
+            if not poller.poll(0):
+                return True
+            conn.poll()
     except (psycopg2.Error, OSError, ValueError):
         with contextlib.suppress(psycopg2.Error):
             conn.close()

@@ -1,0 +1,236 @@
+"""DBConnectionPool under faults: killed backends, server restarts, network cuts, killed greenlets.
+
+Tests that stop or break their server use ``make_pg()`` (a private cluster) or
+a :class:`~tcp_proxy.TcpProxy` in front of the shared one, never ``pg_primary``
+itself.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import psycopg2
+import pytest
+from tcp_proxy import TcpProxy
+
+from gdbpool.connection_pool import DBConnectionPool
+from gdbpool.embedded import EmbeddedPostgres
+from gdbpool.errors import DBInteractionException, PoolTimeout
+from gdbpool.interaction import Interaction
+
+MakePool = Callable[..., DBConnectionPool]
+
+
+@pytest.fixture
+def make_pool() -> Iterator[MakePool]:
+    """Pools with fast reconnects and unique names; all closed afterwards."""
+    pools: list[DBConnectionPool] = []
+
+    def factory(dsn: str, pool_size: int = 2, **options: Any) -> DBConnectionPool:
+        options.setdefault("name", f"f{uuid.uuid4().hex[:8]}")
+        options.setdefault("reconnect_initial", 0.05)
+        options.setdefault("reconnect_max", 0.3)
+        options.setdefault("connect_timeout", 1.0)
+        pool = DBConnectionPool(dsn, pool_size, **options)
+        pools.append(pool)
+        pool.wait(10)
+        return pool
+
+    yield factory
+    for pool in pools:
+        pool.close(timeout=2)
+
+
+@pytest.fixture
+def proxy(pg_primary: EmbeddedPostgres) -> Iterator[TcpProxy]:
+    p = TcpProxy(pg_primary.port).start()
+    yield p
+    p.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` (server-side state, no event to wait on) within a bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        gevent.sleep(0.02)
+    return True
+
+
+def submit(pool: DBConnectionPool, work: Any, args: Any = None, **options: Any) -> Any:
+    interaction = Interaction(work, args, **options)
+    pool.submit(interaction)
+    return interaction.reply.get(timeout=15)
+
+
+def pids(server: EmbeddedPostgres, application_name: str) -> set[int]:
+    out = server.psql(
+        f"SELECT pid FROM pg_stat_activity WHERE application_name = '{application_name}'"
+    )
+    return {int(line) for line in out.split()}
+
+
+def terminate(server: EmbeddedPostgres, pid: int) -> None:
+    server.psql(f"SELECT pg_terminate_backend({pid})")
+    assert wait_for(lambda: str(pid) not in server.psql("SELECT pid FROM pg_stat_activity"))
+
+
+def active_queries(server: EmbeddedPostgres, fragment: str) -> int:
+    return int(
+        server.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            f"AND query LIKE '%{fragment}%' AND pid <> pg_backend_pid()"
+        )
+    )
+
+
+# -- killed backends ------------------------------------------------------------------------
+
+
+def test_a_connection_terminated_while_idle_is_replaced_before_it_is_used(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="idlekill")
+    (pid,) = pids(pg_primary, "gdbpool:idlekill")
+    terminate(pg_primary, pid)
+    assert submit(pool, "SELECT 1") == [(1,)]  # the interaction is not lost with it
+    terminate(pg_primary, pids(pg_primary, "gdbpool:idlekill").pop())
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+    assert pool.stats()["connections_lost"] == 2
+
+
+def test_a_connection_terminated_while_checked_out_is_replaced_on_put(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="outkill")
+    conn = pool.get()
+    terminate(pg_primary, conn.info.backend_pid)
+    with pytest.raises(psycopg2.OperationalError), conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    pool.put(conn)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    assert pool.stats()["connections_lost"] == 1
+    assert wait_for(lambda: len(pids(pg_primary, "gdbpool:outkill")) == 1)
+
+
+# -- server restart ---------------------------------------------------------------------------
+
+
+def test_requests_waiting_through_a_server_restart_are_served_when_it_returns(
+    make_pool: MakePool, make_pg: Callable[..., EmbeddedPostgres]
+) -> None:
+    server = make_pg()
+    pool = make_pool(server.dsn(), 2, timeout=20)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    server.halt()
+    waiting = [Interaction("SELECT 42") for _ in range(4)]
+    for interaction in waiting:
+        pool.submit(interaction)
+    assert wait_for(lambda: not pool.healthy, timeout=5)
+    assert pool.stats()["connections_errors"] >= 1
+    server.start()
+    assert [i.reply.get(timeout=15) for i in waiting] == [[(42,)]] * 4
+    assert pool.healthy
+    assert pool.stats()["requests_errors"] == 0
+
+
+def test_while_the_server_is_down_waiting_requests_fail_with_a_timeout_naming_it(
+    make_pool: MakePool, make_pg: Callable[..., EmbeddedPostgres]
+) -> None:
+    server = make_pg()
+    pool = make_pool(server.dsn(), 1, timeout=0.5)
+    server.halt()
+    with pytest.raises(PoolTimeout) as info:
+        submit(pool, "SELECT 1")
+    text = str(info.value)
+    assert f"127.0.0.1:{server.port}/postgres" in text
+    assert "unreachable" in text
+    assert server.password not in text
+    with pytest.raises(PoolTimeout):
+        pool.get(timeout=0.3)
+    server.start()
+    assert submit(pool, "SELECT 1") == [(1,)]
+
+
+# -- network cuts ------------------------------------------------------------------------------
+
+
+def test_after_a_network_drop_the_pool_reconnects_when_the_network_returns(
+    make_pool: MakePool, proxy: TcpProxy, dbname: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(proxy.dsn(pg_primary.dsn(dbname)), 2, timeout=10)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    proxy.set_mode("drop")
+    pending = Interaction("SELECT 7")
+    pool.submit(pending)
+    assert wait_for(lambda: pool.stats()["connections_errors"] >= 1)
+    assert not pending.reply.ready()
+    proxy.set_mode("pass")
+    assert pending.reply.get(timeout=10) == [(7,)]
+    assert pool.stats()["connections_lost"] >= 1
+
+
+def test_a_blackholed_network_times_requests_out_and_the_pool_recovers(
+    make_pool: MakePool, proxy: TcpProxy, dbname: str, pg_primary: EmbeddedPostgres
+) -> None:
+    # check_after=0: every checkout pings, so a silent (half-open) connection is found.
+    pool = make_pool(
+        proxy.dsn(pg_primary.dsn(dbname)), 1, timeout=1.0, check_after=0, connect_timeout=0.3
+    )
+    assert submit(pool, "SELECT 1") == [(1,)]
+    proxy.set_mode("blackhole")
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        submit(pool, "SELECT 1")
+    assert time.monotonic() - started < 3
+    proxy.set_mode("pass")
+    assert submit(pool, "SELECT 2") == [(2,)]
+
+
+# -- killed greenlets ----------------------------------------------------------------------------
+
+
+def test_a_greenlet_killed_mid_query_leaves_no_broken_connection_and_cancels_the_query(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="killed")
+    started = gevent.event.Event()
+
+    def slow_user() -> None:
+        with pool.connection() as conn, conn.cursor() as cur:
+            started.set()
+            cur.execute("SELECT pg_sleep(30)")
+
+    user = gevent.spawn(slow_user)
+    assert started.wait(5)
+    assert wait_for(lambda: active_queries(pg_primary, "pg_sleep(30)") == 1)
+    user.kill(block=True, timeout=5)
+    assert wait_for(lambda: active_queries(pg_primary, "pg_sleep(30)") == 0)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    with pool.connection() as conn:
+        assert not conn.closed and conn.status == psycopg2.extensions.STATUS_READY
+    assert pool.stats()["connections_lost"] == 1
+
+
+def test_a_worker_killed_mid_query_fails_its_interaction_and_is_replaced(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="workerkill")
+    interaction = Interaction("SELECT pg_sleep(30)")
+    pool.submit(interaction)
+    assert wait_for(lambda: active_queries(pg_primary, "pg_sleep(30)") == 1)
+    # White box: the worker's greenlet is the one killed.
+    (worker,) = pool._supervisor.children
+    worker._greenlet.kill(block=True, timeout=5)
+    with pytest.raises(DBInteractionException, match="killed"):
+        interaction.reply.get(timeout=5)
+    assert wait_for(lambda: active_queries(pg_primary, "pg_sleep(30)") == 0)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    assert wait_for(lambda: len(pids(pg_primary, "gdbpool:workerkill")) == 1)
