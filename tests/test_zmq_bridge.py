@@ -103,7 +103,11 @@ def notifier(dsn: str) -> Iterator[Callable[[str, list[str]], None]]:
 
 def handshake(sub: NotifySubscriber, send: Callable[[str, list[str]], None],
               channel: str) -> Notification:
-    """Probe until a notification gets through (bounded); return it."""
+    """Probe until a notification gets through (bounded); return the last probe sent.
+
+    Waiting for the last probe (not just any) leaves no stray probe behind to
+    be mistaken for the test's own notifications.
+    """
     sub.wait_connected(timeout=10)
     deadline = time.monotonic() + 10
     n = 0
@@ -114,6 +118,9 @@ def handshake(sub: NotifySubscriber, send: Callable[[str, list[str]], None],
             while True:
                 event = sub.get(timeout=0.2)
                 if isinstance(event, Notification) and event.payload.startswith("probe-"):
+                    last = f"probe-{n}"
+                    while not (isinstance(event, Notification) and event.payload == last):
+                        event = sub.get(timeout=5)
                     return event
         except TimeoutError:
             continue
