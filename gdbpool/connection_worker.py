@@ -142,11 +142,14 @@ class ConnectionWorker(Actor):
     """Owns one connection; see the module docstring.
 
     Greenlet switches for one submitted interaction on an idle pool, from
-    ``submit()`` to the caller holding the result: caller → pool actor (1),
-    pool → worker (1), worker ⇄ hub while the server answers (2), worker →
-    caller via the reply (1), worker → pool with :class:`Idle` (1, batched with
-    the pool's next message under load): 6 in all, against 2 for a caller
-    that owns its connection.
+    ``submit()`` to the caller holding the result, measured with
+    ``greenlet.settrace``: 8 — caller → hub → pool actor (2), pool → hub →
+    worker (2), worker ⇄ hub while the server answers (2), worker → hub →
+    caller with the reply (2); the worker's :class:`Idle` to the pool is
+    handled after the caller has its result. A caller that owns its connection
+    needs 2; ``get()`` + ``put()`` need 4 (an ask round trip; ``put`` only
+    posts). Under load the actors drain several messages per wake-up, so the
+    hops cost less than that per interaction.
     """
 
     def __init__(self, settings: PoolSettings, pool: ActorRef, conn: Any = None) -> None:
