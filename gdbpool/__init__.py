@@ -6,6 +6,8 @@ Users import from ``gdbpool`` only; submodules are internal.
 
 from __future__ import annotations
 
+from gdbpool.channel_listener import ChannelListener, NotificationHub
+from gdbpool.connection_pool import DBConnectionPool
 from gdbpool.embedded import EmbeddedPostgres
 from gdbpool.errors import (
     ConfigurationError,
@@ -19,30 +21,54 @@ from gdbpool.errors import (
     PoolConnectionError,
     PoolConnectionException,
     PoolTimeout,
+    SubscriptionClosed,
     TooManyRequests,
 )
 from gdbpool.green import make_psycopg_green
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.interaction_pool import DBInteractionPool, NoReplicaAvailable
 from gdbpool.logging import configure_logging, redact
+from gdbpool.notification import Notification, Reconnected, check_channel, check_payload
+from gdbpool.read_your_writes import ReadYourWrites
+from gdbpool.replica_status import ReplicaStatus
+from gdbpool.subscription import Subscription
+from gdbpool.transaction import Transaction
 
 make_psycopg_green()
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ISOLATION_LEVELS",
+    "ChannelListener",
     "ConfigurationError",
+    "DBConnectionPool",
     "DBInteractionException",
+    "DBInteractionPool",
     "DBPoolConnectionException",
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "GDBPoolError",
+    "Interaction",
     "InteractionTimeout",
+    "NoReplicaAvailable",
+    "Notification",
     "NotificationError",
+    "NotificationHub",
     "PoolClosed",
     "PoolConnectionError",
     "PoolConnectionException",
     "PoolTimeout",
+    "ReadYourWrites",
+    "Reconnected",
+    "ReplicaStatus",
+    "Subscription",
+    "SubscriptionClosed",
     "TooManyRequests",
+    "Transaction",
     "__version__",
+    "check_channel",
+    "check_payload",
     "configure_logging",
     "make_psycopg_green",
     "redact",

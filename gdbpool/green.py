@@ -13,9 +13,12 @@ not work under a wait callback is ``async=True`` connections, which nobody mixes
 with gevent anyway.
 
 If the waiting greenlet is interrupted (killed with ``greenlet.kill``, or a
-``gevent.Timeout`` fires), the callback sends a cancel request for the running
-statement to the server before re-raising, so the query does not keep running
-server-side.  psycopg2 then treats the connection as unusable; pools discard it.
+``gevent.Timeout`` fires), the callback starts :func:`cancel_backend` in a new
+greenlet and re-raises at once, so the query does not keep running server-side.
+psycopg2 then closes the connection; pools replace it.  The cancel goes over a
+short-lived side connection (``SELECT pg_cancel_backend(pid)``), not through
+``conn.cancel()``: libpq's PQcancel blocks while holding the GIL until the server
+answers, which would freeze the whole process when the server is unreachable.
 """
 
 from __future__ import annotations
@@ -23,11 +26,18 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import gevent
 import psycopg2
 from gevent.socket import wait_read, wait_write
 from psycopg2 import extensions
 
-__all__ = ["gevent_wait_callback", "is_green", "make_psycopg_green"]
+__all__ = [
+    "CANCEL_TIMEOUT",
+    "cancel_backend",
+    "gevent_wait_callback",
+    "is_green",
+    "make_psycopg_green",
+]
 
 
 def gevent_wait_callback(conn: Any, timeout: float | None = None) -> None:
@@ -47,9 +57,56 @@ def gevent_wait_callback(conn: Any, timeout: float | None = None) -> None:
                 raise psycopg2.OperationalError(f"bad state from poll: {state}")
     except BaseException:
         # Interrupted (greenlet killed, Timeout): stop the statement server-side.
-        with contextlib.suppress(Exception):  # the connection is lost anyway
-            conn.cancel()
+        target = _cancel_target(conn)
+        if target is not None:
+            gevent.spawn(cancel_backend, *target)
         raise
+
+
+#: Seconds :func:`cancel_backend` may take to connect and cancel.
+CANCEL_TIMEOUT = 2.0
+
+
+def _cancel_target(conn: Any) -> tuple[str, int] | None:
+    """The DSN (with password) and backend pid needed to cancel ``conn``'s statement."""
+    try:
+        pid = conn.info.backend_pid
+        params = conn.get_dsn_parameters()
+        password = conn.info.password
+    except psycopg2.Error:
+        return None  # closed: nothing runs on the server any more
+    if password:
+        params["password"] = password
+    params["application_name"] = "gdbpool:cancel"
+    return extensions.make_dsn(**params), pid
+
+
+def cancel_backend(
+    dsn: str, pid: int, timeout: float = CANCEL_TIMEOUT, on_connect: Any = None
+) -> bool:
+    """Cancel backend ``pid``'s statement over a new connection to ``dsn``; True if sent.
+
+    Cooperative and bounded by ``timeout``; never raises (an unreachable server
+    means there is nothing more to do).  ``on_connect(side_conn)`` lets a caller
+    keep hold of the side connection to sever it.
+    """
+    try:
+        with gevent.Timeout(timeout):
+            side = psycopg2.connect(dsn)
+    except (psycopg2.Error, gevent.Timeout):
+        return False
+    if on_connect is not None:
+        on_connect(side)
+    try:
+        side.autocommit = True
+        with side.cursor() as cur:
+            cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            return bool(cur.fetchone()[0])
+    except psycopg2.Error:
+        return False
+    finally:
+        with contextlib.suppress(psycopg2.Error):
+            side.close()
 
 
 def make_psycopg_green() -> None:

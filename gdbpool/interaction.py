@@ -79,6 +79,7 @@ from psycopg2 import errors as pgerrors
 from psycopg2 import extensions
 
 from gdbpool.errors import ConfigurationError, DBInteractionException, InteractionTimeout
+from gdbpool.green import _cancel_target, cancel_backend
 
 __all__ = [
     "CANCEL_GRACE",
@@ -199,8 +200,12 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
             return _run_joined(conn, interaction, canceller)
         level = interaction.isolation_level
         if isinstance(work, str) and level is None and not interaction.read_only:
-            return _run_autocommit(conn, interaction, canceller)
-        return _run_transaction(conn, interaction, canceller)
+            result = _run_autocommit(conn, interaction, canceller)
+        else:
+            result = _run_transaction(conn, interaction, canceller)
+        if interaction.session is not None and not interaction.read_only:
+            interaction.session.observe_commit(conn)
+        return result
     finally:
         if canceller is not None:
             canceller.finish()
@@ -340,26 +345,48 @@ def _call_with_connection_options(conn: Any, interaction: Interaction) -> Any:
 
 def _call(work: Any, conn: Any, args: Any, extra: dict[str, Any] | None) -> Any:
     kw = extra or {}
+    lead: tuple[Any, ...] = (conn,)
+    if kw and _cursor_mode(work) == "positional":
+        lead = (conn, kw.pop("cursor"))
     if args is None:
-        return work(conn, **kw)
+        return work(*lead, **kw)
     if isinstance(args, tuple | list):
-        return work(conn, *args, **kw)
+        return work(*lead, *args, **kw)
     if isinstance(args, Mapping):
-        return work(conn, **args, **kw)
-    return work(conn, args, **kw)
+        return work(*lead, **args, **kw)
+    return work(*lead, args, **kw)
 
 
 @functools.lru_cache(maxsize=1024)
-def _signature_names_cursor(func: Any) -> bool:
+def _signature_cursor_mode(func: Any) -> str | None:
+    """``"positional"`` for ``f(conn, cursor, ...)``, ``"keyword"`` for another ``cursor``."""
     try:
-        return "cursor" in inspect.signature(func).parameters
+        params = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature
-        return False
+        return None
+    for index, param in enumerate(params):
+        if param.name == "cursor":
+            positional = param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
+            return "positional" if positional and index == 1 else "keyword"
+    return None
+
+
+def _cursor_mode(work: Any) -> str | None:
+    # Bound methods are cached by their function so the cache holds no instance.
+    func = getattr(work, "__func__", None)
+    if func is None:
+        return _signature_cursor_mode(work)
+    mode = _signature_cursor_mode(func)
+    # The bound instance fills the first parameter: f(self, conn, cursor) is positional.
+    if mode == "keyword":
+        names = list(inspect.signature(func).parameters)
+        if names.index("cursor") == 2:
+            return "positional"
+    return mode
 
 
 def _wants_cursor(work: Any) -> bool:
-    # Bound methods are cached by their function so the cache holds no instance.
-    return _signature_names_cursor(getattr(work, "__func__", work))
+    return _cursor_mode(work) is not None
 
 
 # -- errors, rollback, timeout --------------------------------------------------------
@@ -430,30 +457,12 @@ class _Canceller:
             _shutdown_socket(self._conn)
 
     def _cancel(self) -> None:
-        conn = self._conn
-        try:
-            pid = conn.info.backend_pid
-            params = conn.get_dsn_parameters()
-            password = conn.info.password
-        except psycopg2.Error:
-            return  # closed meanwhile: nothing runs on the server any more
-        if password:
-            params["password"] = password
-        params["application_name"] = "gdbpool:cancel"
-        try:
-            with gevent.Timeout(CANCEL_GRACE):
-                side = psycopg2.connect(extensions.make_dsn(**params))
-        except (psycopg2.Error, gevent.Timeout):
-            return  # unreachable: the grace period ends with the socket shut down
+        target = _cancel_target(self._conn)
+        if target is not None:  # None: closed meanwhile, nothing runs on the server
+            cancel_backend(*target, timeout=CANCEL_GRACE, on_connect=self._keep_side)
+
+    def _keep_side(self, side: Any) -> None:
         self._side = side
-        try:
-            side.autocommit = True
-            with side.cursor() as cur:
-                cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
-        except psycopg2.Error:
-            pass  # severed by finish(), or the backend is already gone
-        finally:
-            side.close()
 
     def finish(self) -> None:
         """Stop the timer; if it fired, wait (bounded) until its cancel was delivered."""

@@ -1,0 +1,583 @@
+"""DBInteractionPool: the router actor in front of a primary pool and its replicas.
+
+``run()`` builds an :class:`~gdbpool.interaction.Interaction` carrying a reply
+``AsyncResult`` and tells the router actor; the router picks a pool and submits
+the interaction to it; a connection worker of that pool runs it and sets the
+reply.  The router never touches a connection, so it is never blocked by I/O.
+
+Routing, in order:
+
+1. ``pool=NAME``: that pool (an unknown name fails the reply with
+   :class:`ConfigurationError`).
+2. A write (the default): the primary.
+3. ``read_only=True``: a replica whose last probe (see
+   :mod:`gdbpool.replica_status`) found it healthy, within ``max_replica_lag``
+   seconds and ``max_replica_lag_bytes`` bytes and, when the interaction
+   carries a :class:`~gdbpool.read_your_writes.ReadYourWrites` token, replayed
+   past it.  Replicas take turns (round robin over those acceptable now):
+   cheap, fair, and with equal pools "least busy" gives the same spread.
+4. No acceptable replica: the primary, unless ``replica_fallback="fail"``
+   (then :class:`NoReplicaAvailable`).  A read whose token no replica has
+   reached always goes to the primary: that is correctness, not fallback.
+
+Cost of one ``run()`` on the hot path: the caller's greenlet builds the message
+and switches to the router (1), the router submits to the pool actor (2), the
+pool hands it to an idle worker (3), the worker waits on the socket through the
+hub while the server works, sets the reply and the caller resumes (4): four
+greenlet switches plus the hub's socket wait that any cooperative query has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gevent.event import AsyncResult, Event
+from gevent.lock import Semaphore
+
+from actors import Actor, ActorRef, handles
+from gdbpool.channel_listener import NotificationHub
+from gdbpool.connection_pool import DBConnectionPool
+from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.logging import configure_logging, get_logger, redact
+from gdbpool.notification import check_channel, check_payload
+from gdbpool.read_your_writes import ReadYourWrites
+from gdbpool.replica_status import ReplicaProbe, ReplicaStatus
+from gdbpool.subscription import DEFAULT_MAXSIZE, DEFAULT_OVERFLOW, Overflow, Subscription
+from gdbpool.transaction import Transaction
+
+__all__ = ["DBInteractionPool", "NoReplicaAvailable", "PoolRole"]
+
+PoolRole = Literal["primary", "replica"]
+
+#: Seconds between two probes of a replica.
+DEFAULT_HEALTH_INTERVAL = 1.0
+#: Seconds a probe may take before the replica counts as unhealthy.
+DEFAULT_PROBE_TIMEOUT = 2.0
+
+
+class NoReplicaAvailable(GDBPoolError):
+    """A read-only interaction found no acceptable replica and fallback is ``"fail"``."""
+
+
+# -- router messages -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AddPool:
+    name: str
+    pool: DBConnectionPool
+    role: PoolRole
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplicaReport:
+    status: ReplicaStatus
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Ask which pool an interaction with these properties would go to."""
+
+    read_only: bool
+    pool: str | None = None
+    session: ReadYourWrites | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _AwaitReplica:
+    """Reply once replica ``name`` is reported acceptable (or not, per ``acceptable``)."""
+
+    name: str
+    acceptable: bool
+    reply: AsyncResult
+    min_lsn: int | None = None
+
+
+@dataclass(slots=True)
+class _RouterState:
+    pools: dict[str, DBConnectionPool] = field(default_factory=dict)
+    roles: dict[str, PoolRole] = field(default_factory=dict)
+    replicas: list[str] = field(default_factory=list)
+    status: dict[str, ReplicaStatus] = field(default_factory=dict)
+    waiters: list[_AwaitReplica] = field(default_factory=list)
+
+
+class _Router(Actor):
+    """Owns the pool table and replica health; routes every interaction."""
+
+    def __init__(
+        self,
+        primary: str,
+        replica_fallback: Literal["primary", "fail"],
+        max_lag_seconds: float | None,
+        max_lag_bytes: int | None,
+    ) -> None:
+        super().__init__()
+        self._primary = primary
+        self._fallback = replica_fallback
+        self._max_lag_seconds = max_lag_seconds
+        self._max_lag_bytes = max_lag_bytes
+        self._state = _RouterState()
+        self._turn = itertools.count()
+
+    @handles(Interaction)
+    def route_interaction(self, interaction: Interaction) -> None:
+        try:
+            pool = self._choose(interaction.read_only, interaction.pool, interaction.session)
+            pool.submit(interaction)
+        except BaseException as exc:  # the reply carries it; the router must live on
+            if not interaction.reply.ready():
+                interaction.reply.set_exception(exc)
+
+    @handles(_Route)
+    def route(self, msg: _Route) -> DBConnectionPool:
+        return self._choose(msg.read_only, msg.pool, msg.session)
+
+    @handles(_AddPool)
+    def add_pool(self, msg: _AddPool) -> None:
+        state = self._state
+        if msg.name in state.pools:
+            raise ConfigurationError(f"a pool named {msg.name!r} already exists")
+        state.pools[msg.name] = msg.pool
+        state.roles[msg.name] = msg.role
+        if msg.role == "replica":
+            state.replicas.append(msg.name)
+
+    @handles(_ReplicaReport)
+    def replica_report(self, msg: _ReplicaReport) -> None:
+        previous = self._state.status.get(msg.status.pool)
+        self._state.status[msg.status.pool] = msg.status
+        if previous is None or previous.healthy != msg.status.healthy:
+            get_logger("gdbpool.router", pool=msg.status.pool).info(
+                "replica_healthy" if msg.status.healthy else "replica_unhealthy",
+                error=msg.status.error,
+            )
+        if self._state.waiters:
+            self._state.waiters = [w for w in self._state.waiters if not self._answer(w)]
+
+    @handles(_AwaitReplica)
+    def await_replica(self, msg: _AwaitReplica) -> None:
+        if msg.name not in self._state.replicas:
+            msg.reply.set_exception(ConfigurationError(f"no replica pool named {msg.name!r}"))
+        elif not self._answer(msg):
+            self._state.waiters.append(msg)
+
+    def _answer(self, waiter: _AwaitReplica) -> bool:
+        status = self._state.status.get(waiter.name)
+        if status is None:
+            return False
+        ok = status.acceptable(self._max_lag_seconds, self._max_lag_bytes)
+        if ok and waiter.min_lsn is not None:
+            ok = status.replay_lsn is not None and status.replay_lsn >= waiter.min_lsn
+        if ok != waiter.acceptable:
+            return False
+        waiter.reply.set(status)
+        return True
+
+    @handles(_Snapshot)
+    def snapshot(self, _msg: _Snapshot) -> dict[str, Any]:
+        state = self._state
+        return {
+            "primary": self._primary,
+            "pools": dict(state.roles),
+            "replicas": {name: state.status.get(name) for name in state.replicas},
+        }
+
+    def _choose(
+        self, read_only: bool, name: str | None, session: ReadYourWrites | None
+    ) -> DBConnectionPool:
+        pools = self._state.pools
+        if name is not None:
+            try:
+                return pools[name]
+            except KeyError:
+                raise ConfigurationError(
+                    f"unknown pool {name!r}; known pools: {', '.join(sorted(pools))}"
+                ) from None
+        if not read_only or not self._state.replicas:
+            return pools[self._primary]
+        candidates = self._acceptable_replicas(session)
+        if candidates:
+            return pools[candidates[next(self._turn) % len(candidates)]]
+        if self._fallback == "fail" and not (session is not None and session.lsn is not None):
+            raise NoReplicaAvailable(
+                "no replica is healthy and within the lag bound; "
+                "reads fall back to the primary only with replica_fallback='primary'"
+            )
+        return pools[self._primary]
+
+    def _acceptable_replicas(self, session: ReadYourWrites | None) -> list[str]:
+        token = session.lsn if session is not None else None
+        out = []
+        for name in self._state.replicas:
+            status = self._state.status.get(name)
+            if status is None or not status.acceptable(self._max_lag_seconds, self._max_lag_bytes):
+                continue
+            if not self._state.pools[name].healthy:
+                continue
+            if token is not None and (status.replay_lsn is None or status.replay_lsn < token):
+                continue
+            out.append(name)
+        return out
+
+
+# -- the public facade ---------------------------------------------------------------
+
+
+class DBInteractionPool:
+    """Runs interactions (SQL strings or callables) on a primary and its read replicas.
+
+    ``DBInteractionPool(dsn, pool_size=10, pool_name="default", do_log=False)``
+    opens and supervises the primary pool named ``pool_name``; more pools come
+    from :meth:`add_pool`.  Every keyword in ``pool_options`` goes to each
+    :class:`~gdbpool.DBConnectionPool` it creates (``timeout``, ``max_waiting``,
+    ``min_size``...).
+
+    Replica routing knobs: ``max_replica_lag`` (seconds, default None: no
+    bound), ``max_replica_lag_bytes`` (default None), ``replica_fallback``
+    (``"primary"``, the default, or ``"fail"``), ``health_interval`` (seconds
+    between replica probes, default 1.0) and ``probe_timeout`` (default 2.0).
+
+    ``ipool(...)`` is ``ipool.run(...)``.  :meth:`close` stops every pool, probe
+    and listener; it is also the context-manager exit.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 10,
+        pool_name: str = "default",
+        do_log: bool = False,
+        *,
+        max_replica_lag: float | None = None,
+        max_replica_lag_bytes: int | None = None,
+        replica_fallback: Literal["primary", "fail"] = "primary",
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        **pool_options: Any,
+    ) -> None:
+        if replica_fallback not in ("primary", "fail"):
+            raise ConfigurationError(
+                f"replica_fallback must be 'primary' or 'fail', not {replica_fallback!r}"
+            )
+        if do_log:
+            configure_logging()
+        self._log = get_logger("gdbpool.interaction_pool", pool=pool_name)
+        self._dsn = dsn
+        self._pool_options = pool_options
+        self._primary_name = pool_name
+        self._health_interval = health_interval
+        self._probe_timeout = probe_timeout
+        self._pools: dict[str, DBConnectionPool] = {}
+        self._probes: list[ReplicaProbe] = []
+        self._hub: NotificationHub | None = None
+        self._hub_lock = Semaphore()
+        self._closed = False
+        self._router: ActorRef = _Router.start(
+            pool_name, replica_fallback, max_replica_lag, max_replica_lag_bytes,
+            name=f"router:{pool_name}",
+        )
+        try:
+            self.add_pool(pool_name, dsn, pool_size, role="primary")
+        except BaseException:
+            self._router.stop()
+            raise
+
+    # -- pools ------------------------------------------------------------------------
+
+    def add_pool(
+        self,
+        name: str,
+        dsn: str,
+        pool_size: int = 10,
+        role: PoolRole = "replica",
+        **pool_options: Any,
+    ) -> DBConnectionPool:
+        """Open a named pool and route to it; ``role`` is ``"replica"`` or ``"primary"``.
+
+        Only one primary exists (the one created with the interaction pool); a
+        pool added with ``role="primary"`` later is reachable with ``pool=name``
+        only.  A duplicate name raises :class:`ConfigurationError`.
+        """
+        self._check_open()
+        if role not in ("primary", "replica"):
+            raise ConfigurationError(f"role must be 'primary' or 'replica', not {role!r}")
+        if name in self._pools:
+            raise ConfigurationError(f"a pool named {name!r} already exists")
+        options = {**self._pool_options, **pool_options}
+        pool = DBConnectionPool(dsn, pool_size, name=name, **options)
+        try:
+            self._router.ask(_AddPool(name, pool, role)).get()
+        except BaseException:
+            pool.close()
+            raise
+        self._pools[name] = pool
+        if role == "replica" and name != self._primary_name:
+            probe = ReplicaProbe(
+                name,
+                pool.submit,
+                self._pools[self._primary_name].submit,
+                lambda status: self._router.tell(_ReplicaReport(status)),
+                self._health_interval,
+                self._probe_timeout,
+            )
+            self._probes.append(probe)
+            probe.start()
+        self._log.info("pool_added", name=name, role=role, dsn=redact(dsn))
+        return pool
+
+    def pool(self, name: str | None = None) -> DBConnectionPool:
+        """The named pool (default: the primary), e.g. for ``get()``/``put()``."""
+        name = self._primary_name if name is None else name
+        try:
+            return self._pools[name]
+        except KeyError:
+            raise ConfigurationError(f"unknown pool {name!r}") from None
+
+    def replica_status(self) -> dict[str, ReplicaStatus | None]:
+        """The last probe result of every replica (None before the first probe)."""
+        snapshot: dict[str, Any] = self._router.ask(_Snapshot()).get(timeout=5)
+        return dict(snapshot["replicas"])
+
+    def wait_for_replica(
+        self,
+        name: str,
+        *,
+        acceptable: bool = True,
+        session: ReadYourWrites | None = None,
+        timeout: float = 10.0,
+    ) -> ReplicaStatus:
+        """Block until a probe reports replica ``name`` acceptable (or not acceptable).
+
+        "Acceptable" is what routing uses: healthy and within the lag bounds,
+        and, with ``session``, replayed past that token (so the session's
+        reads can go to it).  Raises ``gevent.Timeout`` after ``timeout``
+        seconds.
+        """
+        reply: AsyncResult = AsyncResult()
+        min_lsn = session.lsn if session is not None else None
+        self._router.tell(_AwaitReplica(name, acceptable, reply, min_lsn))
+        status: ReplicaStatus = reply.get(timeout=timeout)
+        return status
+
+    # -- interactions -------------------------------------------------------------------
+
+    def run(
+        self,
+        interaction: str | Callable[..., Any],
+        args: Any = None,
+        *,
+        read_only: bool | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+        isolation_level: str | None = None,
+        cursor_factory: Any = None,
+        dry_run: bool = False,
+        dec2float: bool = False,
+        session: ReadYourWrites | None = None,
+        interaction_args: Any = None,
+        is_write: bool | None = None,
+        get_result: bool = True,
+    ) -> AsyncResult:
+        """Run ``interaction`` and return an ``AsyncResult`` for its result.
+
+        ``interaction`` is an SQL string (``args`` go to the driver, never into
+        the string) or a callable ``f(conn, *args)`` / ``f(conn, cursor, *args)``.
+        The result of a string is its rows, or its row count when it returns
+        none; a callable's is its return value.  A write commits on success and
+        rolls back on error; ``read_only=True`` runs in a read-only transaction,
+        on a replica when one is acceptable.  Errors arrive on the result as
+        :class:`~gdbpool.DBInteractionException` (``timeout`` expiry as
+        :class:`~gdbpool.InteractionTimeout`, after the statement was cancelled
+        on the server).
+
+        Original keywords: ``interaction_args`` is ``args``, ``is_write=False``
+        is ``read_only=True``; ``get_result`` is accepted and ignored (the
+        result is always available on the returned ``AsyncResult``).
+        """
+        if interaction_args is not None:
+            if args is not None:
+                raise ConfigurationError("give args or interaction_args, not both")
+            args = interaction_args
+        if read_only is None:
+            read_only = is_write is False
+        elif is_write is not None and is_write == read_only:
+            raise ConfigurationError("read_only and is_write contradict each other")
+        if not (isinstance(interaction, str) or callable(interaction)):
+            raise ConfigurationError(
+                "interaction must be an SQL string or a callable taking conn, "
+                f"not {type(interaction).__name__}"
+            )
+        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"unknown isolation_level {isolation_level!r}; "
+                f"use one of {', '.join(ISOLATION_LEVELS)}"
+            )
+        if self._closed:
+            raise PoolClosed("the interaction pool is closed")
+        msg = Interaction(
+            interaction,
+            args,
+            read_only=read_only,
+            isolation_level=isolation_level,
+            timeout=timeout,
+            cursor_factory=cursor_factory,
+            dry_run=dry_run,
+            dec2float=dec2float,
+            pool=pool,
+            session=session,
+        )
+        self._router.tell(msg)
+        return msg.reply
+
+    __call__ = run
+
+    def run_many(
+        self,
+        interactions: Iterable[str | Callable[..., Any] | tuple[Any, ...]],
+        *,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+        **options: Any,
+    ) -> list[Any]:
+        """Run several interactions in parallel; return their results in order.
+
+        Each item is an SQL string or callable, or a tuple ``(interaction, args)``.
+        ``options`` apply to every item (``read_only=``, ``pool=``...).  The
+        first failure is raised after all have finished, unless
+        ``return_exceptions=True`` puts exceptions in the list instead.
+        ``timeout`` bounds the whole wait.
+        """
+        results = []
+        for item in interactions:
+            if isinstance(item, tuple):
+                work, args = item
+                results.append(self.run(work, args, timeout=timeout, **options))
+            else:
+                results.append(self.run(item, timeout=timeout, **options))
+        out: list[Any] = []
+        first_error: BaseException | None = None
+        for reply in results:
+            reply.wait(timeout)
+            if not reply.ready():
+                raise TimeoutError(f"run_many: not all interactions finished in {timeout}s")
+            if reply.successful():
+                out.append(reply.value)
+            else:
+                out.append(reply.exception)
+                first_error = first_error or reply.exception
+        if first_error is not None and not return_exceptions:
+            raise first_error
+        return out
+
+    @contextlib.contextmanager
+    def transaction(
+        self,
+        read_only: bool = False,
+        isolation_level: str | None = None,
+        *,
+        pool: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Transaction]:
+        """Hold one connection for several ``tx.run(...)`` calls (the original ``partial_txn``).
+
+        Commits on a clean exit, rolls back when the block raises; the
+        connection goes back to its pool either way.  A read-only transaction
+        is routed like a read-only interaction.
+        """
+        self._check_open()
+        target: DBConnectionPool = self._router.ask(
+            _Route(read_only=read_only, pool=pool)
+        ).get(timeout=10)
+        with Transaction(target, read_only=read_only, isolation_level=isolation_level,
+                         timeout=timeout) as tx:
+            yield tx
+
+    # -- LISTEN / NOTIFY -------------------------------------------------------------
+
+    def subscribe(
+        self, channel: str, maxsize: int = DEFAULT_MAXSIZE, overflow: Overflow = DEFAULT_OVERFLOW
+    ) -> Subscription:
+        """Subscribe to ``channel`` on the primary; see :meth:`NotificationHub.subscribe`.
+
+        The first call opens the interaction pool's :class:`NotificationHub`
+        (one LISTEN connection to the primary, shared by every channel).
+        """
+        return self.notification_hub().subscribe(channel, maxsize, overflow)
+
+    def listen_on(self, result_queue: Any, channel_name: str, cancel_event: Event) -> None:
+        """The original API: deliver ``channel_name`` into ``result_queue`` until ``cancel_event``.
+
+        Blocks the calling greenlet (run it with ``gevent.spawn``); see
+        :meth:`NotificationHub.listen_on`.
+        """
+        self.notification_hub().listen_on(result_queue, channel_name, cancel_event)
+
+    def notify(self, channel: str, payload: str = "") -> AsyncResult:
+        """``NOTIFY channel, payload`` on the primary, as ``SELECT pg_notify(%s, %s)``.
+
+        A bad channel name or a payload over 7999 UTF-8 bytes raises
+        :class:`~gdbpool.NotificationError` here, before any round trip.  The
+        notification is an interaction like any other: the returned
+        ``AsyncResult`` is set once it has been committed.
+        """
+        args = (check_channel(channel), check_payload(payload))
+        return self.run("SELECT pg_notify(%s, %s)", args)
+
+    def notification_hub(self) -> NotificationHub:
+        """The interaction pool's :class:`NotificationHub`, opened on first use."""
+        self._check_open()
+        with self._hub_lock:
+            if self._hub is None:
+                self._hub = NotificationHub(
+                    self._dsn, application_name=f"gdbpool-listener:{self._primary_name}"
+                )
+        return self._hub
+
+    def session(self) -> ReadYourWrites:
+        """A fresh read-your-writes token to pass as ``session=``."""
+        return ReadYourWrites()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """``stats()`` of every pool, by name."""
+        return {name: pool.stats() for name, pool in self._pools.items()}
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every probe, listener and pool, then the router. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for probe in self._probes:
+            probe.stop()
+        if self._hub is not None:
+            self._hub.close()
+        self._router.stop(timeout)
+        for pool in self._pools.values():
+            pool.close()
+        self._log.info("interaction_pool_closed")
+
+    def __enter__(self) -> DBInteractionPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<DBInteractionPool {self._primary_name!r} {state} pools={sorted(self._pools)}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed("the interaction pool is closed")
