@@ -92,6 +92,7 @@ def main() -> int:
     tracker = SequenceTracker()
     wanted = tuple(args.channel)
     received = 0
+    heard: set[str] = set()
     idle_since = time.monotonic()
 
     def emit(record: dict[str, Any], text: str) -> None:
@@ -109,6 +110,10 @@ def main() -> int:
             if header.get("v") != WIRE_VERSION:
                 continue  # an incompatible format: skip rather than misread
             kind, src, bridge = header.get("type"), header["src"], header.get("bridge", "")
+            if src not in heard:  # on stderr: stdout carries only events
+                heard.add(src)
+                print(f"plain subscriber: heard from bridge {bridge} (src {src})",
+                      file=sys.stderr, flush=True)
             old = tracker.source(bridge, src)
             if old is not None:
                 emit({"type": "bridge_restarted", "bridge": bridge, "old_source": old,
