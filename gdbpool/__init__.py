@@ -10,6 +10,7 @@ from gdbpool.channel_listener import ChannelListener, NotificationHub
 from gdbpool.connection_pool import DBConnectionPool
 from gdbpool.embedded import EmbeddedPostgres
 from gdbpool.errors import (
+    BridgeClosed,
     ConfigurationError,
     DBInteractionException,
     DBPoolConnectionException,
@@ -23,6 +24,7 @@ from gdbpool.errors import (
     PoolTimeout,
     SubscriptionClosed,
     TooManyRequests,
+    WireFormatError,
 )
 from gdbpool.green import make_psycopg_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
@@ -33,13 +35,22 @@ from gdbpool.read_your_writes import ReadYourWrites
 from gdbpool.replica_status import ReplicaStatus
 from gdbpool.subscription import Subscription
 from gdbpool.transaction import Transaction
+from gdbpool.zmq_bridge import ZmqNotifyBridge
+from gdbpool.zmq_subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
+from gdbpool.zmq_wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
 
 make_psycopg_green()
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "HEARTBEAT_TOPIC",
     "ISOLATION_LEVELS",
+    "RESERVED_PREFIX",
+    "WIRE_VERSION",
+    "BridgeClosed",
+    "BridgeRestarted",
+    "BridgeSilent",
     "ChannelListener",
     "ConfigurationError",
     "DBConnectionPool",
@@ -49,12 +60,14 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "GDBPoolError",
+    "Gap",
     "Interaction",
     "InteractionTimeout",
     "NoReplicaAvailable",
     "Notification",
     "NotificationError",
     "NotificationHub",
+    "NotifySubscriber",
     "PoolClosed",
     "PoolConnectionError",
     "PoolConnectionException",
@@ -66,6 +79,8 @@ __all__ = [
     "SubscriptionClosed",
     "TooManyRequests",
     "Transaction",
+    "WireFormatError",
+    "ZmqNotifyBridge",
     "__version__",
     "check_channel",
     "check_payload",

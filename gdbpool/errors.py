@@ -10,6 +10,7 @@ failed interaction.
 from __future__ import annotations
 
 __all__ = [
+    "BridgeClosed",
     "ConfigurationError",
     "DBInteractionException",
     "DBPoolConnectionException",
@@ -21,7 +22,9 @@ __all__ = [
     "PoolConnectionError",
     "PoolConnectionException",
     "PoolTimeout",
+    "SubscriptionClosed",
     "TooManyRequests",
+    "WireFormatError",
 ]
 
 
@@ -86,7 +89,6 @@ class WireFormatError(NotificationError):
     """A ZeroMQ bridge message is not in the bridge's wire format (or a newer version of it)."""
 
 
-__all__ += ["WireFormatError"]
 
 
 class SubscriptionClosed(NotificationError):
@@ -97,11 +99,9 @@ class SubscriptionClosed(NotificationError):
     """
 
 
-__all__ += ["SubscriptionClosed"]
 
 
 class BridgeClosed(GDBPoolError):
     """The ZeroMQ bridge or subscriber is closed."""
 
 
-__all__ += ["BridgeClosed"]
