@@ -89,16 +89,12 @@ class WireFormatError(NotificationError):
     """A ZeroMQ bridge message is not in the bridge's wire format (or a newer version of it)."""
 
 
-
-
 class SubscriptionClosed(NotificationError):
     """The subscription was closed (by ``close()``, ``listen_on``'s cancel, or its hub closing).
 
     Raised by ``Subscription.get()`` once nothing is left to read; iteration
     simply ends instead.  The message says who closed it.
     """
-
-
 
 
 class BridgeClosed(GDBPoolError):
