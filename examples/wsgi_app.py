@@ -120,6 +120,7 @@ def main() -> int:
         server = WSGIServer(("127.0.0.1", args.port), EventsApp(ipool), log=None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, server.stop, 5)
+        server.start()                           # bound: say so only now
         print(f"wsgi_app: listening on http://127.0.0.1:{args.port}/events", flush=True)
         server.serve_forever()                   # returns once server.stop() ran
     finally:
