@@ -40,6 +40,7 @@ from zmq.utils import z85
 from actors import Actor, ActorRef, handles
 from gdbpool.errors import ConfigurationError
 from gdbpool.logging import get_logger
+from gdbpool.subscription import Overflow
 from gdbpool.zmq_wire import encode_heartbeat, encode_notify, encode_reconnected, new_source_id
 
 __all__ = [
@@ -70,7 +71,7 @@ class _Subscription(Protocol):
 class NotificationSource(Protocol):
     """What the bridge needs from a hub: ``NotificationHub`` fits."""
 
-    def subscribe(self, channel: str, maxsize: int = ..., overflow: str = ...) -> Any: ...
+    def subscribe(self, channel: str, maxsize: int = ..., overflow: Overflow = ...) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
