@@ -24,8 +24,8 @@ import gevent
 from gevent.event import Event
 from wait_for_postgres import wait_for_postgres
 
+from gdbpool import configure_logging
 from gdbpool.interaction_pool import DBInteractionPool
-from gdbpool.logging import configure_logging
 
 # The trigger makes the database, not the application, responsible for the
 # notification: it is sent at commit, only if the row really was written.

@@ -35,8 +35,8 @@ from gevent.pywsgi import WSGIServer
 from wait_for_postgres import wait_for_postgres
 from writer import SCHEMA
 
+from gdbpool import configure_logging
 from gdbpool.interaction_pool import DBInteractionPool
-from gdbpool.logging import configure_logging
 
 READ = """SELECT id, channel, n, created_at, pg_is_in_recovery() AS on_replica
           FROM gdbpool_events ORDER BY id DESC LIMIT %s"""
