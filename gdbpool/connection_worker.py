@@ -28,7 +28,7 @@ import select
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import psycopg2
@@ -39,6 +39,9 @@ from actors import Actor, ActorRef, handles
 from gdbpool.errors import DBInteractionException, PoolConnectionError
 from gdbpool.interaction import Interaction, run_interaction
 from gdbpool.logging import redact
+
+if TYPE_CHECKING:
+    from gdbpool._pool_actor import WaitQueue
 
 __all__ = ["ConnectionWorker", "PoolSettings", "PooledConnection", "open_connection"]
 
@@ -55,6 +58,7 @@ class PooledConnection(extensions.connection):  # type: ignore[misc]
     gdbpool_pool: object = None
     gdbpool_worker: ActorRef | None = None
     gdbpool_lent: bool = False
+    gdbpool_poll: Any = None  # select.poll on the socket, made once (check_connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +156,13 @@ class ConnectionWorker(Actor):
     hops cost less than that per interaction.
     """
 
-    def __init__(self, settings: PoolSettings, pool: ActorRef, conn: Any = None) -> None:
+    def __init__(
+        self, settings: PoolSettings, pool: ActorRef, waiting: WaitQueue, conn: Any = None
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.pool = pool
+        self.waiting = waiting
         self.conn: Any = None
         self.expires_at = 0.0
         self.idle_since = 0.0
@@ -206,24 +213,34 @@ class ConnectionWorker(Actor):
         self._adopt(conn, int((time.monotonic() - started) * 1000))
 
     @handles(Interaction)
-    def run(self, interaction: Interaction) -> None:
-        conn = self.conn
-        if conn is None or not self.alive(conn):
-            self._lose(retry=interaction)
-            return
-        try:
-            interaction.reply.set(run_interaction(conn, interaction))
-        except DBInteractionException as exc:
-            interaction.reply.set_exception(exc)
-        except GreenletExit:
-            # Killed mid-query: the wait callback cancelled the statement and
-            # psycopg2 closed the connection; nobody else will answer the caller.
-            interaction.reply.set_exception(
-                DBInteractionException("the connection worker was killed while running this")
-            )
-            self._killed()
-            raise
-        self._after_use(conn)
+    def run(self, interaction: Interaction | None) -> None:
+        # Then the interactions that queued meanwhile, taken from the pool's
+        # wait queue, until none waits: only then report Idle.
+        take = self.waiting.take_interaction
+        while interaction is not None:
+            conn = self.conn
+            if conn is None or not self.alive(conn):
+                self._lose(retry=interaction)
+                return
+            reply = interaction.reply
+            try:
+                reply.set(run_interaction(conn, interaction))
+            except DBInteractionException as exc:
+                reply.set_exception(exc)
+            except GreenletExit:
+                # Killed mid-query: the wait callback cancelled the statement and
+                # psycopg2 closed the connection; nobody else will answer the caller.
+                reply.set_exception(
+                    DBInteractionException("the connection worker was killed while running this")
+                )
+                self._killed()
+                raise
+            now = time.monotonic()
+            if not self._still_usable(conn, now):
+                return
+            self.idle_since = now
+            interaction = take(now) if self.waiting else None
+        self.pool.tell(self._idle_msg)
 
     @handles(Return)
     def give_back(self, msg: Return) -> None:
@@ -268,13 +285,20 @@ class ConnectionWorker(Actor):
         return True
 
     def _after_use(self, conn: Any) -> None:
+        now = time.monotonic()
+        if self._still_usable(conn, now):
+            self.idle_since = now
+            self.pool.tell(self._idle_msg)
+
+    def _still_usable(self, conn: Any, now: float) -> bool:
+        """After a use: False (and the connection replaced) if broken or past max_lifetime."""
         if conn.closed:
             self._lose()
-        elif time.monotonic() > self.expires_at:
+            return False
+        if now > self.expires_at:
             self.recycle(Recycle())
-        else:
-            self.idle_since = time.monotonic()
-            self.pool.tell(self._idle_msg)
+            return False
+        return True
 
     def _adopt(self, conn: Any, connect_ms: int) -> None:
         self.conn = conn
@@ -338,8 +362,12 @@ def check_connection(conn: Any) -> bool:
     if conn.closed:
         return False
     try:
-        poller = select.poll()
-        poller.register(conn.fileno(), select.POLLIN)
+        poller = conn.gdbpool_poll if isinstance(conn, PooledConnection) else None
+        if poller is None:
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+            if isinstance(conn, PooledConnection):
+                conn.gdbpool_poll = poller  # the socket stays the same for the connection's life
         # A terminated backend sends its FATAL message, then EOF: the first
         # poll() consumes the message, the next one meets the EOF and raises.
         for _ in range(4):

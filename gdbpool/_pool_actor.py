@@ -1,0 +1,513 @@
+"""The pool actor behind DBConnectionPool, and the wait queue it shares with its workers.
+
+The pool actor owns the pool's state: which worker is idle, busy or lent,
+which requests wait, the counters. It never does I/O. Requests that find no
+idle worker wait in a :class:`WaitQueue` in FIFO order; the pool actor
+appends to it, times its requests out and fails them on close, and a worker
+that has just finished an interaction takes the next waiting interaction from
+its head itself (see :class:`WaitQueue`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult, Event
+
+from actors import Actor, ActorRef, ActorStopped, Supervisor, handles
+from gdbpool.connection_worker import (
+    ConnectFailed,
+    ConnectionWorker,
+    Gone,
+    Idle,
+    Lost,
+    Opened,
+    PoolSettings,
+    Recycle,
+)
+from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
+from gdbpool.interaction import Interaction
+
+__all__ = ["WaitQueue"]
+
+
+# -- what the pool actor is told, besides the worker messages and Interaction ----------
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkout:
+    """``get()``: lend an idle connection; the reply gets ``(conn, idle_since)``."""
+
+    timeout: float
+    reply: AsyncResult = field(default_factory=AsyncResult)
+
+
+@dataclass(frozen=True, slots=True)
+class _Expire:
+    """The earliest deadline of the waiting requests passed."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """Periodic housekeeping: max_idle, max_lifetime of idle connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """Ask: an Event set once ``min_size`` connections are open."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """Ask: the counters."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """Ask: stop serving; the reply is an Event set once no worker is busy."""
+
+
+@dataclass(slots=True)
+class _Status:
+    """Written by the pool actor only; read by the facade."""
+
+    healthy: bool = True
+    closed: bool = False
+    last_error: str = ""
+
+
+_EXPIRE = _Expire()
+
+# One waiting request: (request, monotonic time it began waiting, deadline).
+_Entry = tuple["Interaction | _Checkout", float, float]
+
+
+class WaitQueue:
+    """The FIFO of requests waiting for a connection: the pool's, shared with its workers.
+
+    Like a balancing dispatcher's shared mailbox: the pool actor appends the
+    requests that found no idle worker and does everything else with them
+    (deadlines, counters, failing them on close); a worker that has just
+    finished an interaction calls :meth:`take_interaction` and runs the next
+    waiting interaction at once, instead of reporting idle and waiting for
+    the pool actor to hand it back (two greenlet switches and a pool actor
+    wake-up less per interaction under load). Checkouts are only ever lent by
+    the pool actor, so a worker takes the head only when it is an
+    interaction; FIFO order is kept either way.
+
+    No lock: greenlets switch only where they block, and nothing here blocks.
+    """
+
+    __slots__ = ("_items", "wait_ms")
+
+    def __init__(self) -> None:
+        self._items: deque[_Entry] = deque()
+        #: Total milliseconds that served requests waited (expired ones: see the pool).
+        self.wait_ms = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, request: Interaction | _Checkout, now: float, deadline: float) -> None:
+        self._items.append((request, now, deadline))
+
+    def appendleft(self, request: Interaction | _Checkout, now: float, deadline: float) -> None:
+        self._items.appendleft((request, now, deadline))
+
+    def take(self, now: float) -> Interaction | _Checkout | None:
+        """Pop the first request still waiting (its reply not set), or None."""
+        items = self._items
+        while items:
+            request, since, _deadline = items.popleft()
+            if not request.reply.ready():
+                self.wait_ms += int((now - since) * 1000)
+                return request
+        return None
+
+    def take_interaction(self, now: float) -> Interaction | None:
+        """Pop the head if it is an interaction still waiting, else None (for workers)."""
+        items = self._items
+        while items:
+            request = items[0][0]
+            if request.reply.ready():
+                items.popleft()
+                continue
+            if isinstance(request, _Checkout):
+                return None
+            self.wait_ms += int((now - items.popleft()[1]) * 1000)
+            return request
+        return None
+
+    def expire(self, now: float) -> list[tuple[Interaction | _Checkout, float]]:
+        """Remove and return ``(request, waited)`` for requests past their deadline.
+
+        Requests whose reply is already set are dropped silently.
+        """
+        expired: list[tuple[Interaction | _Checkout, float]] = []
+        keep: list[_Entry] = []
+        for entry in self._items:
+            request, since, deadline = entry
+            if request.reply.ready():
+                continue
+            if deadline <= now:
+                expired.append((request, now - since))
+            else:
+                keep.append(entry)
+        if len(keep) != len(self._items):
+            self._items.clear()
+            self._items.extend(keep)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of the waiting requests (None when none waits)."""
+        return min((entry[2] for entry in self._items), default=None)
+
+    def drain(self) -> list[Interaction | _Checkout]:
+        """Remove and return every waiting request."""
+        requests = [entry[0] for entry in self._items]
+        self._items.clear()
+        return requests
+
+
+class _PoolActor(Actor):
+    """Owns the pool's state: which worker is idle, busy or lent, who waits, counters.
+
+    Waiting requests have one libev timer between them, armed for the
+    earliest deadline (not one timer per request): when it fires, the pool
+    fails every request past its deadline and re-arms for the next one.
+    """
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        status: _Status,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        max_waiting: int,
+        max_idle: float,
+        supervisor: Supervisor,
+        first_conn: Any,
+    ) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.settings = settings
+        self.status = status
+        self.min_size = min_size
+        self.max_size = max_size
+        self.max_waiting = max_waiting
+        self.max_idle = max_idle
+        self.supervisor = supervisor
+        self.first_conn = first_conn
+        self.idle: list[ActorRef] = []  # LIFO stack
+        self.idle_since: dict[ActorRef, float] = {}
+        self.conns: dict[ActorRef, Any] = {}
+        self.workers: set[ActorRef] = set()  # every live worker, whatever its state
+        self.connecting = 0
+        self.busy_since: dict[ActorRef, float] = {}  # running interactions, or lent
+        self.lent: set[ActorRef] = set()
+        self.ready: list[tuple[int, Event]] = []  # wait(): (connections wanted, event)
+        self.waiting = WaitQueue()
+        self.timer: Any = None  # the libev timer for the earliest deadline
+        self.timer_deadline = 0.0
+        self.drained: Event | None = None
+        self.ticker: gevent.Greenlet | None = None
+        self.numbers = itertools.count(1)
+        self.counters = dict.fromkeys(
+            (
+                "requests_num",
+                "requests_queued",
+                "requests_wait_ms",
+                "requests_errors",
+                "connections_num",
+                "connections_ms",
+                "connections_errors",
+                "connections_lost",
+                "usage_ms",
+            ),
+            0,
+        )
+
+    def on_start(self) -> None:
+        first, self.first_conn = self.first_conn, None
+        for _ in range(self.min_size):
+            self._spawn_worker(first)
+            first = None
+        period = max(0.05, min(self.max_idle, self.settings.max_lifetime, 60.0) / 2)
+        self.ticker = gevent.spawn(self._tick_forever, period)
+
+    def on_stop(self) -> None:
+        if self.ticker is not None:
+            self.ticker.kill(block=False)
+        self._disarm()
+
+    def _tick_forever(self, period: float) -> None:
+        tick = _Tick()
+        while True:
+            gevent.sleep(period)
+            try:
+                self.ref.tell(tick)
+            except ActorStopped:
+                return
+
+    # -- requests ---------------------------------------------------------------
+
+    @handles(Interaction)
+    def submit(self, interaction: Interaction) -> None:
+        self.counters["requests_num"] += 1
+        if self.status.closed:
+            interaction.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} is closed"))
+            return
+        if self.idle:
+            worker = self.idle.pop()
+            self.busy_since[worker] = time.monotonic()
+            worker.tell(interaction)
+        else:
+            self._wait(interaction, self.timeout)
+
+    @handles(_Checkout)
+    def checkout(self, request: _Checkout) -> None:
+        self.counters["requests_num"] += 1
+        if self.status.closed:
+            request.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} is closed"))
+            return
+        if self.idle:
+            self._lend(self.idle.pop(), request)
+        else:
+            self._wait(request, request.timeout)
+
+    def _lend(self, worker: ActorRef, request: _Checkout) -> None:
+        self.busy_since[worker] = time.monotonic()
+        self.lent.add(worker)
+        request.reply.set((self.conns[worker], self.idle_since.get(worker, 0.0)))
+
+    def _wait(self, request: Interaction | _Checkout, timeout: float) -> None:
+        waiting = self.waiting
+        if 0 < self.max_waiting <= len(waiting):
+            self.counters["requests_errors"] += 1
+            request.reply.set_exception(
+                TooManyRequests(
+                    f"pool {self.settings.name!r}: {len(waiting)} requests already wait "
+                    f"(max_waiting={self.max_waiting}); retry later or raise max_waiting"
+                )
+            )
+            return
+        self.counters["requests_queued"] += 1
+        now = time.monotonic()
+        deadline = now + timeout
+        waiting.append(request, now, deadline)
+        if self.timer is None or deadline < self.timer_deadline:
+            self._arm(deadline, now)
+        if len(self.workers) < self.max_size:
+            self._grow()
+
+    def _arm(self, deadline: float, now: float) -> None:
+        self._disarm()
+        self.timer_deadline = deadline
+        self.timer = gevent.get_hub().loop.timer(max(0.0, deadline - now))
+        self.timer.start(self._deadline_passed)
+
+    def _disarm(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.close()
+
+    def _deadline_passed(self) -> None:
+        # Runs in the hub: only post a message.
+        with contextlib.suppress(ActorStopped):
+            self.ref.tell(_EXPIRE)
+
+    @handles(_Expire)
+    def expire(self, msg: _Expire) -> None:
+        self._disarm()
+        now = time.monotonic()
+        for request, waited in self.waiting.expire(now):
+            self.counters["requests_errors"] += 1
+            self.counters["requests_wait_ms"] += int(waited * 1000)
+            request.reply.set_exception(PoolTimeout(self._timeout_message(waited)))
+        deadline = self.waiting.next_deadline()
+        if deadline is not None:
+            self._arm(deadline, now)
+
+    def _timeout_message(self, waited: float) -> str:
+        text = (
+            f"pool {self.settings.name!r} ({self.settings.target}): no connection available "
+            f"within {waited:.2f} s"
+        )
+        if not self.status.healthy and self.status.last_error:
+            text += f"; server unreachable: {self.status.last_error}"
+        return text
+
+    def _grow(self) -> None:
+        size = len(self.workers)
+        if size < self.max_size and self.connecting < len(self.waiting):
+            self._spawn_worker(None)
+
+    def _spawn_worker(self, conn: Any) -> None:
+        name = f"{self.settings.name}.worker-{next(self.numbers)}"
+        self.connecting += 1
+        worker = self.supervisor.spawn(
+            ConnectionWorker, self.settings, self.ref, self.waiting, conn, name=name
+        )
+        self.workers.add(worker)
+
+    # -- worker reports ----------------------------------------------------------
+
+    @handles(Idle)
+    def idle_worker(self, msg: Idle) -> None:
+        worker = msg.worker
+        if self.lent:
+            self.lent.discard(worker)
+        since = self.busy_since.pop(worker, None)
+        now = time.monotonic()
+        if since is not None:
+            self.counters["usage_ms"] += int((now - since) * 1000)
+        self._serve(worker, now)
+
+    @handles(Opened)
+    def opened(self, msg: Opened) -> None:
+        self.connecting -= 1
+        self.conns[msg.worker] = msg.conn
+        self.counters["connections_num"] += 1
+        self.counters["connections_ms"] += msg.connect_ms
+        self.status.healthy = True
+        self._serve(msg.worker, time.monotonic())
+        if self.ready:
+            self._check_ready()
+
+    @handles(ConnectFailed)
+    def connect_failed(self, msg: ConnectFailed) -> None:
+        self.counters["connections_num"] += 1
+        self.counters["connections_errors"] += 1
+        self.status.last_error = msg.error
+        if not self.idle and not self.busy_since:
+            self.status.healthy = False
+
+    @handles(Lost)
+    def lost(self, msg: Lost) -> None:
+        worker = msg.worker
+        if msg.broken:
+            self.counters["connections_lost"] += 1
+        self.busy_since.pop(worker, None)
+        self.lent.discard(worker)
+        self.conns.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if worker in self.workers:
+            self.connecting += 1
+        if msg.retry is not None:
+            # It never ran: first in line again, with a fresh wait.
+            now = time.monotonic()
+            deadline = now + self.timeout
+            self.waiting.appendleft(msg.retry, now, deadline)
+            if self.timer is None or deadline < self.timer_deadline:
+                self._arm(deadline, now)
+        if self.status.closed:
+            self._retire(worker)
+
+    @handles(Gone)
+    def gone(self, msg: Gone) -> None:
+        worker = msg.worker
+        self.counters["connections_lost"] += 1
+        self.busy_since.pop(worker, None)
+        self.lent.discard(worker)
+        self.conns.pop(worker, None)
+        self.idle_since.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        self.workers.discard(worker)
+        self.settings.log.warning("worker_killed", worker=worker.name)
+        if self.status.closed:
+            self._check_drained()
+        elif len(self.workers) < self.min_size or self.connecting < len(self.waiting):
+            self._spawn_worker(None)
+
+    def _serve(self, worker: ActorRef, now: float) -> None:
+        if self.status.closed:
+            self._retire(worker)
+            return
+        self.idle_since[worker] = now
+        request = self.waiting.take(now) if self.waiting else None
+        if request is None:
+            self.idle.append(worker)
+        elif isinstance(request, _Checkout):
+            self._lend(worker, request)
+        else:
+            self.busy_since[worker] = now
+            worker.tell(request)
+
+    def _retire(self, worker: ActorRef) -> None:
+        self.workers.discard(worker)
+        self.conns.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        with contextlib.suppress(ActorStopped):
+            worker.tell(Recycle(stop=True))
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        # Lent connections do not hold the close up: put() closes them.
+        if self.drained is not None and len(self.busy_since) <= len(self.lent):
+            self.drained.set()
+
+    def _check_ready(self) -> None:
+        opened = len(self.conns)
+        for wanted, event in list(self.ready):
+            if opened >= wanted:
+                event.set()
+                self.ready.remove((wanted, event))
+
+    # -- housekeeping --------------------------------------------------------------
+
+    @handles(_Tick)
+    def tick(self, msg: _Tick) -> None:
+        now = time.monotonic()
+        # The bottom of the LIFO stack has been idle longest.
+        while self.idle and len(self.workers) > self.min_size:
+            oldest = self.idle[0]
+            if now - self.idle_since.get(oldest, now) <= self.max_idle:
+                break
+            self.settings.log.debug("connection_idle_closed", worker=oldest.name)
+            self._retire(oldest)
+
+    @handles(_Ready)
+    def when_ready(self, msg: _Ready) -> Event:
+        event = Event()
+        self.ready.append((self.min_size, event))
+        self._check_ready()
+        return event
+
+    @handles(_Stats)
+    def stats(self, msg: _Stats) -> dict[str, int]:
+        counters = dict(self.counters)
+        counters["requests_wait_ms"] += self.waiting.wait_ms
+        return {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size,
+            "pool_size": len(self.workers),
+            "pool_available": len(self.idle),
+            "requests_waiting": len(self.waiting),
+            **counters,
+        }
+
+    @handles(_Close)
+    def close(self, msg: _Close) -> Event:
+        self.status.closed = True
+        self.drained = Event()
+        self._disarm()
+        for request in self.waiting.drain():
+            if not request.reply.ready():
+                request.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} was closed"))
+        for worker in list(self.idle):
+            self._retire(worker)
+        for worker in list(self.workers):
+            if worker not in self.busy_since:
+                self._retire(worker)  # still connecting
+        self._check_drained()
+        return self.drained
