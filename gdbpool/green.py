@@ -70,11 +70,15 @@ CANCEL_TIMEOUT = 2.0
 def _cancel_target(conn: Any) -> tuple[str, int] | None:
     """The DSN (with password) and backend pid needed to cancel ``conn``'s statement."""
     try:
+        if conn.closed or conn.status == extensions.STATUS_SETUP:
+            return None  # closed, or interrupted while connecting: no statement runs
         pid = conn.info.backend_pid
         params = conn.get_dsn_parameters()
         password = conn.info.password
     except psycopg2.Error:
         return None  # closed: nothing runs on the server any more
+    if not pid:
+        return None
     if password:
         params["password"] = password
     params["application_name"] = "gdbpool:cancel"

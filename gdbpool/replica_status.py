@@ -9,6 +9,9 @@ interaction and never blocks the router):
 * the lag in seconds: ``now() - pg_last_xact_replay_timestamp()`` while the
   replica has received WAL it has not replayed yet, else 0 (an idle primary
   writes no transactions, so the timestamp alone would grow without any lag).
+  It is None (unknown) while WAL waits but no transaction has been replayed
+  since the replica started; a seconds bound then treats the replica as too far
+  behind until it replays one.
 
 It tells the router a :class:`ReplicaStatus` after each probe.  A probe that
 fails or times out reports the replica unhealthy; the next good probe brings it
@@ -36,8 +39,7 @@ SELECT pg_is_in_recovery(),
        pg_last_wal_replay_lsn()::text,
        CASE WHEN pg_last_wal_receive_lsn() IS NULL
                  OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0.0
-            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()),
-                          'Infinity')
+            ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
        END::float8
 """
 _PRIMARY_SQL = "SELECT pg_current_wal_insert_lsn()::text"
@@ -65,7 +67,9 @@ class ReplicaStatus:
         """True when healthy and within both lag bounds (None: no bound)."""
         if not self.healthy:
             return False
-        if max_lag_seconds is not None and (self.lag_seconds or 0.0) > max_lag_seconds:
+        if max_lag_seconds is not None and (
+            self.lag_seconds is None or self.lag_seconds > max_lag_seconds
+        ):
             return False
         return not (max_lag_bytes is not None and (self.lag_bytes or 0) > max_lag_bytes)
 
@@ -126,7 +130,8 @@ class ReplicaProbe:
         except Exception:  # noqa: S110 - byte lag is unknown when the primary is away
             pass
         return ReplicaStatus(
-            self.name, True, replay_lsn=replay_lsn, lag_seconds=float(lag_s),
+            self.name, True, replay_lsn=replay_lsn,
+            lag_seconds=None if lag_s is None else float(lag_s),
             lag_bytes=lag_bytes, checked_at=now,
         )
 

@@ -128,12 +128,15 @@ def test_a_lag_bound_in_seconds_skips_a_paused_replica(
     with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.1,
                            max_replica_lag=0.5) as ipool:
         ipool.add_pool("replica", replica.dsn(), 2)
-        ipool.wait_for_replica("replica", timeout=10)
+        session = ipool.session()  # one replayed transaction: the lag clock has a start
+        ipool.run("CREATE TABLE t0 (v int)", session=session).get(10)
+        ipool.wait_for_replica("replica", session=session, timeout=10)
         _pause_replay(replica.dsn(), True)
         try:
             ipool.run("CREATE TABLE t1 (v int)").get(10)
             status = ipool.wait_for_replica("replica", acceptable=False, timeout=10)
-            assert (status.lag_seconds or 0) > 0.5
+            assert status.lag_seconds is not None
+            assert status.lag_seconds > 0.5
         finally:
             _pause_replay(replica.dsn(), False)
 
@@ -161,3 +164,23 @@ def test_read_your_writes_reads_see_the_write_every_time(
         ipool.run("INSERT INTO ryw VALUES (-1)", session=session).get(10)
         ipool.wait_for_replica("replica", session=session, timeout=10)
         assert ipool.run(IN_RECOVERY, read_only=True, session=session).get(10) == [(True,)]
+
+
+@pytest.mark.timeout(60)
+def test_an_unknown_lag_counts_as_too_far_behind_for_a_seconds_bound(
+    private_pair: tuple[EmbeddedPostgres, EmbeddedPostgres],
+) -> None:
+    # A fresh replica has replayed no transaction yet: with WAL waiting, its lag is unknown.
+    primary, replica = private_pair
+    _pause_replay(replica.dsn(), True)
+    try:
+        with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.1,
+                               max_replica_lag=60) as ipool:
+            ipool.run("CREATE TABLE t1 (v int)").get(10)
+            ipool.add_pool("replica", replica.dsn(), 2)
+            status = ipool.wait_for_replica("replica", acceptable=False, timeout=10)
+            assert status.healthy
+            assert status.lag_seconds is None
+            assert ipool.run(IN_RECOVERY, read_only=True).get(10) == [(False,)]
+    finally:
+        _pause_replay(replica.dsn(), False)
