@@ -10,6 +10,7 @@ from typing import Any
 import gevent
 import psycopg2
 import pytest
+from _waits import wait_for
 from structlog.testing import capture_logs
 
 from gdbpool.connection_pool import DBConnectionPool
@@ -53,15 +54,6 @@ def backends(server: EmbeddedPostgres, application_name: str) -> int:
         )
     )
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` (a server-side count, no event to wait on) within a bound."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        gevent.sleep(0.02)
-    return True
 
 
 def query(conn: Any, sql: str, args: Any = None) -> Any:

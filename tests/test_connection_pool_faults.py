@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 import psycopg2
 import pytest
+from _waits import wait_for
 from tcp_proxy import TcpProxy
 
 from gdbpool.connection_pool import DBConnectionPool
@@ -51,15 +52,6 @@ def proxy(pg_primary: EmbeddedPostgres) -> Iterator[TcpProxy]:
     yield p
     p.close()
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` (server-side state, no event to wait on) within a bound."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        gevent.sleep(0.02)
-    return True
 
 
 def submit(pool: DBConnectionPool, work: Any, args: Any = None, **options: Any) -> Any:
