@@ -22,17 +22,16 @@ client and the server share its CPUs.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONNECTIONS = 16
-GREENLETS = 64
+from _common import (
+    CALLERS,
+    CONNECTIONS,
+    print_child_result,
+    run_child,
+    run_greenlets,
+    run_threads,
+    use_repository_packages,
+)
 
 
 def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
@@ -54,52 +53,12 @@ def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
                 conn.execute("SELECT 1").fetchall()
 
         for label, op in (("checkouts", checkout), ("select1", select1)):
-            results[label] = _run_threads(op, CONNECTIONS, seconds)
+            results[label] = run_threads(lambda i, op=op: op(), CONNECTIONS, seconds)
     return results
 
 
-def _run_threads(op: Callable[[], None], threads: int, seconds: float) -> float:
-    stop = time.monotonic() + seconds
-    counts = [0] * threads
-
-    def loop(i: int) -> None:
-        n = 0
-        while time.monotonic() < stop:
-            op()
-            n += 1
-        counts[i] = n
-
-    started = time.monotonic()
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return sum(counts) / (time.monotonic() - started)
-
-
-def _run_greenlets(op: Callable[[int], None], greenlets: int, seconds: float) -> float:
-    """Rate of ``op(i)`` calls by ``greenlets`` greenlets (``i`` = the greenlet's index)."""
-    import gevent
-
-    stop = time.monotonic() + seconds
-    counts = [0] * greenlets
-
-    def loop(i: int) -> None:
-        n = 0
-        while time.monotonic() < stop:
-            op(i)
-            n += 1
-        counts[i] = n
-
-    started = time.monotonic()
-    gevent.joinall([gevent.spawn(loop, i) for i in range(greenlets)], raise_error=True)
-    return sum(counts) / (time.monotonic() - started)
-
-
 def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
-    # bench/ is sys.path[0] when run as a script: make the repository importable.
-    sys.path.insert(0, str(ROOT))
+    use_repository_packages()
     import psycopg2
 
     from gdbpool.connection_pool import DBConnectionPool
@@ -122,7 +81,7 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
         cur.execute("SELECT 1")
         cur.fetchall()
 
-    results["raw_select1"] = _run_greenlets(raw_select1, CONNECTIONS, seconds)
+    results["raw_select1"] = run_greenlets(raw_select1, CONNECTIONS, seconds)
     for conn in raw:
         conn.close()
 
@@ -144,9 +103,9 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
             cur.fetchall()
         pool.put(conn)
 
-    results["gdbpool_checkouts"] = _run_greenlets(checkout, GREENLETS, seconds)
-    results["gdbpool_submit_select1"] = _run_greenlets(submit_select1, GREENLETS, seconds)
-    results["gdbpool_get_put_select1"] = _run_greenlets(get_put_select1, GREENLETS, seconds)
+    results["gdbpool_checkouts"] = run_greenlets(checkout, CALLERS, seconds)
+    results["gdbpool_submit_select1"] = run_greenlets(submit_select1, CALLERS, seconds)
+    results["gdbpool_get_put_select1"] = run_greenlets(get_put_select1, CALLERS, seconds)
     pool.close()
     return results
 
@@ -158,23 +117,16 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.psycopg_pool_child:
-        print(json.dumps(_bench_psycopg_pool(args.psycopg_pool_child, args.seconds)))
+        print_child_result(_bench_psycopg_pool(args.psycopg_pool_child, args.seconds))
         return
 
-    sys.path.insert(0, str(ROOT))
+    use_repository_packages()
     from gdbpool.embedded import EmbeddedPostgres
 
     with EmbeddedPostgres() as server:
         dsn = server.dsn()
         ours = _bench_gevent_side(dsn, args.seconds)
-        child = subprocess.run(
-            [sys.executable, __file__, "--seconds", str(args.seconds), "--psycopg-pool-child", dsn],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        theirs = json.loads(child.stdout.strip().splitlines()[-1])
+        theirs = run_child(__file__, "--seconds", str(args.seconds), "--psycopg-pool-child", dsn)
 
     ceiling = ours["raw_select1"]
     rows = [
