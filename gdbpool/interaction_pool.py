@@ -133,7 +133,10 @@ class _Router(Actor):
     @handles(Interaction)
     def route_interaction(self, interaction: Interaction) -> None:
         try:
-            pool = self._choose(interaction.read_only, interaction.pool, interaction.session)
+            if interaction.read_only or interaction.pool is not None:
+                pool = self._choose(interaction.read_only, interaction.pool, interaction.session)
+            else:
+                pool = self._state.pools[self._primary]  # a write: no choice to make
             pool.submit(interaction)
         except BaseException as exc:  # the reply carries it; the router must live on
             if not interaction.reply.ready():
