@@ -14,8 +14,9 @@ interaction and never blocks the router):
   behind until it replays one.
 
 It tells the router a :class:`ReplicaStatus` after each probe.  A probe that
-fails or times out reports the replica unhealthy; the next good probe brings it
-back.  Reads are routed on the last report, so a replica that dies is used until
+fails or times out, or finds the server not in recovery (promoted, or a primary
+configured as a replica), reports the replica unhealthy; the next good probe
+brings it back.  No error ends the probe greenlet.  Reads are routed on the last report, so a replica that dies is used until
 the next probe notices (at most ``interval`` + ``probe timeout`` seconds);
 ``read_only`` interactions that fail in that window fail like any other.
 """
@@ -31,6 +32,7 @@ import gevent
 from gevent import Greenlet
 
 from gdbpool.interaction import Interaction
+from gdbpool.logging import get_logger
 
 __all__ = ["ReplicaProbe", "ReplicaStatus", "lsn_to_int"]
 
@@ -64,14 +66,19 @@ class ReplicaStatus:
     error: str | None = None
 
     def acceptable(self, max_lag_seconds: float | None, max_lag_bytes: int | None) -> bool:
-        """True when healthy and within both lag bounds (None: no bound)."""
+        """True when healthy and within both lag bounds (None: no bound).
+
+        An unknown lag (None) is outside any bound that is set.
+        """
         if not self.healthy:
             return False
         if max_lag_seconds is not None and (
             self.lag_seconds is None or self.lag_seconds > max_lag_seconds
         ):
             return False
-        return not (max_lag_bytes is not None and (self.lag_bytes or 0) > max_lag_bytes)
+        return not (
+            max_lag_bytes is not None and (self.lag_bytes is None or self.lag_bytes > max_lag_bytes)
+        )
 
 
 class ReplicaProbe:
@@ -116,18 +123,22 @@ class ReplicaProbe:
         try:
             self._submit_replica(replica)
             self._submit_primary(primary)
-            ((_in_recovery, replay, lag_s),) = replica.reply.get(timeout=self._timeout + 1)
+            ((in_recovery, replay, lag_s),) = replica.reply.get(timeout=self._timeout + 1)
         except gevent.Timeout:
             return ReplicaStatus(self.name, False, checked_at=now, error="probe timed out")
         except Exception as exc:
             return ReplicaStatus(self.name, False, checked_at=now, error=str(exc))
+        if not in_recovery:
+            # Promoted, or a primary configured as a replica: its data may have forked.
+            return ReplicaStatus(self.name, False, checked_at=now,
+                                 error="not in recovery: this server is not a replica")
         replay_lsn = lsn_to_int(replay) if replay else None
         lag_bytes = None
         try:
             ((current,),) = primary.reply.get(timeout=self._timeout + 1)
             if replay_lsn is not None:
                 lag_bytes = max(0, lsn_to_int(current) - replay_lsn)
-        except Exception:  # noqa: S110 - byte lag is unknown when the primary is away
+        except (Exception, gevent.Timeout):  # noqa: S110 - unknown lag: a bytes bound refuses it
             pass
         return ReplicaStatus(
             self.name, True, replay_lsn=replay_lsn,
@@ -136,6 +147,10 @@ class ReplicaProbe:
         )
 
     def _loop(self) -> None:
+        log = get_logger("gdbpool.router", pool=self.name)
         while True:
-            self._report(self.probe_once())
+            try:
+                self._report(self.probe_once())
+            except Exception as exc:  # a probe must never end: routing would freeze on it
+                log.error("replica_probe_failed", error=str(exc))
             gevent.sleep(self._interval)

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2
 
-from gdbpool.errors import DBInteractionException, GDBPoolError
+from gdbpool.errors import ConfigurationError, DBInteractionException
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction, run_in_transaction
+from gdbpool.read_your_writes import ReadYourWrites
 
 if TYPE_CHECKING:
     from gdbpool.connection_pool import DBConnectionPool
@@ -32,22 +33,32 @@ class Transaction:
 
     def __init__(
         self,
-        pool: DBConnectionPool,
+        pool: DBConnectionPool | None,
         *,
         read_only: bool = False,
         isolation_level: str | None = None,
         timeout: float | None = None,
+        session: ReadYourWrites | None = None,
     ) -> None:
         if isolation_level == "autocommit":
-            raise GDBPoolError("a transaction cannot run in autocommit mode")
-        self._pool = pool
+            raise ConfigurationError("a transaction cannot run in autocommit mode")
+        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+            levels = ", ".join(level for level in ISOLATION_LEVELS if level != "autocommit")
+            raise ConfigurationError(
+                f"unknown isolation_level {isolation_level!r}; use one of {levels}"
+            )
+        #: The pool the connection comes from (set by the router when None here).
+        self.pool = pool
         self._read_only = read_only
         self._isolation_level = isolation_level
         self._timeout = timeout
+        self._session = session
         self._conn: Any = None
 
     def __enter__(self) -> Transaction:
-        conn = self._pool.get(timeout=self._timeout)
+        if self.pool is None:
+            raise ConfigurationError("Transaction has no pool to take a connection from")
+        conn = self.pool.get(timeout=self._timeout)
         try:
             level = self._isolation_level
             conn.set_session(
@@ -56,7 +67,7 @@ class Transaction:
                 autocommit=False,
             )
         except BaseException:
-            self._pool.put(conn)
+            self.pool.put(conn)
             raise
         self._conn = conn
         return self
@@ -77,7 +88,7 @@ class Transaction:
         it back.
         """
         if self._conn is None:
-            raise GDBPoolError("Transaction.run() outside its with-block")
+            raise ConfigurationError("Transaction.run() outside its with-block")
         msg = Interaction(interaction, args, timeout=timeout, cursor_factory=cursor_factory,
                           dec2float=dec2float)
         return run_in_transaction(self._conn, msg)
@@ -89,6 +100,8 @@ class Transaction:
         tb: TracebackType | None,
     ) -> None:
         conn, self._conn = self._conn, None
+        pool = self.pool
+        assert pool is not None
         try:
             if exc_type is None:
                 try:
@@ -97,8 +110,10 @@ class Transaction:
                     raise DBInteractionException(
                         f"commit failed: {err}".strip(), pgcode=err.pgcode, original=err
                     ) from err
+                if self._session is not None and not self._read_only:
+                    self._session.observe_commit(conn)
             elif not conn.closed:
                 with contextlib.suppress(psycopg2.Error):  # put() discards a broken one
                     conn.rollback()
         finally:
-            self._pool.put(conn)
+            pool.put(conn)

@@ -289,3 +289,24 @@ def _live_greenlets() -> list[gevent.Greenlet]:
     import gc
 
     return [o for o in gc.get_objects() if isinstance(o, gevent.Greenlet) and not o.dead]
+
+
+def test_run_many_timeout_bounds_the_whole_wait(schema_dsn: str) -> None:
+    with DBInteractionPool(schema_dsn, pool_size=1) as one:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="not all interactions finished"):
+            one.run_many(["SELECT pg_sleep(0.5)"] * 4, timeout=0.8)
+        assert time.monotonic() - started < 1.5
+
+
+def test_a_transaction_refuses_bad_options_before_taking_a_connection(
+    ipool: DBInteractionPool,
+) -> None:
+    requests = ipool.stats()["default"]["requests_num"]
+    with pytest.raises(ConfigurationError, match="unknown isolation_level 'dirty read'"), \
+            ipool.transaction(isolation_level="dirty read"):
+        pass
+    with pytest.raises(ConfigurationError, match="autocommit"), \
+            ipool.transaction(isolation_level="autocommit"):
+        pass
+    assert ipool.stats()["default"]["requests_num"] == requests

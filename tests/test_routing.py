@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import gevent
+import gevent.event
 import psycopg2
 import pytest
 
@@ -184,3 +186,60 @@ def test_an_unknown_lag_counts_as_too_far_behind_for_a_seconds_bound(
             assert ipool.run(IN_RECOVERY, read_only=True).get(10) == [(False,)]
     finally:
         _pause_replay(replica.dsn(), False)
+
+
+@pytest.mark.timeout(60)
+def test_a_promoted_replica_is_no_longer_used_for_reads(
+    private_pair: tuple[EmbeddedPostgres, EmbeddedPostgres],
+) -> None:
+    primary, replica = private_pair
+    with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.1) as ipool:
+        ipool.add_pool("replica", replica.dsn(), 2)
+        ipool.wait_for_replica("replica", timeout=10)
+        ipool.run("SELECT pg_promote()", pool="replica").get(10)
+        status = ipool.wait_for_replica("replica", acceptable=False, timeout=10)
+        assert status.error is not None and "not in recovery" in status.error
+        assert ipool.run("SELECT inet_server_port()", read_only=True).get(10) == [(primary.port,)]
+
+
+def test_a_probe_survives_a_primary_that_does_not_answer() -> None:
+    from gdbpool.interaction import Interaction
+    from gdbpool.replica_status import ReplicaProbe, ReplicaStatus
+
+    def replica_answers(interaction: Interaction) -> None:
+        interaction.reply.set([(True, "0/3000000", 0.0)])
+
+    def primary_never_answers(interaction: Interaction) -> None:
+        pass
+
+    reports: list[ReplicaStatus] = []
+    enough = gevent.event.Event()
+
+    def report(status: ReplicaStatus) -> None:
+        reports.append(status)
+        if len(reports) == 3:
+            enough.set()
+
+    probe = ReplicaProbe("r", replica_answers, primary_never_answers, report,
+                         interval=0.01, timeout=0.05)
+    probe.start()
+    try:
+        assert enough.wait(timeout=10), "the probe stopped reporting"
+    finally:
+        probe.stop()
+    assert all(s.healthy and s.lag_bytes is None for s in reports)
+    assert not reports[0].acceptable(None, 1024)  # an unknown byte lag fails a bytes bound
+    assert reports[0].acceptable(None, None)
+
+
+def test_a_read_only_transaction_with_a_session_sees_the_sessions_writes(
+    routed: DBInteractionPool,
+) -> None:
+    routed.run("CREATE TABLE txs (v int)").get(10)
+    for i in range(20):
+        session = routed.session()
+        with routed.transaction(session=session) as tx:
+            tx.run("INSERT INTO txs VALUES (%s)", (i,))
+        assert session.lsn is not None
+        with routed.transaction(read_only=True, session=session) as tx:
+            assert tx.run("SELECT count(*) FROM txs WHERE v = %s", (i,)) == [(1,)]
