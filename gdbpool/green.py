@@ -59,7 +59,9 @@ def gevent_wait_callback(conn: Any, timeout: float | None = None) -> None:
         # Interrupted (greenlet killed, Timeout): stop the statement server-side.
         target = _cancel_target(conn)
         if target is not None:
-            gevent.spawn(cancel_backend, *target)
+            dsn, pid = target
+            # A closure, not spawn(f, dsn): gevent prints a failed greenlet's args.
+            gevent.spawn(lambda: cancel_backend(dsn, pid))
         raise
 
 
@@ -90,27 +92,27 @@ def cancel_backend(
 ) -> bool:
     """Cancel backend ``pid``'s statement over a new connection to ``dsn``; True if sent.
 
-    Cooperative and bounded by ``timeout``; never raises (an unreachable server
-    means there is nothing more to do).  ``on_connect(side_conn)`` lets a caller
-    keep hold of the side connection to sever it.
+    Cooperative and bounded, connect and statement together, by ``timeout``;
+    never raises (an unreachable server means there is nothing more to do).
+    ``on_connect(side_conn)`` lets a caller keep hold of the side connection to
+    sever it.
     """
+    side = None
     try:
         with gevent.Timeout(timeout):
             side = psycopg2.connect(dsn)
+            if on_connect is not None:
+                on_connect(side)
+            side.autocommit = True
+            with side.cursor() as cur:
+                cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                return bool(cur.fetchone()[0])
     except (psycopg2.Error, gevent.Timeout):
         return False
-    if on_connect is not None:
-        on_connect(side)
-    try:
-        side.autocommit = True
-        with side.cursor() as cur:
-            cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
-            return bool(cur.fetchone()[0])
-    except psycopg2.Error:
-        return False
     finally:
-        with contextlib.suppress(psycopg2.Error):
-            side.close()
+        if side is not None:
+            with contextlib.suppress(psycopg2.Error):
+                side.close()
 
 
 def make_psycopg_green() -> None:

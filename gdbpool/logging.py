@@ -26,8 +26,9 @@ _MASK = "***"
 _SECRET_KEYS = frozenset({"password", "passwd", "pwd", "secret", "passfile_contents"})
 # key=value form of libpq connection strings: password=abc, password = 'a b\'c'
 _KV = re.compile(r"""(?i)(?<![?&])\b(password|passwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""")
-# URI form: postgresql://user:secret@host, also any scheme://user:secret@
-_URI = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*):([^@\s]*)@")
+# URI form: postgresql://user:secret@host, also any scheme://user:secret@; the secret
+# runs to the last "@" of the authority, so an unescaped "@" in it is masked too.
+_URI = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*):([^/\s]*)@")
 # URI query form: ?password=abc&...
 _QUERY = re.compile(r"(?i)([?&](?:password|passwd)=)[^&\s]*")
 

@@ -16,8 +16,9 @@ interaction and never blocks the router):
 It tells the router a :class:`ReplicaStatus` after each probe.  A probe that
 fails or times out, or finds the server not in recovery (promoted, or a primary
 configured as a replica), reports the replica unhealthy; the next good probe
-brings it back.  No error ends the probe greenlet.  Reads are routed on the last report, so a replica that dies is used until
-the next probe notices (at most ``interval`` + ``probe timeout`` seconds);
+brings it back.  No error ends the probe greenlet.  Reads are routed on the
+last report, so a replica that dies is used until the next probe notices (at
+most ``interval`` + ``probe timeout`` seconds);
 ``read_only`` interactions that fail in that window fail like any other.
 """
 

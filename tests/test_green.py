@@ -61,7 +61,8 @@ def test_other_greenlets_keep_running_while_a_query_waits(dsn: str) -> None:
     sleep_on_own_connection(dsn, 0.3)
     ticker.kill()
     assert len(ticks) >= 10
-    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.1
+    # A blocking query would leave one gap of 0.3 s; the margin is for a loaded CI box.
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.25
 
 
 def test_importing_psycopg2_before_gdbpool_breaks_nothing(dsn: str) -> None:
@@ -78,11 +79,11 @@ def test_importing_psycopg2_before_gdbpool_breaks_nothing(dsn: str) -> None:
         late = psycopg2.connect(sys.argv[1])
         def sleep(conn):
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_sleep(0.3)")
+                cur.execute("SELECT pg_sleep(0.5)")
         started = time.monotonic()
         gevent.joinall([gevent.spawn(sleep, early), gevent.spawn(sleep, late)], raise_error=True)
         elapsed = time.monotonic() - started
-        assert elapsed < 0.55, elapsed
+        assert elapsed < 0.9, elapsed  # one after the other would take 1.0 s
         print("ok", round(elapsed, 2))
         """
     )

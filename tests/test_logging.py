@@ -27,6 +27,7 @@ def log_stream() -> io.StringIO:
         (f"host=db password='{SECRET} with space' dbname=x", "host=db password=*** dbname=x"),
         (f"host=db PASSWORD = {SECRET}", "host=db PASSWORD = ***"),
         (f"postgresql://app:{SECRET}@db:5432/x", "postgresql://app:***@db:5432/x"),
+        ("postgresql://app:p@ss@db/x", "postgresql://app:***@db/x"),
         (f"postgres://db/x?user=a&password={SECRET}&sslmode=off",
          "postgres://db/x?user=a&password=***&sslmode=off"),
         ("host=db user=app dbname=x", "host=db user=app dbname=x"),
