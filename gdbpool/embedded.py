@@ -134,6 +134,7 @@ class EmbeddedPostgres:
         self.user = _SERVER_USER if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
         if port is not None and not 0 < port < 65536:
             raise EmbeddedPostgresError(f"port {port} is not a valid TCP port")
+        self._port_chosen = port is None
         self.port = port if port is not None else free_port()
         self._root: Path | None = None
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
@@ -180,23 +181,42 @@ class EmbeddedPostgres:
 
         Raises :class:`EmbeddedPostgresError` when the port is taken, the data
         directory holds something that is not a cluster, or the server fails to
-        start (the server log's tail is in the message).
+        start (the server log's tail is in the message).  A failed start leaves
+        nothing behind: no server process, and no files of a throwaway cluster.
+        A port this object picked itself that another process grabs before the
+        server binds it is replaced by a fresh one (up to three tries).
         """
         if self._running and self.is_running:
             return self
         if _port_in_use(self.port):
-            raise EmbeddedPostgresError(
-                f"port {self.port} on {_HOST} is already in use; choose another port"
-            )
-        self._prepare_dirs()
-        assert self.data_dir is not None
-        if not (self.data_dir / "PG_VERSION").exists():
-            if self.replica_of is not None:
-                self._basebackup()
-            else:
-                self._initdb()
-        self._write_config()
-        self._pg_ctl("start", "-w", "-t", str(_START_TIMEOUT), "-l", str(self._logfile))
+            if not self._port_chosen:
+                raise EmbeddedPostgresError(
+                    f"port {self.port} on {_HOST} is already in use; choose another port"
+                )
+            self.port = free_port()
+        try:
+            self._prepare_dirs()
+            assert self.data_dir is not None
+            if not (self.data_dir / "PG_VERSION").exists():
+                if self.replica_of is not None:
+                    self._basebackup()
+                else:
+                    self._initdb()
+            for attempt in range(3):
+                self._write_config()
+                try:
+                    self._pg_ctl(
+                        "start", "-w", "-t", str(_START_TIMEOUT), "-l", str(self._logfile)
+                    )
+                    break
+                except EmbeddedPostgresError as exc:
+                    if not (self._port_chosen and "already in use" in str(exc)) or attempt == 2:
+                        raise
+                    self.port = free_port()
+        except BaseException:
+            self._running = True  # so stop() also kills a postmaster a timed-out start left
+            self.stop(mode="immediate")
+            raise
         self._running = True
         return self
 

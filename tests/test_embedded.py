@@ -117,3 +117,12 @@ def test_missing_binaries_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_invalid_port_is_a_clear_error() -> None:
     with pytest.raises(EmbeddedPostgresError, match="not a valid TCP port"):
         EmbeddedPostgres(port=70000)
+
+
+def test_a_failed_start_leaves_no_files_behind() -> None:
+    server = EmbeddedPostgres(settings={"shared_buffers": "'not-a-size'"})
+    with pytest.raises(EmbeddedPostgresError, match="server log tail"):
+        server.start()
+    assert server.data_dir is not None
+    assert not server.data_dir.exists()
+    assert not server.is_running
