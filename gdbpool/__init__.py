@@ -17,6 +17,7 @@ from gdbpool.errors import (
     EmbeddedPostgresError,
     GDBPoolError,
     InteractionTimeout,
+    NoReplicaAvailable,
     NotificationError,
     PoolClosed,
     PoolConnectionError,
@@ -27,13 +28,18 @@ from gdbpool.errors import (
     WireFormatError,
 )
 from gdbpool.green import make_psycopg_green
-from gdbpool.interaction import ISOLATION_LEVELS, Interaction
-from gdbpool.interaction_pool import DBInteractionPool, NoReplicaAvailable
+from gdbpool.interaction import (
+    ISOLATION_LEVELS,
+    Interaction,
+    run_in_transaction,
+    run_interaction,
+)
+from gdbpool.interaction_pool import DBInteractionPool, PoolRole
 from gdbpool.logging import configure_logging, redact
 from gdbpool.notification import Notification, Reconnected, check_channel, check_payload
 from gdbpool.read_your_writes import ReadYourWrites
 from gdbpool.replica_status import ReplicaStatus
-from gdbpool.subscription import Subscription
+from gdbpool.subscription import Overflow, Subscription
 from gdbpool.transaction import Transaction
 from gdbpool.zmq_bridge import ZmqNotifyBridge
 from gdbpool.zmq_subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
@@ -68,9 +74,11 @@ __all__ = [
     "NotificationError",
     "NotificationHub",
     "NotifySubscriber",
+    "Overflow",
     "PoolClosed",
     "PoolConnectionError",
     "PoolConnectionException",
+    "PoolRole",
     "PoolTimeout",
     "ReadYourWrites",
     "Reconnected",
@@ -87,4 +95,6 @@ __all__ = [
     "configure_logging",
     "make_psycopg_green",
     "redact",
+    "run_in_transaction",
+    "run_interaction",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "EmbeddedPostgresError",
     "GDBPoolError",
     "InteractionTimeout",
+    "NoReplicaAvailable",
     "NotificationError",
     "PoolClosed",
     "PoolConnectionError",
@@ -61,6 +62,10 @@ class TooManyRequests(GDBPoolError):
 
 class PoolClosed(GDBPoolError):
     """The pool (or interaction pool) is closed."""
+
+
+class NoReplicaAvailable(GDBPoolError):
+    """A read-only interaction found no acceptable replica and fallback is ``"fail"``."""
 
 
 class DBInteractionException(GDBPoolError):

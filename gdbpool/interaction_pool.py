@@ -48,7 +48,7 @@ from gevent.lock import Semaphore
 from actors import Actor, ActorRef, handles
 from gdbpool.channel_listener import NotificationHub
 from gdbpool.connection_pool import DBConnectionPool
-from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
+from gdbpool.errors import ConfigurationError, NoReplicaAvailable, PoolClosed
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import configure_logging, get_logger, redact
 from gdbpool.notification import check_channel, check_payload
@@ -57,7 +57,7 @@ from gdbpool.replica_status import ReplicaProbe, ReplicaStatus
 from gdbpool.subscription import DEFAULT_MAXSIZE, DEFAULT_OVERFLOW, Overflow, Subscription
 from gdbpool.transaction import Transaction
 
-__all__ = ["DBInteractionPool", "NoReplicaAvailable", "PoolRole"]
+__all__ = ["DBInteractionPool", "PoolRole"]
 
 PoolRole = Literal["primary", "replica"]
 
@@ -65,10 +65,6 @@ PoolRole = Literal["primary", "replica"]
 DEFAULT_HEALTH_INTERVAL = 1.0
 #: Seconds a probe may take before the replica counts as unhealthy.
 DEFAULT_PROBE_TIMEOUT = 2.0
-
-
-class NoReplicaAvailable(GDBPoolError):
-    """A read-only interaction found no acceptable replica and fallback is ``"fail"``."""
 
 
 # -- router messages -------------------------------------------------------------
