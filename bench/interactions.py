@@ -17,7 +17,9 @@ Side by side, 16 connections each:
 * **psycopg_pool**: ``ConnectionPool`` (psycopg 3, autocommit) used by 16 OS
   threads, in a child process that never imports gevent or gdbpool.
 * **asyncpg**: ``asyncpg.create_pool(min_size=16, max_size=16)`` used by 64
-  asyncio tasks (``pool.fetch``), in a child process.
+  asyncio tasks (``pool.fetch``), in a child process, with its defaults: the
+  pool resets every connection it takes back (a second round trip per call),
+  which is what a user picking it gets.
 
 Client and server share the machine's CPUs, so compare the ratios to the
 ceiling measured in the same run rather than absolute numbers.

@@ -1,12 +1,12 @@
 """DBConnectionPool: a pool of PostgreSQL connections run by actors.
 
 The :class:`DBConnectionPool` object is a facade. The pool's state lives in a
-pool actor, which never does I/O: it matches requests (interactions from
-:meth:`~DBConnectionPool.submit`, checkouts from :meth:`~DBConnectionPool.get`)
-with idle :class:`~gdbpool.connection_worker.ConnectionWorker` actors, each of
-which owns one connection and does all the I/O on it (open, check, run,
-reset, close). Workers are supervised: one that crashes is restarted and
-reconnects.
+pool actor (:mod:`gdbpool._pool_actor`), which never does I/O: it matches
+requests (interactions from :meth:`~DBConnectionPool.submit`, checkouts from
+:meth:`~DBConnectionPool.get`) with idle
+:class:`~gdbpool.connection_worker.ConnectionWorker` actors, each of which owns
+one connection and does all the I/O on it (open, check, run, reset, close).
+Workers are supervised: one that crashes is restarted and reconnects.
 
 Decisions:
 
@@ -16,11 +16,13 @@ Decisions:
   ``min_size`` by closing connections idle longer than ``max_idle``. Idle
   connections are reused last-in first-out, so the surplus stays idle and
   expires while the hot ones stay warm.
-* **Waiting.** A request with no idle connection waits in FIFO order, at most
-  ``timeout`` seconds (then :class:`~gdbpool.errors.PoolTimeout`, whose
-  message names host, port and database, and the last connection error when
-  the server is unreachable). With ``max_waiting > 0`` a request arriving when
-  that many already wait fails at once with
+* **Waiting.** A request with no idle connection waits in FIFO order (a
+  worker finishing an interaction takes the next waiting interaction itself;
+  one timer serves all the deadlines), at most ``timeout`` seconds (then
+  :class:`~gdbpool.errors.PoolTimeout`, whose message names host, port and
+  database, and the last connection error when the server is unreachable).
+  With ``max_waiting > 0`` a request arriving when that many already wait
+  fails at once with
   :class:`~gdbpool.errors.TooManyRequests`.
 * **Returning.** :meth:`~DBConnectionPool.put` never blocks: the worker
   rolls back an open transaction and resets the session (autocommit off,
