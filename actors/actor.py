@@ -29,6 +29,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _Handler = Callable[[Any, Any], Any]
 _names = itertools.count(1)
 
+# What a handler or hook may raise and still count as its own failure: an
+# ask's reply fails with it, a tell crashes the actor. gevent.Timeout is a
+# BaseException but is what a timed wait inside a handler raises (e.g.
+# ``AsyncResult.get(timeout=)``), so it is an ordinary handler error here.
+# GreenletExit (the actor is being killed) and the other BaseExceptions
+# (SystemExit, KeyboardInterrupt...) end the actor instead.
+_HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, gevent.Timeout)
+
 
 def handles(*message_types: type) -> Callable[[_F], _F]:
     """Mark an Actor method as the handler of ``message_types``.
@@ -83,6 +91,25 @@ class Actor:
     :class:`~actors.ActorRef`. Handlers run one at a time in the actor's
     greenlet; nothing else may touch the actor's attributes.
 
+    Every ask is answered or failed:
+
+    - A handler's exception, including a ``gevent.Timeout`` from a timed
+      wait inside it, is set on the ask's reply and the actor carries on;
+      on a tell the same exception crashes the actor (see ``on_failure``).
+    - If the actor is killed while handling an ask (a stop that timed
+      out), that reply fails with :class:`ActorStopped`, as do the asks
+      still queued.
+    - Any other BaseException (``SystemExit``, ``KeyboardInterrupt``...) is
+      set on the reply of the ask being handled, then ends the actor
+      without ``on_failure`` or restart: queued asks fail with
+      :class:`ActorStopped` and the exception propagates out of the
+      actor's greenlet.
+
+    Only the reply that ``ask`` created is covered: a message that carries
+    its own reply channel (an AsyncResult or Queue inside the message) and
+    is told, or dropped unhandled when the actor stops, is the
+    application's to settle.
+
     Hooks, all run in the actor's greenlet:
 
     - ``on_start()`` before the first message; if it raises, ``start()``
@@ -91,8 +118,9 @@ class Actor:
       exception in it is logged. Not run when a stop timed out and killed
       the actor, nor after a crash.
     - ``on_failure(exc)`` when a told message (or an unhandled message type
-      on ``tell``) raised; then the supervisor restarts a fresh instance, or,
-      unsupervised, the actor stops. An exception in it is logged.
+      on ``tell``) raised, ``gevent.Timeout`` included; then the supervisor
+      restarts a fresh instance, or, unsupervised, the actor stops. An
+      exception in it is logged.
     """
 
     _handler_names: ClassVar[dict[type, str]] = {}
@@ -217,7 +245,11 @@ def _launch(ref: ActorRef, start_timeout: float = DEFAULT_START_TIMEOUT) -> None
     ref._greenlet = greenlet
     try:
         started.get(timeout=start_timeout)
-    except gevent.Timeout:
+    except gevent.Timeout as exc:
+        if started.ready():  # on_start itself raised a Timeout
+            raise ActorStartError(
+                f"actor {ref.name!r}: on_start raised {type(exc).__name__}: {exc}"
+            ) from exc
         greenlet.kill(block=True, timeout=1.0)
         raise ActorStartError(
             f"actor {ref.name!r}: on_start did not finish within {start_timeout} s"
@@ -254,31 +286,35 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
             else:
                 try:
                     reply.set(table[type(message)](actor, message))
-                except Exception as exc:
+                except _HANDLER_ERRORS as exc:
                     reply.set_exception(exc)
         try:
             actor.on_stop()
-        except Exception:
+        except _HANDLER_ERRORS:
             ref._log.exception("actor_stop_failed")
     except GreenletExit:
         if reply is not None and not reply.ready():
             reply.set_exception(ref._stopped_error("was killed while handling this message"))
         ref._finish(None, "was killed")
         return
-    except Exception as exc:
+    except _HANDLER_ERRORS as exc:
         _crashed(ref, actor, exc)
         return
     except BaseException as exc:
+        # Not the handler's failure but the end of the actor: still answer
+        # the ask in flight (``reply`` is a settled one, or None, otherwise).
+        if reply is not None and not reply.ready():
+            reply.set_exception(exc)
         ref._finish(exc, "died")
         raise
     ref._finish(None)
 
 
-def _crashed(ref: ActorRef, actor: Actor, exc: Exception) -> None:
+def _crashed(ref: ActorRef, actor: Actor, exc: BaseException) -> None:
     ref._log.error("actor_crashed", exc_info=exc)
     try:
         actor.on_failure(exc)
-    except Exception:
+    except _HANDLER_ERRORS:
         ref._log.exception("actor_on_failure_failed")
     if ref._supervisor is None or ref._closed:
         ref._finish(exc, "crashed")

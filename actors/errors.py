@@ -26,7 +26,8 @@ class ActorStopped(ActorError):
 
     Raised at once by ``tell``/``ask`` once ``stop()`` has begun, and set on
     the reply of every asked message still queued when the actor stops
-    without handling it (forced stop, crash, supervisor giving up).
+    without handling it (forced stop, crash, supervisor giving up), and of
+    the ask being handled when a stop that timed out killed the actor.
     """
 
 

@@ -92,6 +92,12 @@ class ActorRef:
     Refs are created by ``Actor.start()`` or ``Supervisor.spawn()``, never
     directly. A ref stays valid across supervisor restarts. Once the actor
     has stopped, ``tell``/``ask`` raise :class:`ActorStopped`.
+
+    Every result returned by ``ask`` is eventually answered or failed,
+    whatever happens to the actor. That promise covers only those results:
+    a message that carries its own reply channel (an AsyncResult, a Queue)
+    inside it is the application's to settle if the actor stops before
+    handling it; the ref drops such messages with the rest of the mailbox.
     """
 
     __slots__ = (
@@ -191,8 +197,9 @@ class ActorRef:
     def ask(self, message: object, timeout: float | None = None) -> AsyncResult:
         """Post ``message`` and return an AsyncResult for the handler's reply.
 
-        The handler's return value, or the exception it raised, is set on
-        the result; an exception does not crash the actor. If the actor
+        The handler's return value, or the exception it raised (a
+        ``gevent.Timeout`` from a timed wait inside it included), is set on
+        the result; such an exception does not crash the actor. If the actor
         stops before handling the message, the result fails with
         :class:`ActorStopped`. With ``timeout`` (seconds), the result fails
         with :class:`AskTimeout` if no answer came in time; the actor may
@@ -310,7 +317,12 @@ class ActorRef:
             restart.kill(block=False)
 
     def _finish(self, cause: BaseException | None, why: str = "stopped") -> None:
-        """Mark stopped, fail asks left in the mailbox, wake stop() waiters."""
+        """Mark stopped, fail asks left in the mailbox, wake stop() waiters.
+
+        Only the envelope's reply (the one ``ask`` created) is failed; a reply
+        channel inside a message is not ours to know about (see the class
+        docstring). The ask being handled, if any, is the loop's to fail.
+        """
         if self._state is ActorState.STOPPED:
             return
         self._closed = True

@@ -53,6 +53,23 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
+class Expire:
+    """Handler waits on a result nobody sets, for ``seconds``: gevent.Timeout."""
+
+    seconds: float
+    entered: Event = field(default_factory=Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    pass
+
+
+class FatalError(BaseException):
+    """Neither an Exception nor a gevent.Timeout: ends the actor."""
+
+
+@dataclass(frozen=True, slots=True)
 class StopSelf:
     pass
 
@@ -92,6 +109,15 @@ class Echo(Actor):
         msg.gate.wait()
         return "released"
 
+    @handles(Expire)
+    def expire(self, msg: Expire) -> None:
+        msg.entered.set()
+        AsyncResult().get(timeout=msg.seconds)
+
+    @handles(Fatal)
+    def fatal(self, msg: Fatal) -> None:
+        raise FatalError("fatal")
+
     @handles(StopSelf)
     def stop_self(self, msg: StopSelf) -> str:
         self.ref.stop(timeout=WAIT)
@@ -125,6 +151,10 @@ class Recorder(Actor):
     @handles(Ping)
     def ping(self, msg: Ping) -> object:
         return gevent.getcurrent()
+
+    @handles(Expire)
+    def expire(self, msg: Expire) -> None:
+        AsyncResult().get(timeout=msg.seconds)
 
 
 def live_greenlets() -> int:
@@ -162,6 +192,70 @@ def test_exception_on_ask_is_set_on_the_reply_and_actor_stays_alive() -> None:
     assert ref.is_alive
     assert ref.ask(Ping(4)).get(timeout=WAIT) == 4
     ref.stop()
+
+
+def test_gevent_timeout_in_an_ask_handler_fails_the_reply_and_the_actor_keeps_answering() -> None:
+    with capture_logs():
+        ref = Echo.start(name="waiter")
+        reply = ref.ask(Expire(0.01))
+        with pytest.raises(gevent.Timeout):
+            reply.get(timeout=WAIT)
+        assert ref.ask(Ping(4)).get(timeout=WAIT) == 4
+        assert ref.state is ActorState.RUNNING
+        ref.stop(timeout=WAIT)
+
+
+def test_gevent_timeout_in_a_told_handler_crashes_the_actor_like_any_exception() -> None:
+    events: Queue = Queue()
+    gate = Event()
+    with capture_logs() as logs:
+        ref = Recorder.start(events, name="timed")
+        events.get(timeout=WAIT)
+        ref.tell(Expire(0.01))
+        pending = ref.ask(Wait(gate))  # queued behind the crash: never handled
+        kind, exc = events.get(timeout=WAIT)
+        assert kind == "failure" and isinstance(exc, gevent.Timeout)
+        with pytest.raises(ActorStopped, match="'timed' crashed") as info:
+            pending.get(timeout=WAIT)
+    assert isinstance(info.value.__cause__, gevent.Timeout)
+    assert ref.state is ActorState.STOPPED
+    assert ("actor_crashed", "timed") in [(e["event"], e.get("actor")) for e in logs]
+
+
+def test_killing_an_actor_in_a_timed_wait_fails_the_ask_in_flight_with_actor_stopped() -> None:
+    with capture_logs():
+        ref = Echo.start(name="sleepy")
+        expire = Expire(WAIT * 10)  # would time out long after the kill
+        in_flight = ref.ask(expire)
+        assert expire.entered.wait(WAIT)
+        ref.stop(timeout=0.01)
+    assert ref.state is ActorState.STOPPED
+    assert in_flight.ready()
+    with pytest.raises(ActorStopped, match="'sleepy' was killed while handling"):
+        in_flight.get(timeout=0)
+    assert ref._greenlet is not None and ref._greenlet.dead
+
+
+def test_a_fatal_base_exception_in_an_ask_handler_fails_the_reply_then_ends_the_actor() -> None:
+    gate = Event()
+    with capture_logs():
+        ref = Echo.start(name="doomed")
+        held = Wait(gate)
+        first = ref.ask(held)
+        assert held.entered.wait(WAIT)
+        fatal = ref.ask(Fatal())
+        queued = ref.ask(Ping(1))
+        gate.set()
+        with pytest.raises(FatalError):
+            fatal.get(timeout=WAIT)
+        with pytest.raises(ActorStopped, match="'doomed' died") as info:
+            queued.get(timeout=WAIT)
+    assert first.get(timeout=0) == "released"
+    assert isinstance(info.value.__cause__, FatalError)
+    assert ref.state is ActorState.STOPPED
+    assert ref._greenlet is not None
+    ref._greenlet.join(WAIT)
+    assert ref._greenlet.dead and isinstance(ref._greenlet.exception, FatalError)
 
 
 def test_unhandled_message_type_on_ask_fails_with_unhandled_message() -> None:
@@ -249,6 +343,16 @@ def test_on_start_failure_raises_actor_start_error_and_actor_never_runs() -> Non
     assert isinstance(info.value.__cause__, RuntimeError)
     gevent.sleep(0)  # let the failed greenlet finish returning
     assert live_greenlets() == before
+
+
+def test_on_start_raising_gevent_timeout_is_a_start_failure_not_a_start_timeout() -> None:
+    class TimesOutAtStart(Actor):
+        def on_start(self) -> None:
+            AsyncResult().get(timeout=0.01)
+
+    with pytest.raises(ActorStartError, match="on_start raised Timeout") as info:
+        TimesOutAtStart.start(name="early", start_timeout=WAIT)
+    assert isinstance(info.value.__cause__, gevent.Timeout)
 
 
 def test_constructor_failure_raises_actor_start_error() -> None:

@@ -1,4 +1,4 @@
-"""Property: whatever the mix of tell/ask/crash/stop, no ask is left unanswered."""
+"""Property: whatever the mix of tell/ask/crash/timeout/stop, no ask is left unanswered."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from actors import (
     ActorStopped,
     MailboxFull,
     Supervisor,
+    UnhandledMessage,
     handles,
 )
 
@@ -38,6 +39,13 @@ class Slow:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """Handler's timed wait runs out: raises gevent.Timeout (a BaseException)."""
+
+    seconds: float
+
+
 class Worker(Actor):
     @handles(Work)
     def work(self, msg: Work) -> int:
@@ -52,11 +60,16 @@ class Worker(Actor):
         gevent.sleep(msg.seconds)  # simulated work, not synchronisation
         return "slow"
 
+    @handles(Expire)
+    def expire(self, msg: Expire) -> None:
+        AsyncResult().get(timeout=msg.seconds)
+
 
 MESSAGES = st.one_of(
     st.builds(Work, st.integers(0, 9)),
     st.just(Fail()),
     st.builds(Slow, st.sampled_from([0.0, 0.001, 0.01])),
+    st.builds(Expire, st.sampled_from([0.0, 0.001, 0.01])),
     st.just("unhandled"),
 )
 OPS = st.lists(
@@ -70,14 +83,17 @@ OPS = st.lists(
 )
 
 
-def run(ref: ActorRef, ops: list[tuple[str, object]]) -> list[AsyncResult]:
-    replies: list[AsyncResult] = []
+Asked = list[tuple[object, AsyncResult]]
+
+
+def run(ref: ActorRef, ops: list[tuple[str, object]]) -> Asked:
+    replies: Asked = []
     for op, arg in ops:
         try:
             if op == "tell":
                 ref.tell(arg)
             elif op == "ask":
-                replies.append(ref.ask(arg))
+                replies.append((arg, ref.ask(arg)))
             elif op == "yield":
                 gevent.sleep(0)
             else:
@@ -88,14 +104,32 @@ def run(ref: ActorRef, ops: list[tuple[str, object]]) -> list[AsyncResult]:
     return replies
 
 
-def check_settled(ref: ActorRef, replies: list[AsyncResult]) -> None:
+def expected_outcome(message: object) -> object:
+    """What a handled ask of ``message`` answers: a value or an exception type."""
+    if isinstance(message, Work):
+        return message.n
+    if isinstance(message, Slow):
+        return "slow"
+    if isinstance(message, Fail):
+        return RuntimeError
+    if isinstance(message, Expire):
+        return gevent.Timeout
+    return UnhandledMessage
+
+
+def check_settled(ref: ActorRef, replies: Asked) -> None:
     ref.stop(timeout=0.05)
     assert ref.state is ActorState.STOPPED
-    # stop() returned: every ask is already answered or failed.
-    assert all(r.ready() for r in replies)
-    for r in replies:
-        if not r.successful():
-            assert isinstance(r.exception, Exception)
+    # stop() returned: every ask is already answered or failed...
+    assert all(r.ready() for _, r in replies)
+    # ...with its handler's own outcome, or ActorStopped if it was never
+    # (or not fully) handled; never with the kill, never left hanging.
+    for message, r in replies:
+        expected = expected_outcome(message)
+        if r.successful():
+            assert r.value == expected
+        elif not isinstance(r.exception, ActorStopped):
+            assert isinstance(expected, type) and isinstance(r.exception, expected)
     assert ref._greenlet is None or ref._greenlet.join(BOUND) or ref._greenlet.dead
 
 

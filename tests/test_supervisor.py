@@ -44,6 +44,13 @@ class Hold:
     gate: Event
 
 
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """Handler waits on a result nobody sets: a timed wait that times out."""
+
+    seconds: float
+
+
 class Counter(Actor):
     """Keeps a running total; reports every start (with a timestamp) to ``starts``."""
 
@@ -73,6 +80,10 @@ class Counter(Actor):
         msg.gate.wait()
         raise RuntimeError("crash after hold")
 
+    @handles(Expire)
+    def expire(self, msg: Expire) -> None:
+        AsyncResult().get(timeout=msg.seconds)
+
 
 def test_crashed_child_restarts_with_fresh_state_on_the_same_ref() -> None:
     starts: Queue = Queue()
@@ -91,6 +102,38 @@ def test_crashed_child_restarts_with_fresh_state_on_the_same_ref() -> None:
     assert ("actor_crashed", "counter") in events
     assert ("actor_restarted", "counter") in events
     assert ref.state is ActorState.STOPPED
+
+
+def test_a_gevent_timeout_in_a_told_handler_restarts_the_child_on_the_same_ref() -> None:
+    starts: Queue = Queue()
+    sup = Supervisor(name="sup")
+    with capture_logs() as logs:
+        ref = sup.spawn(Counter, starts, 10, name="counter")
+        starts.get(timeout=WAIT)
+        assert ref.ask(Add(5)).get(timeout=WAIT) == 15
+        ref.tell(Expire(0.01))
+        starts.get(timeout=WAIT)  # the restart
+        assert ref.ask(Total()).get(timeout=WAIT) == 10  # fresh instance, same ref
+        assert ref.state is ActorState.RUNNING
+        assert sup.children == [ref]
+        sup.stop()
+    events = [(e["event"], e.get("actor")) for e in logs]
+    assert ("actor_crashed", "counter") in events
+    assert ("actor_restarted", "counter") in events
+
+
+def test_a_gevent_timeout_in_an_ask_handler_fails_the_reply_without_a_restart() -> None:
+    starts: Queue = Queue()
+    sup = Supervisor(name="sup")
+    with capture_logs():
+        ref = sup.spawn(Counter, starts, 10, name="counter")
+        starts.get(timeout=WAIT)
+        with pytest.raises(gevent.Timeout):
+            ref.ask(Expire(0.01)).get(timeout=WAIT)
+        assert ref.ask(Add(1)).get(timeout=WAIT) == 11  # same instance, state kept
+        assert starts.empty()
+        assert sup.children == [ref]
+        sup.stop()
 
 
 def test_messages_queued_during_a_restart_are_handled_by_the_new_instance() -> None:
