@@ -31,9 +31,16 @@ import psycopg2
 from gevent.event import Event
 
 from actors import Actor, ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp, handles
-from gdbpool.errors import GDBPoolError, NotificationError, PoolClosed, PoolConnectionError
+from gdbpool.errors import (
+    ConfigurationError,
+    GDBPoolError,
+    NotificationError,
+    PoolClosed,
+    PoolConnectionError,
+)
 from gdbpool.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_CHECK,
     DEFAULT_RECONNECT_INITIAL,
     DEFAULT_RECONNECT_MAX,
     HubState,
@@ -196,7 +203,11 @@ class NotificationHub:
     ``connect_timeout=5.0`` s per connection attempt; ``reconnect_initial=0.1``
     and ``reconnect_max=10.0`` s bound the reconnect backoff (doubling, half
     of it jitter, retried until closed); ``command_timeout=10.0`` s bounds how
-    long ``subscribe``/``close`` wait for the LISTEN connection's actor.
+    long ``subscribe``/``close`` wait for the LISTEN connection's actor;
+    ``idle_check=5.0`` s: after that long with nothing read, a ``SELECT 1``
+    must answer within as long again, or the connection is taken for lost
+    (a half-open connection after a network failure) and reconnected — None
+    switches the check off (libpq TCP keepalives stay on).
 
     Every subscriber receives :class:`Notification` items and, after a
     reconnect, a :class:`Reconnected` gap event.
@@ -211,8 +222,14 @@ class NotificationHub:
         reconnect_initial: float = DEFAULT_RECONNECT_INITIAL,
         reconnect_max: float = DEFAULT_RECONNECT_MAX,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        idle_check: float | None = DEFAULT_IDLE_CHECK,
         name: str | None = None,
     ) -> None:
+        if idle_check is not None and not idle_check > 0:
+            raise ConfigurationError(
+                f"idle_check must be a number of seconds > 0 (or None to switch it off), "
+                f"not {idle_check!r}"
+            )
         self.source = uuid.uuid4().hex[:12]
         self.name = name or f"hub-{self.source}"
         self.command_timeout = command_timeout
@@ -234,6 +251,7 @@ class NotificationHub:
             connect_timeout=connect_timeout,
             reconnect_initial=reconnect_initial,
             reconnect_max=reconnect_max,
+            idle_check=idle_check,
         )
         self._connection: ActorRef | None = None
         try:

@@ -3,17 +3,25 @@
 One autocommit psycopg2 connection carries every channel of a
 :class:`~gdbpool.channel_listener.NotificationHub`.  The actor owns it: only
 the actor's greenlet executes statements on it or polls it.  A small reader
-greenlet waits for the socket to become readable (``gevent.socket.wait_read``;
-no sleeps, no timeouts) and then *asks* the actor to read; it waits for the
-answer before waiting on the socket again.  So LISTEN/UNLISTEN statements
+greenlet waits for the socket to become readable (``gevent.socket.wait_read``,
+no polling) and then *asks* the actor to read; it waits for the answer before
+waiting on the socket again.  So LISTEN/UNLISTEN statements
 (``Subscribe``/``Unsubscribe`` messages) and reads are serialised by the
 actor's mailbox and can never interleave on the connection.
 
 A read drains ``conn.notifies``, numbers each notification (hub-wide ``seq``,
 receive order, from 1) and tells each channel's route one batch per channel.
 
+A connection can also die silently (a half-open TCP connection after a
+network blackhole: nothing arrives, nothing fails).  So when nothing was read
+for ``idle_check`` seconds (default 5), the reader asks the actor for an idle
+check: a ``SELECT 1`` that must answer within ``idle_check`` seconds, or the
+socket is shut down (``connection_worker.shutdown_socket``) and the
+connection counts as lost.  libpq TCP keepalives are switched on as a second
+line (unless the DSN sets its own).
+
 When the connection is lost (``pg_terminate_backend``, server restart, network
-error) the actor closes it, and reconnects after a backoff of
+error, a failed idle check) the actor closes it, and reconnects after a backoff of
 ``min(reconnect_max, reconnect_initial * 2**n)`` seconds, of which the second
 half is random jitter; it retries until the hub closes.  Once connected it
 re-issues LISTEN for every channel (one round trip) and tells every route a
@@ -42,6 +50,7 @@ from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
 from actors import Actor, ActorError, handles
+from gdbpool.connection_worker import shutdown_socket
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
 from gdbpool.logging import get_logger, redact
 from gdbpool.notification import Notification, Reconnected, make_notification
@@ -49,6 +58,7 @@ from gdbpool.subscription import Subscription
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IDLE_CHECK",
     "DEFAULT_RECONNECT_INITIAL",
     "DEFAULT_RECONNECT_MAX",
     "HubState",
@@ -58,6 +68,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "describe_dsn",
+    "keepalive_options",
 ]
 
 #: Seconds allowed for opening the LISTEN connection (each attempt).
@@ -66,6 +77,13 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_RECONNECT_INITIAL = 0.1
 #: Upper bound of the reconnect delay, in seconds.
 DEFAULT_RECONNECT_MAX = 10.0
+#: Seconds without anything read before the idle check (``SELECT 1``), which in
+#: turn must answer within as many seconds; None switches it off.
+DEFAULT_IDLE_CHECK = 5.0
+# libpq TCP keepalives on the LISTEN connection (a DSN's own values win): the
+# kernel gives up on a silent peer after about idle + interval * count seconds.
+_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+               "keepalives_count": "3"}
 # Channels per LISTEN round trip when (re)connecting.
 _LISTEN_CHUNK = 500
 _LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -94,13 +112,14 @@ class HubState:
     Mutated only from the ListenConnection actor's greenlet (the hub reads it).
     """
 
-    dsn: str
+    dsn: str = field(repr=False)  # carries the password
     application_name: str
     source: str
     spawn_route: Callable[[str], Route]
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     reconnect_initial: float = DEFAULT_RECONNECT_INITIAL
     reconnect_max: float = DEFAULT_RECONNECT_MAX
+    idle_check: float | None = DEFAULT_IDLE_CHECK
     routes: dict[str, Route] = field(default_factory=dict)
     received: int = 0  # notifications received so far: also the last seq handed out
     reconnects: int = 0
@@ -136,6 +155,13 @@ class _Readable:
 
 
 @dataclass(frozen=True, slots=True)
+class _Idle:
+    """Nothing was read for ``idle_check`` seconds: check the connection."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Reconnect:
     pass
 
@@ -143,6 +169,10 @@ class _Reconnect:
 @dataclass(frozen=True, slots=True)
 class _ReaderFailed:
     error: BaseException
+
+
+class _IdleTimeout(Exception):
+    """Raised by the reader's wait when nothing was readable for ``idle_check`` seconds."""
 
 
 def describe_dsn(dsn: str) -> str:
@@ -157,6 +187,15 @@ def describe_dsn(dsn: str) -> str:
 def _oneline(exc: BaseException) -> str:
     """An error's message on one line, passwords masked (libpq messages span lines)."""
     return " ".join(redact(str(exc)).split())
+
+
+def keepalive_options(dsn: str) -> dict[str, str]:
+    """libpq keepalive parameters for the LISTEN connection that ``dsn`` does not set itself."""
+    try:
+        given = parse_dsn(dsn)
+    except psycopg2.Error:
+        given = {}  # psycopg2.connect reports the bad DSN
+    return {key: value for key, value in _KEEPALIVES.items() if key not in given}
 
 
 def _listen_sql(verb: str, channels: list[str]) -> sql.Composed:
@@ -255,6 +294,36 @@ class ListenConnection(Actor):
         self._route()
         return True
 
+    @handles(_Idle)
+    def _idle(self, msg: _Idle) -> bool:
+        """``SELECT 1`` bounded by ``idle_check``; False tells a stale reader to exit."""
+        conn = self._conn
+        limit = self._state.idle_check
+        if msg.generation != self._generation or conn is None or limit is None:
+            return False
+        fired: list[bool] = []
+
+        def expire() -> None:
+            fired.append(True)
+            shutdown_socket(conn)  # the pending read fails at once: no cancel, no wait
+
+        timer = gevent.spawn_later(limit, expire)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except _LOST:
+            if fired:
+                exc = PoolConnectionError(
+                    f"no answer to the idle check (SELECT 1) within {limit} s "
+                    "(half-open connection?)"
+                )
+            self._connection_lost(exc)
+            return False
+        finally:
+            timer.kill(block=False)
+        self._route()  # notifications read along with the reply
+        return True
+
     @handles(_Reconnect)
     def _reconnect(self, msg: _Reconnect) -> None:
         self._timer = None
@@ -282,7 +351,8 @@ class ListenConnection(Actor):
             with gevent.Timeout(state.connect_timeout, PoolConnectionError(
                 f"LISTEN connection to {where} not established within {state.connect_timeout} s"
             )):
-                conn = psycopg2.connect(state.dsn, application_name=state.application_name)
+                conn = psycopg2.connect(state.dsn, application_name=state.application_name,
+                                        **keepalive_options(state.dsn))
                 conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_is_in_recovery(), pg_backend_pid()")
@@ -316,12 +386,22 @@ class ListenConnection(Actor):
         self._log.info("listen_connected", server=where, channels=len(channels), backend_pid=pid)
 
     def _read(self, fileno: int, generation: int) -> None:
-        """The reader greenlet: wait for the socket, let the actor read, repeat."""
+        """The reader greenlet: wait for the socket, let the actor read, repeat.
+
+        After ``idle_check`` seconds with nothing to read it asks for an idle
+        check instead.
+        """
         ref = self.ref
-        message = _Readable(generation)
+        readable = _Readable(generation)
+        idle = _Idle(generation)
+        limit = self._state.idle_check
         try:
             while True:
-                wait_read(fileno)
+                try:
+                    wait_read(fileno, timeout=limit, timeout_exc=_IdleTimeout)
+                    message: _Readable | _Idle = readable
+                except _IdleTimeout:
+                    message = idle
                 if not ref.ask(message).get():
                     return
         except ActorError:

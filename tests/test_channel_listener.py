@@ -11,6 +11,7 @@ import gevent
 import greenlet
 import psycopg2
 import pytest
+from _waits import wait_for
 from gevent.event import Event
 from gevent.queue import Queue
 from structlog.testing import capture_logs
@@ -43,13 +44,18 @@ def execute(dsn: str, *statements: str, args: Any = None) -> None:
         conn.close()
 
 
-def listening_on(hub: NotificationHub, channel: str) -> None:
+def listening_on(hub: NotificationHub, channel: str, subscribers: int = 1) -> None:
     """Barrier for a just-spawned listen_on: its LISTEN is confirmed when this returns.
 
-    gevent.sleep(0) lets the spawned greenlet run up to its (queued) Subscribe;
-    the ask below is queued behind it on the same actor, so it answers after it.
+    Waits (bounded) until the LISTEN connection's channel table counts
+    ``subscribers`` for ``channel`` (the actor has handled listen_on's
+    Subscribe), then asks the server.
     """
-    gevent.sleep(0)
+    def counted() -> bool:
+        route = hub._state.routes.get(channel)
+        return route is not None and route.count == subscribers
+
+    assert wait_for(counted, WAIT), f"listen_on({channel!r}) not subscribed within {WAIT} s"
     assert channel in hub.listening_channels()
 
 
@@ -245,7 +251,7 @@ def test_closing_the_hub_stops_every_listener_and_leaves_no_greenlet(dsn: str) -
     subs = [hub.subscribe(f"c{i}") for i in range(5)]
     q: Queue = Queue()
     listening = gevent.spawn(hub.listen_on, q, "c0", Event())
-    listening_on(hub, "c0")
+    listening_on(hub, "c0", subscribers=2)  # subs[0] and listen_on
     iterating = gevent.spawn(list, subs[1])
     hub.notify("c0", "x")
     assert subs[0].get(timeout=WAIT).payload == "x"  # type: ignore[union-attr]

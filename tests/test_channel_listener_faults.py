@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import greenlet
 import psycopg2
+import pytest
+from _waits import wait_for
 from gevent.event import Event
 from gevent.queue import Queue
+from tcp_proxy import TcpProxy
 
 from gdbpool.channel_listener import NotificationHub
 from gdbpool.embedded import EmbeddedPostgres
-from gdbpool.listen_connection import _ReaderFailed
+from gdbpool.errors import ConfigurationError
+from gdbpool.listen_connection import _ReaderFailed, keepalive_options
 from gdbpool.notification import Notification, Reconnected
 
 WAIT = 5.0
@@ -31,6 +37,12 @@ def terminate(dsn: str, pid: int) -> None:
         conn.close()
 
 
+def subscribers(hub: NotificationHub, channel: str) -> int:
+    """Subscriptions the LISTEN connection's channel table holds for ``channel``."""
+    route = hub._state.routes.get(channel)
+    return 0 if route is None else route.count
+
+
 def live_greenlets() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead)
 
@@ -42,7 +54,7 @@ def test_terminated_listen_backend_gives_reconnected_then_new_notifications(dsn:
         q: Queue = Queue()
         cancel = Event()
         listening = gevent.spawn(hub.listen_on, q, "feed", cancel)
-        gevent.sleep(0)  # let listen_on queue its Subscribe; the ask below answers after it
+        assert wait_for(lambda: subscribers(hub, "feed") == 2, WAIT)  # listen_on's too
         assert hub.listening_channels() == ["feed", "other"]
         old_pid = hub._state.backend_pid
         assert old_pid is not None
@@ -162,8 +174,7 @@ def test_a_subscriber_whose_queue_raises_is_closed_and_the_others_keep_receiving
     with NotificationHub(dsn) as hub:
         good = hub.subscribe("feed")
         broken = gevent.spawn(hub.listen_on, BrokenQueue(), "feed", Event())
-        gevent.sleep(0)  # let listen_on queue its Subscribe; the ask below answers after it
-        hub.listening_channels()
+        assert wait_for(lambda: subscribers(hub, "feed") == 2, WAIT)
         hub.notify("feed", "1")
         broken.join(timeout=WAIT)  # its subscription was closed, so listen_on returned
         assert broken.successful()
@@ -183,3 +194,121 @@ def test_close_while_a_reconnect_is_pending_stops_cleanly(dsn: str) -> None:
     assert hub._state.down.wait(WAIT)  # a reconnect timer is now pending for ~5 s
     hub.close()
     assert live_greenlets() == before
+
+
+@pytest.fixture
+def proxy(pg_primary: EmbeddedPostgres) -> Iterator[TcpProxy]:
+    p = TcpProxy(pg_primary.port).start()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def test_a_blackholed_listen_connection_is_detected_by_the_idle_check_and_reconnected(
+    dsn: str, proxy: TcpProxy
+) -> None:
+    with NotificationHub(proxy.dsn(dsn), idle_check=0.3, connect_timeout=1.0,
+                         reconnect_initial=0.05, reconnect_max=0.3) as hub:
+        sub = hub.subscribe("feed")
+        hub.notify("feed", "before")
+        assert sub.get(timeout=WAIT).payload == "before"  # type: ignore[union-attr]
+        old_pid = hub._state.backend_pid
+
+        proxy.set_mode("blackhole")  # the socket stays open, nothing comes back
+        assert hub._state.down.wait(WAIT)  # ~0.3 s idle + 0.3 s for SELECT 1's answer
+        proxy.set_mode("pass")
+
+        gap = sub.get(timeout=10)
+        assert isinstance(gap, Reconnected)
+        assert "idle check" in gap.reason
+        assert hub._state.backend_pid != old_pid
+        hub.notify("feed", "after")
+        got = sub.get(timeout=WAIT)
+        assert isinstance(got, Notification)
+        assert got.payload == "after"
+        assert hub.stats()["reconnects"] == 1
+
+
+def test_a_healthy_idle_listen_connection_passes_the_idle_check_and_stays(dsn: str) -> None:
+    with NotificationHub(dsn, idle_check=0.1) as hub:
+        sub = hub.subscribe("feed")
+        pid = hub._state.backend_pid
+
+        def checked() -> bool:  # the idle check's SELECT 1 ran on the LISTEN backend
+            return backend_query(dsn, pid) == "SELECT 1"
+
+        assert wait_for(checked, WAIT)
+        with pytest.raises(gevent.Timeout):  # several more idle checks, no gap event
+            sub.get(timeout=0.5)
+        assert hub._state.backend_pid == pid
+        assert hub.stats()["reconnects"] == 0
+        hub.notify("feed", "still here")
+        assert sub.get(timeout=WAIT).payload == "still here"  # type: ignore[union-attr]
+
+
+def test_idle_check_must_be_positive_or_none(dsn: str) -> None:
+    with pytest.raises(ConfigurationError, match="idle_check"):
+        NotificationHub(dsn, idle_check=0)
+    with NotificationHub(dsn, idle_check=None) as hub:
+        assert hub._state.idle_check is None
+
+
+def test_the_listen_connection_has_tcp_keepalives(dsn: str) -> None:
+    with NotificationHub(dsn) as hub:
+        hub.subscribe("feed")
+        pid = hub._state.backend_pid
+        conn = psycopg2.connect(dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT client_port FROM pg_stat_activity WHERE pid = %s", (pid,))
+                (port,) = cur.fetchone()
+        finally:
+            conn.close()
+        sock = client_socket(port)
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+        finally:
+            sock.close()
+
+
+def test_keepalive_settings_in_the_dsn_win() -> None:
+    assert keepalive_options("host=db keepalives_idle=7") == {
+        "keepalives": "1", "keepalives_interval": "10", "keepalives_count": "3",
+    }
+
+
+def test_the_hub_state_repr_does_not_show_the_password(dsn: str) -> None:
+    password = psycopg2.extensions.parse_dsn(dsn)["password"]
+    with NotificationHub(dsn) as hub:
+        assert password not in repr(hub._state)
+        assert "dsn" not in repr(hub._state)
+
+
+def backend_query(dsn: str, pid: int | None) -> str | None:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT query FROM pg_stat_activity WHERE pid = %s", (pid,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
+def client_socket(port: int) -> socket.socket:
+    """A duplicate of this process's TCP socket whose local port is ``port``."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and \
+                    sock.getsockname()[1] == port:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    raise AssertionError(f"no socket with local port {port} in this process")
