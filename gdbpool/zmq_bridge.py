@@ -22,10 +22,19 @@ Decisions worth knowing:
   ``ThreadAuthenticator`` runs an asyncio loop in a thread, which does not
   mix with a gevent hub).  A private context per bridge keeps allow-lists of
   several bridges in one process apart.
+* **A channel keeps being bridged.**  When a channel's hub subscription ends
+  while the bridge is open (the hub shut it, e.g. as a faulty subscriber),
+  its pump resubscribes (backoff from ``resubscribe_initial`` doubling up to
+  ``resubscribe_max``, until the bridge closes) and then publishes a
+  ``reconnected`` message on the channel's topic: what was sent in between
+  is lost.  If the hub is closed for good (``PoolClosed``), the channel is
+  dropped from the heartbeats' ``seqs``; with no channel left the heartbeats
+  stop, so subscribers see the source go silent rather than a quiet channel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,15 +46,18 @@ import zmq.green as gzmq
 from gevent.event import Event
 from zmq.utils import z85
 
-from actors import Actor, ActorRef, handles
-from gdbpool.errors import ConfigurationError
+from actors import Actor, ActorError, ActorRef, handles
+from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
 from gdbpool.logging import get_logger
+from gdbpool.notification import Reconnected
 from gdbpool.subscription import Overflow
 from gdbpool.zmq_wire import encode_heartbeat, encode_notify, encode_reconnected, new_source_id
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_RESUBSCRIBE_INITIAL",
+    "DEFAULT_RESUBSCRIBE_MAX",
     "DEFAULT_SNDHWM",
     "BridgePublisher",
     "NotificationSource",
@@ -58,6 +70,10 @@ DEFAULT_HEARTBEAT_INTERVAL = 1.0
 DEFAULT_SNDHWM = 10_000
 #: Bound of the bridge's subscription queue on the hub, per channel.
 DEFAULT_QUEUE_SIZE = 10_000
+#: First delay, in seconds, before resubscribing a channel whose subscription failed.
+DEFAULT_RESUBSCRIBE_INITIAL = 0.1
+#: Upper bound of the resubscribe delay, in seconds (the delay doubles per failure).
+DEFAULT_RESUBSCRIBE_MAX = 5.0
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _STOP_TIMEOUT = 5.0
 
@@ -84,6 +100,13 @@ class _Forward:
 
 
 @dataclass(frozen=True, slots=True)
+class _Unbridge:
+    """The hub is closed for good: stop advertising ``channel`` in heartbeats."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Beat:
     """Time to publish a heartbeat."""
 
@@ -97,8 +120,9 @@ class BridgePublisher(Actor):
     """Owns the PUB socket and the per-channel sequence counters.
 
     Every ``_Forward`` becomes one message on its channel's topic; every
-    ``_Beat`` one heartbeat.  Sends never block.  The socket is closed when
-    the actor stops.
+    ``_Beat`` one heartbeat of the channels still bridged (none: no
+    heartbeat).  Sends never block.  The socket is closed when the actor
+    stops.
     """
 
     def __init__(self, socket: zmq.Socket[bytes], channels: Sequence[str], source: str,
@@ -144,8 +168,15 @@ class BridgePublisher(Actor):
             self._log.warning("listener_reconnected_forwarded", channel=channel, reason=reason)
         self._send(frames)
 
+    @handles(_Unbridge)
+    def unbridge(self, msg: _Unbridge) -> None:
+        self._seqs.pop(msg.channel, None)
+        self._log.error("channel_unbridged", channel=msg.channel, remaining=len(self._seqs))
+
     @handles(_Beat)
     def beat(self, msg: _Beat) -> None:
+        if not self._seqs:
+            return  # nothing is bridged any more: let subscribers see the silence
         self._counts["heartbeats"] += 1
         self._send(encode_heartbeat(source=self._source, bridge=self._bridge, ts=time.time(),
                                     interval=self._interval, seqs=self._seqs))
@@ -174,6 +205,9 @@ class ZmqNotifyBridge:
     - ``queue_size``: 10,000 notifications per channel queued between the
       hub and the bridge (drop oldest beyond, counted as a gap).
     - ``source_id``: random per bridge run; ``name``: the bound endpoint.
+    - ``resubscribe_initial``/``resubscribe_max``: 0.1 s doubling up to
+      5.0 s between attempts to resubscribe a channel whose hub
+      subscription ended (see the module docstring).
     - CURVE: give ``curve_secret_key`` and ``curve_public_key`` (z85, as from
       ``zmq.curve_keypair()``) to encrypt; ``allowed_client_keys`` (z85
       public keys) to admit only those subscribers (None: any subscriber
@@ -195,6 +229,8 @@ class ZmqNotifyBridge:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         source_id: str | None = None,
         name: str | None = None,
+        resubscribe_initial: float = DEFAULT_RESUBSCRIBE_INITIAL,
+        resubscribe_max: float = DEFAULT_RESUBSCRIBE_MAX,
         curve_secret_key: str | bytes | None = None,
         curve_public_key: str | bytes | None = None,
         allowed_client_keys: Iterable[str | bytes] | None = None,
@@ -206,12 +242,20 @@ class ZmqNotifyBridge:
             raise ConfigurationError("sndhwm must be >= 0 and queue_size >= 1")
         if heartbeat_interval <= 0:
             raise ConfigurationError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
+        if not 0 < resubscribe_initial <= resubscribe_max:
+            raise ConfigurationError(
+                "resubscribe_initial must be > 0 and <= resubscribe_max, got "
+                f"{resubscribe_initial} and {resubscribe_max}"
+            )
         self.source_id = source_id or new_source_id()
         self.channels: tuple[str, ...] = tuple(channels)
         self._closed = False
         self._ctx: zmq.Context[Any] = gzmq.Context()
         self._greenlets: list[gevent.Greenlet[Any, Any]] = []
-        self._subscriptions: list[_Subscription] = []
+        self._hub = hub
+        self._queue_size = queue_size
+        self._resubscribe = (resubscribe_initial, resubscribe_max)
+        self._subscriptions: dict[str, _Subscription] = {}
         self._stop = Event()
         try:
             zap = self._start_curve(curve_secret_key, curve_public_key, allowed_client_keys)
@@ -245,7 +289,7 @@ class ZmqNotifyBridge:
         try:
             for channel in self.channels:
                 sub = hub.subscribe(channel, maxsize=queue_size, overflow="drop_oldest")
-                self._subscriptions.append(sub)
+                self._subscriptions[channel] = sub
                 self._spawn(self._pump, channel, sub)
         except BaseException:
             self.close()
@@ -273,7 +317,7 @@ class ZmqNotifyBridge:
         self._closed = True
         self._stop.set()
         gevent.killall(self._greenlets, timeout=timeout)
-        for sub in self._subscriptions:
+        for sub in self._subscriptions.values():
             try:
                 sub.close()
             except Exception:
@@ -301,16 +345,66 @@ class ZmqNotifyBridge:
         self._greenlets.append(greenlet)
 
     def _pump(self, channel: str, sub: _Subscription) -> None:
+        """Forward ``channel``'s items; resubscribe when the subscription ends (module doc)."""
+        tell = self._ref.tell
+        lost_before = 0  # drops counted by this channel's earlier subscriptions
+        try:
+            while True:
+                reason = self._forward(channel, sub, lost_before)
+                if self._closed:
+                    return
+                lost_before += int(getattr(sub, "dropped", 0))
+                self._log.error("subscription_ended", channel=channel, reason=reason)
+                with contextlib.suppress(Exception):
+                    sub.close()  # usually closed already; never leave it registered
+                renewed = self._renew(channel)
+                if renewed is None:
+                    tell(_Unbridge(channel))
+                    return
+                sub = renewed
+                self._log.warning("channel_resubscribed", channel=channel)
+                gap = Reconnected((channel,), time.time(),
+                                  f"bridge resubscribed: its hub subscription ended ({reason})")
+                tell(_Forward(channel, gap, lost_before))
+        except ActorError:
+            if not self._closed:
+                self._log.error("bridge_publisher_gone", channel=channel)
+
+    def _forward(self, channel: str, sub: _Subscription, lost_before: int) -> str:
+        """Tell the publisher every item of ``sub`` until it ends; return why it ended."""
         tell = self._ref.tell
         try:
             while True:
                 item = sub.get(timeout=None)
                 if item is None:  # a closed subscription may answer None
-                    break
-                tell(_Forward(channel, item, int(getattr(sub, "dropped", 0))))
+                    return "subscription closed"
+                tell(_Forward(channel, item, lost_before + int(getattr(sub, "dropped", 0))))
+        except ActorError:
+            raise
         except Exception as exc:
-            if not self._closed:
-                self._log.error("subscription_ended", channel=channel, error=repr(exc))
+            return str(getattr(sub, "close_reason", "") or repr(exc))
+
+    def _renew(self, channel: str) -> _Subscription | None:
+        """Subscribe ``channel`` again, retrying with backoff; None once that cannot work."""
+        delay, ceiling = self._resubscribe
+        while not self._closed:
+            try:
+                sub: _Subscription = self._hub.subscribe(
+                    channel, maxsize=self._queue_size, overflow="drop_oldest"
+                )
+            except PoolClosed as exc:
+                self._log.error("resubscribe_impossible", channel=channel, error=str(exc))
+                return None
+            except GDBPoolError as exc:
+                self._log.warning("resubscribe_failed", channel=channel, error=str(exc),
+                                  retry_in=delay)
+                if self._stop.wait(delay):
+                    return None
+                delay = min(ceiling, delay * 2)
+                continue
+            self._subscriptions[channel] = sub
+            return sub
+        return None
 
     def _heartbeat(self, interval: float) -> None:
         tell = self._ref.tell

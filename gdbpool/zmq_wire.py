@@ -13,7 +13,10 @@ payload]``:
   ``"heartbeat"``), ``src`` (random source id of one bridge run), ``bridge``
   (the bridge's stable name, by default its bound endpoint) and ``ts`` (unix
   time, float).  ``notify`` adds ``seq`` and ``pid``; ``reconnected`` adds
-  ``seq`` and ``reason``; ``heartbeat`` adds ``interval`` and ``seqs``.
+  ``seq`` and ``reason`` (sent after the bridge's LISTEN connection or its
+  own hub subscription of the channel was renewed); ``heartbeat`` adds
+  ``interval`` and ``seqs`` (every channel still bridged; a bridge with none
+  left stops heartbeating).
 * ``payload``: the NOTIFY payload bytes (UTF-8); empty for other types.
 
 ``seq`` counts per ``(src, channel)``, from 1, contiguous over every message

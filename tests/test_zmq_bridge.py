@@ -24,7 +24,7 @@ import pytest
 import zmq
 
 from gdbpool.embedded import free_port
-from gdbpool.notification import Notification
+from gdbpool.notification import Notification, Reconnected
 from gdbpool.zmq_subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,3 +301,32 @@ def test_a_bridge_given_a_bad_address_exits_with_a_clear_error(dsn: str) -> None
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert proc.returncode == 2
     assert "cannot bind the bridge's PUB socket to 'tcp://no-such-interface:99999'" in proc.stderr
+
+
+def test_a_terminated_listen_backend_in_the_bridge_gives_reconnected_then_notifications(
+    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    dsn: str,
+) -> None:
+    bridge = start_bridge(dsn, ["orders"])
+    with NotifySubscriber(bridge.endpoint, ["orders"], green=False) as sub:
+        probe = handshake(sub, notifier, "orders")
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:  # the child's hub: the only LISTEN backend on this db
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = current_database()"
+                            " AND application_name = 'gdbpool-listener'")
+                assert [row[0] for row in cur.fetchall()] == [True]
+        finally:
+            conn.close()
+        events = events_until(sub, lambda e: isinstance(e, Reconnected))
+        gap = events[-1]
+        assert isinstance(gap, Reconnected)
+        assert gap.channels == ("orders",)
+        assert not [e for e in events if isinstance(e, Gap)]
+        notifier("orders", ["after"])
+        after = events_until(sub, lambda e: isinstance(e, Notification))[-1]
+        assert isinstance(after, Notification)
+        assert (after.payload, after.seq) == ("after", probe.seq + 2)
+        assert after.source == bridge.source

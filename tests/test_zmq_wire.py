@@ -17,6 +17,7 @@ import zmq
 import zmq.green as gzmq
 from gevent.queue import Queue
 
+from gdbpool.channel_listener import NotificationHub
 from gdbpool.errors import ConfigurationError, NotificationError, WireFormatError
 from gdbpool.notification import Notification, Reconnected, check_channel
 from gdbpool.zmq_bridge import ZmqNotifyBridge
@@ -320,5 +321,81 @@ def test_bridge_rejects_bad_options() -> None:
         ZmqNotifyBridge(FakeHub(), [])
     with pytest.raises(ConfigurationError):
         ZmqNotifyBridge(FakeHub(), ["a"], heartbeat_interval=0)
+    with pytest.raises(ConfigurationError, match="resubscribe_initial"):
+        ZmqNotifyBridge(FakeHub(), ["a"], resubscribe_initial=0)
     with pytest.raises(ConfigurationError, match="z85"):
         ZmqNotifyBridge(FakeHub(), ["a"], curve_secret_key="short", curve_public_key="x")
+
+
+# -- the bridge on a real hub: channels whose hub subscription ends ----------------
+
+
+def probe_until_through(sub: NotifySubscriber, hub: NotificationHub, channel: str) -> Notification:
+    """Bounded slow-joiner handshake: notify until a probe arrives, return the last one."""
+    sub.wait_connected(timeout=5)
+    deadline = time.monotonic() + 10
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        hub.notify(channel, f"probe-{n}")
+        with contextlib.suppress(TimeoutError):
+            event = sub.get(timeout=0.2)
+            while not (isinstance(event, Notification) and event.payload == f"probe-{n}"):
+                event = sub.get(timeout=5)
+            return event
+    raise AssertionError("no probe reached the subscriber within 10 s")
+
+
+def until(sub: NotifySubscriber, kind: type, timeout: float = 5.0) -> list[object]:
+    deadline = time.monotonic() + timeout
+    events = [sub.get(timeout=max(0.01, deadline - time.monotonic()))]
+    while not isinstance(events[-1], kind):
+        events.append(sub.get(timeout=max(0.01, deadline - time.monotonic())))
+    return events
+
+
+def test_a_channel_whose_hub_subscription_ends_is_resubscribed_and_reported(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with NotificationHub(dsn) as hub, \
+            ZmqNotifyBridge(hub, ["orders"], heartbeat_interval=0.05) as bridge, \
+            NotifySubscriber(bridge.endpoint, ["orders"]) as sub:
+        probe = probe_until_through(sub, hub, "orders")
+        mine = bridge._subscriptions["orders"]
+
+        def broken(batch: object) -> None:
+            raise RuntimeError("subscriber broke")
+
+        monkeypatch.setattr(mine, "_offer", broken)  # the hub's listener shuts it as faulty
+        hub.notify("orders", "lost")
+        events = until(sub, Reconnected)
+        assert not [e for e in events if isinstance(e, Notification)]
+        gap = events[-1]
+        assert isinstance(gap, Reconnected)
+        assert gap.channels == ("orders",)
+        assert "resubscribed" in gap.reason
+        assert mine.closed and bridge._subscriptions["orders"] is not mine
+
+        hub.notify("orders", "after")
+        after = until(sub, Notification)
+        assert not [e for e in after if isinstance(e, Gap)]  # seqs stay contiguous
+        got = after[-1]
+        assert isinstance(got, Notification)
+        assert (got.payload, got.seq) == ("after", probe.seq + 2)  # the reconnected took one
+        assert bridge.stats()["reconnected"] == 1
+
+
+def test_channels_of_a_closed_hub_are_no_longer_advertised_so_the_bridge_goes_silent(
+    dsn: str,
+) -> None:
+    hub = NotificationHub(dsn)
+    try:
+        with ZmqNotifyBridge(hub, ["orders"], heartbeat_interval=0.05) as bridge, \
+                NotifySubscriber(bridge.endpoint, ["orders"], heartbeat_timeout=0.5) as sub:
+            probe_until_through(sub, hub, "orders")
+            hub.close()  # the bridge's subscription ends and cannot be renewed
+            silent = until(sub, BridgeSilent, timeout=5)[-1]
+            assert isinstance(silent, BridgeSilent)
+            assert silent.source == bridge.source_id
+    finally:
+        hub.close()
