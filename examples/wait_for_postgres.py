@@ -3,7 +3,9 @@
 Processes of a Procfile start together: the writer and the web app must not
 race the embedded server's ``initdb``.  Rather than a blind ``sleep``, they
 retry connecting with a doubling delay (0.1 s up to 2 s) until the server
-answers or ``timeout`` seconds have passed.
+answers or ``timeout`` seconds have passed.  Each attempt is bounded too (by
+at most 5 s and the time left), so a server that accepts TCP but never
+answers cannot hang it.  It is the same code as ``gdbpool bridge --wait``.
 
     python examples/wait_for_postgres.py DSN [--timeout 60]   # exit 0 ready, 1 not
 """
@@ -12,46 +14,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-import psycopg2
-
-# Errors that waiting will not fix.
-_PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+from gdbpool import GDBPoolError
+from gdbpool.cli import wait_for_server
 
 
 def wait_for_postgres(dsn: str, timeout: float = 60.0) -> None:
-    """Return once ``dsn`` accepts a connection; raise ``TimeoutError`` after ``timeout`` s.
+    """Return once ``dsn`` accepts a connection; raise ``GDBPoolError`` after ``timeout`` s.
 
-    A wrong password or a missing database raises ``psycopg2.OperationalError``
-    at once.  It blocks the calling thread (``time.sleep`` between attempts):
-    call it at start-up, before serving anything.
+    A wrong password or a missing database raises at once.  Cooperative: under
+    gevent, other greenlets run while it waits.
     """
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        try:
-            psycopg2.connect(dsn, connect_timeout=5).close()
-            return
-        except psycopg2.OperationalError as exc:
-            if any(text in str(exc) for text in _PERMANENT):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(f"PostgreSQL did not accept connections within "
-                                   f"{timeout:g} s: {' '.join(str(exc).split())}") from exc
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
+    wait_for_server(dsn, timeout, application_name="wait_for_postgres")
 
 
 def main() -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dsn")
+    parser.add_argument("dsn", help="without password=, libpq reads PGPASSWORD")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     try:
         wait_for_postgres(args.dsn, args.timeout)
-    except (TimeoutError, psycopg2.OperationalError) as exc:
+    except GDBPoolError as exc:
         print(f"wait_for_postgres: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -15,17 +15,16 @@ Stops cleanly on SIGTERM/SIGINT (exit 0), after ``--count`` rows when given.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from itertools import count
 
 import gevent
+from _env import procfile_dsn
 from gevent.event import Event
 from wait_for_postgres import wait_for_postgres
 
-from gdbpool import configure_logging
-from gdbpool.interaction_pool import DBInteractionPool
+from gdbpool import DBInteractionPool, configure_logging
 
 # The trigger makes the database, not the application, responsible for the
 # notification: it is sent at commit, only if the row really was written.
@@ -52,13 +51,6 @@ CREATE TRIGGER gdbpool_events_notify AFTER INSERT ON gdbpool_events
 INSERT = "INSERT INTO gdbpool_events (channel, n) VALUES (%s, %s) RETURNING id"
 
 
-def default_dsn() -> str:
-    """The DSN of the Procfile's embedded server (ports and password from the environment)."""
-    port = os.environ.get("GDBPOOL_PG_PORT", "55432")
-    password = os.environ.get("GDBPOOL_PG_PASSWORD", "gdbpool-demo")
-    return f"host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres"
-
-
 def main() -> int:
     """Create the schema, then insert rows at ``--rate`` until stopped."""
     parser = argparse.ArgumentParser(description="insert rows that NOTIFY, at a steady rate")
@@ -70,7 +62,7 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=60.0,
                         help="seconds to wait for the server to come up (default 60)")
     args = parser.parse_args()
-    dsn = args.dsn or default_dsn()
+    dsn = args.dsn or procfile_dsn()
     channels = args.channel or ["events"]
 
     configure_logging(level="WARNING")  # our own lines on stdout are the story here

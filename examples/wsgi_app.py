@@ -31,23 +31,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
+from _env import procfile_dsn
 from gevent.pywsgi import WSGIServer
 from wait_for_postgres import wait_for_postgres
 from writer import SCHEMA
 
-from gdbpool import configure_logging
-from gdbpool.interaction_pool import DBInteractionPool
+from gdbpool import DBInteractionPool, configure_logging
 
 READ = """SELECT id, channel, n, created_at, pg_is_in_recovery() AS on_replica
           FROM gdbpool_events ORDER BY id DESC LIMIT %s"""
 WRITE = "INSERT INTO gdbpool_events (channel, n) VALUES (%s, %s) RETURNING id"
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-
-
-def _dsn(port_var: str, default_port: str) -> str:
-    port = os.environ.get(port_var, default_port)
-    password = os.environ.get("GDBPOOL_PG_PASSWORD", "gdbpool-demo")
-    return f"host=127.0.0.1 port={port} user=postgres password={password} dbname=postgres"
 
 
 class EventsApp:
@@ -102,8 +96,8 @@ class EventsApp:
 def main() -> int:
     """Wait for both servers, open the pools, serve until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(description="gevent WSGI app over DBInteractionPool")
-    parser.add_argument("--primary", default=_dsn("GDBPOOL_PG_PORT", "55432"))
-    parser.add_argument("--replica", default=_dsn("GDBPOOL_REPLICA_PORT", "55433"))
+    parser.add_argument("--primary", default=procfile_dsn("GDBPOOL_PG_PORT", "55432"))
+    parser.add_argument("--replica", default=procfile_dsn("GDBPOOL_REPLICA_PORT", "55433"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GDBPOOL_APP_PORT", 58080)))
     parser.add_argument("--wait", type=float, default=90.0,
                         help="seconds to wait for the servers to come up (default 90)")

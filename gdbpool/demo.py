@@ -13,17 +13,22 @@ With no DSN it starts an embedded PostgreSQL primary and a streaming replica
 4. prints a summary and stops everything, leaving nothing running.
 
 With ``--dsn`` it uses that server as the primary (no replica; reads fall back
-to the primary) and works in a private schema that it drops at the end.
+to the primary) and works in a private schema (``gdbpool_demo_<hex>``, unique
+per run) that it drops at the end, whether the tour succeeded or not.
 Each step prints one progress line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn
 
 from gdbpool.embedded import EmbeddedPostgres
 from gdbpool.interaction_pool import DBInteractionPool
@@ -98,24 +103,43 @@ def run_demo(dsn: str | None = None, *, json_logs: bool = False) -> int:
 
 def _tour(dsn: str, replica_dsn: str | None) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    with DBInteractionPool(dsn, pool_size=4, health_interval=0.2) as ipool:
-        own_schema = replica_dsn is None
+    with contextlib.ExitStack() as stack:
+        if replica_dsn is None:  # a user's server: work in a private schema, dropped at the end
+            with _step("creating a private schema"):
+                dsn = stack.enter_context(_private_schema(dsn))
+        ipool = stack.enter_context(DBInteractionPool(dsn, pool_size=4, health_interval=0.2))
         with _step("loading the demo schema (test_values + NOTIFY rules)"):
-            if own_schema:  # a user's server: work in a private schema, dropped at the end
-                ipool.run("CREATE SCHEMA gdbpool_demo; SET search_path = gdbpool_demo").get(30)
-                ipool.close()
-                dsn = f"{dsn} options='-c search_path=gdbpool_demo'"
-                ipool = DBInteractionPool(dsn, pool_size=4)
             loaded = ipool.session()
             ipool.run(_SCHEMA, session=loaded).get(timeout=60)
-        try:
-            summary.update(_examples(ipool, replica_dsn, loaded))
-            summary.update(_notifications(ipool))
-        finally:
-            if own_schema:
-                ipool.run("DROP SCHEMA gdbpool_demo CASCADE").get(30)
-                ipool.close()
+        summary.update(_examples(ipool, replica_dsn, loaded))
+        summary.update(_notifications(ipool))
     return summary
+
+
+@contextlib.contextmanager
+def _private_schema(dsn: str) -> Iterator[str]:
+    """A new schema on ``dsn``'s server for the tour; yields a DSN that works in it.
+
+    The name is unique per run (``gdbpool_demo_<hex>``), so concurrent runs do
+    not collide; the schema is dropped however the tour ends, even when loading
+    it failed.
+    """
+    schema = sql.Identifier(f"gdbpool_demo_{secrets.token_hex(4)}")
+
+    def execute(statement: sql.Composable) -> Callable[[Any], None]:
+        def interaction(conn: Any) -> None:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        return interaction
+
+    with DBInteractionPool(dsn, pool_size=1) as admin:
+        admin.run(execute(sql.SQL("CREATE SCHEMA {}").format(schema)), is_write=True).get(30)
+        try:
+            # make_dsn keeps URI and key=value DSNs alike valid, quoting as needed.
+            yield make_dsn(dsn, options=f"-c search_path={schema.string}")
+        finally:
+            admin.run(execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema)),
+                      is_write=True).get(30)
 
 
 def _examples(

@@ -10,17 +10,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg2
 import pytest
+from psycopg2.extensions import parse_dsn
 
 from gdbpool.embedded import free_port, pid_alive
 
 GDBPOOL = [sys.executable, "-m", "gdbpool.cli"]
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GDBPOOL, *args], capture_output=True, text=True, timeout=timeout)
+def _run(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GDBPOOL, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def test_help_lists_the_subcommands() -> None:
@@ -65,6 +70,33 @@ def test_postgres_runs_in_the_foreground_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_postgres_reads_its_password_from_the_environment_not_the_command_line() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*GDBPOOL, "postgres", "--port", str(port), "--fast", "--password-env", "GDBPOOL_T_PW"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "GDBPOOL_T_PW": "pw-from-env"},
+    )
+    try:
+        assert proc.stdout is not None
+        assert "ready on 127.0.0.1" in proc.stdout.readline()
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres",
+                                password="pw-from-env", dbname="postgres")
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_postgres_refuses_a_password_env_that_is_not_set() -> None:
+    proc = _run("postgres", "--port", str(free_port()), "--password-env", "GDBPOOL_T_UNSET")
+    assert proc.returncode == 2
+    assert "GDBPOOL_T_UNSET is not set" in proc.stderr
 
 
 def test_postgres_refuses_a_taken_port() -> None:
@@ -116,3 +148,28 @@ def _postgres_pids_on(ports: list[int]) -> set[int]:
         ):
             pids.add(int(entry))
     return pids
+
+
+def _demo_schemas(dsn: str) -> list[str]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'gdbpool_demo%'")
+            return [row[0] for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(150)
+def test_demo_on_a_users_server_drops_its_schema_and_can_run_again_with_a_uri_dsn(
+    dsn: str,
+) -> None:
+    parts = parse_dsn(dsn)
+    uri = (f"postgresql://{quote(parts['user'], safe='')}:{quote(parts['password'], safe='')}"
+           f"@{parts['host']}:{parts['port']}/{parts['dbname']}")
+    for given in (dsn, uri):  # the second run would fail on a schema the first left behind
+        proc = _run("demo", "--dsn", given, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "20 of 20, sequence contiguous" in proc.stdout
+        assert parts["password"] not in proc.stdout + proc.stderr
+        assert _demo_schemas(dsn) == []

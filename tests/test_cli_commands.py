@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -209,3 +211,40 @@ def test_notify_waits_for_a_server_that_comes_up() -> None:
     finally:
         child.kill()
         server.stop()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose kernel completes TCP handshakes but nobody ever answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)  # never accept(): connections sit in the backlog, unanswered
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["notify", "bridge", "postgres"])
+def test_wait_bounds_a_server_that_accepts_tcp_and_never_answers(
+    command: str, silent_port: int
+) -> None:
+    dsn = f"host=127.0.0.1 port={silent_port} dbname=appdb user=u password=s3cr3t-pw"
+    args = {
+        "notify": ["notify", "--dsn", dsn, "--channel", "c", "--payload", "p"],
+        "bridge": ["bridge", "--dsn", dsn, "--channel", "c"],
+        "postgres": ["postgres", "--port", str(free_port()), "--replica-of", dsn],
+    }[command]
+    started = time.monotonic()
+    proc = _run(*args, "--wait", "1", timeout=20)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot connect to 127.0.0.1:{silent_port}/appdb: no answer within" in proc.stderr
+    assert "s3cr3t-pw" not in proc.stderr + proc.stdout
+    assert elapsed < 3.5, f"--wait 1 took {elapsed:.1f} s"
+
+
+def test_one_attempt_without_wait_is_bounded_too(silent_port: int) -> None:
+    dsn = f"host=127.0.0.1 port={silent_port} dbname=appdb user=u"
+    started = time.monotonic()
+    proc = _run("notify", "--dsn", dsn, "--channel", "c", "--payload", "p", timeout=20)
+    assert proc.returncode == 1
+    assert "no answer within 5 s (--wait SECONDS waits for it to come up)" in proc.stderr
+    assert time.monotonic() - started < 8

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import sys
 import urllib.error
@@ -40,12 +42,28 @@ def _cluster_pids(data_dir: Path) -> set[int]:
     return pids
 
 
+def _cmdlines_containing(secret: str) -> list[str]:
+    """Command lines of live processes on this host that contain ``secret`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = entry.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(entry.parent.name) != os.getpid() and any(secret.encode() in a for a in argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
+PASSWORD = "pw-procfile"
+
+
 class Topology:
     """``honcho start`` of one Procfile on free ports; stops it and checks for leftovers."""
 
     def __init__(self, procfile: str, **ports: int) -> None:
         env = {name: str(port) for name, port in ports.items()}
-        env["GDBPOOL_PG_PASSWORD"] = "pw-procfile"
+        env["GDBPOOL_PG_PASSWORD"] = PASSWORD
         self.honcho = ChildProcess([HONCHO, "-f", procfile, "start", "--no-colour"], env=env)
         self.clusters: set[int] = set()
         self.data_dirs: list[Path] = []
@@ -62,6 +80,10 @@ class Topology:
         data_dir = Path(line.rsplit("data=", 1)[1])
         self.data_dirs.append(data_dir)
         self.clusters |= _cluster_pids(data_dir)
+
+    def assert_password_not_in_any_command_line(self) -> None:
+        """No process (honcho's children included) shows the password in ``ps``."""
+        assert not _cmdlines_containing(PASSWORD), "the password is visible in ps"
 
     def stop_cleanly(self) -> None:
         """SIGTERM to honcho, as Ctrl-C would; everything stops, nothing is left behind."""
@@ -94,6 +116,7 @@ def test_the_procfile_topology_carries_events_to_both_subscribers_and_stops_clea
         top.wait_for(r"bridge\.1 +\| gdbpool bridge: endpoint tcp://127\.0\.0\.1:\d+")
         top.wait_for(r"subscriber\.1 +\| \[events\] #\d+ pid=\d+ src=\w+: \{\"id\"")
         top.wait_for(r"pyzmq\.1 +\| \[events\] #\d+ pid=\d+ src=\w+: \{\"id\"")
+        top.assert_password_not_in_any_command_line()
         top.stop_cleanly()
     finally:
         top.kill()
@@ -113,6 +136,7 @@ def test_the_two_bridges_topology_lets_one_subscriber_follow_both() -> None:
                 sources[record["channel"]] = record["source"]
         assert set(sources) == {"orders", "audit"}
         assert sources["orders"] != sources["audit"]  # two bridges, two sources
+        top.assert_password_not_in_any_command_line()
         top.stop_cleanly()
     finally:
         top.kill()
@@ -139,6 +163,7 @@ def test_the_replica_topology_serves_reads_from_the_replica() -> None:
             if page["rows"]:
                 break
         assert page.get("served_by") == "replica", page
+        top.assert_password_not_in_any_command_line()
         top.stop_cleanly()
     finally:
         top.kill()
@@ -151,4 +176,13 @@ def test_procfiles_use_fixed_loopback_ports_that_the_environment_can_override() 
         assert "0.0.0.0" not in text and "tcp://*" not in text
         for line in text.splitlines():
             if line and not line.startswith("#"):
-                assert ": exec .venv/bin/" in line, line  # SIGTERM reaches the process itself
+                # exec: SIGTERM reaches the process itself; only variable assignments before it
+                assert re.match(r'^\w+: (?:\w+="[^"]*" )?exec \.venv/bin/', line), line
+
+
+def test_procfiles_keep_the_password_off_command_lines() -> None:
+    for procfile in PROCFILES:
+        for line in (REPO / procfile).read_text().splitlines():
+            if line and not line.startswith("#"):
+                command = line.split(" exec ", 1)[1]
+                assert "password" not in command.lower(), line
