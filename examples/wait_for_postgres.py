@@ -15,8 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gdbpool import GDBPoolError
-from gdbpool.cli import wait_for_server
+from gdbpool import GDBPoolError, wait_for_server
 
 
 def wait_for_postgres(dsn: str, timeout: float = 60.0) -> None:

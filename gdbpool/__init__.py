@@ -6,6 +6,7 @@ Users import from ``gdbpool`` only; submodules are internal.
 
 from __future__ import annotations
 
+from gdbpool._cli_wait import wait_for_server
 from gdbpool.channel_listener import ChannelListener, NotificationHub
 from gdbpool.connection_pool import DBConnectionPool
 from gdbpool.embedded import EmbeddedPostgres
@@ -97,4 +98,5 @@ __all__ = [
     "redact",
     "run_in_transaction",
     "run_interaction",
+    "wait_for_server",
 ]

@@ -166,8 +166,7 @@ def test_examples_import_only_the_public_package() -> None:
         for line in script.read_text().splitlines():
             if line.startswith(("from gdbpool", "import gdbpool")):
                 module = line.split()[1]
-                # gdbpool.cli: wait_for_server, until the package exports it
-                assert module in ("gdbpool", "gdbpool.cli"), f"{script.name}: {line}"
+                assert module == "gdbpool", f"{script.name}: {line}"
 
 
 def test_every_example_is_documented_and_runnable_with_help() -> None:
