@@ -6,6 +6,14 @@ idle worker wait in a :class:`WaitQueue` in FIFO order; the pool actor
 appends to it, times its requests out and fails them on close, and a worker
 that has just finished an interaction takes the next waiting interaction from
 its head itself (see :class:`WaitQueue`).
+
+Every request the pool actor accepts is answered: served, or failed with
+PoolTimeout, TooManyRequests or PoolClosed, also when the pool closes while it
+waits or is being retried, and when the pool actor itself breaks
+(``on_failure``: everything waiting fails with PoolClosed saying why). A
+request abandoned by its caller (its reply already set) is skipped. A worker
+found stopped when handed a request (its supervisor gave up) is forgotten and
+the request goes back to the head of the queue.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 
-from actors import Actor, ActorRef, ActorStopped, Supervisor, handles
+from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
 from gdbpool.connection_worker import (
     ConnectFailed,
     ConnectionWorker,
@@ -72,6 +80,8 @@ class _Stats:
 class _Close:
     """Ask: stop serving; the reply is an Event set once no worker is busy."""
 
+    reason: str = ""  # why, when not the user's close() (e.g. the workers' supervisor gave up)
+
 
 @dataclass(slots=True)
 class _Status:
@@ -80,6 +90,12 @@ class _Status:
     healthy: bool = True
     closed: bool = False
     last_error: str = ""
+    reason: str = ""  # why the pool closed, when it was not close(): for PoolClosed messages
+
+    def closed_error(self, name: str) -> PoolClosed:
+        """The PoolClosed to raise or set, saying why when it was not ``close()``."""
+        why = f": {self.reason}" if self.reason else ""
+        return PoolClosed(f"pool {name!r} is closed{why}")
 
 
 _EXPIRE = _Expire()
@@ -101,15 +117,20 @@ class WaitQueue:
     the pool actor, so a worker takes the head only when it is an
     interaction; FIFO order is kept either way.
 
+    Once the queue is closed (the pool is closing), workers read :attr:`closed`
+    and no longer reconnect.
+
     No lock: greenlets switch only where they block, and nothing here blocks.
     """
 
-    __slots__ = ("_items", "wait_ms")
+    __slots__ = ("_items", "closed", "wait_ms")
 
     def __init__(self) -> None:
         self._items: deque[_Entry] = deque()
         #: Total milliseconds that served requests waited (expired ones: see the pool).
         self.wait_ms = 0
+        #: Set by :meth:`close`: nothing waits any more, workers must not reconnect.
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -168,9 +189,10 @@ class WaitQueue:
         """The earliest deadline of the waiting requests (None when none waits)."""
         return min((entry[2] for entry in self._items), default=None)
 
-    def drain(self) -> list[Interaction | _Checkout]:
-        """Remove and return every waiting request."""
-        requests = [entry[0] for entry in self._items]
+    def close(self) -> list[Interaction | _Checkout]:
+        """Mark the queue closed; remove and return every request still waiting."""
+        self.closed = True
+        requests = [entry[0] for entry in self._items if not entry[0].reply.ready()]
         self._items.clear()
         return requests
 
@@ -208,6 +230,7 @@ class _PoolActor(Actor):
         self.idle: list[ActorRef] = []  # LIFO stack
         self.idle_since: dict[ActorRef, float] = {}
         self.conns: dict[ActorRef, Any] = {}
+        self.expires_at: dict[ActorRef, float] = {}  # each connection's max_lifetime deadline
         self.workers: set[ActorRef] = set()  # every live worker, whatever its state
         self.connecting = 0
         self.busy_since: dict[ActorRef, float] = {}  # running interactions, or lent
@@ -243,9 +266,40 @@ class _PoolActor(Actor):
         self.ticker = gevent.spawn(self._tick_forever, period)
 
     def on_stop(self) -> None:
+        # After _Close nothing waits, but a request retried (Lost) or handed
+        # back meanwhile must not be left behind with the mailbox.
+        self.status.closed = True
+        self._stop_timers()
+        self._fail_waiting()
+
+    def on_failure(self, exc: BaseException) -> None:
+        # A bug in a handler ends this actor (it is not supervised: its state
+        # cannot be rebuilt). Fail what waits, stop the workers, and make the
+        # facade refuse new requests; the messages still in the mailbox are
+        # dropped by the actor kit, so the facade bounds its own waits.
+        self._break(f"its pool actor crashed ({type(exc).__name__}: {exc})")
+
+    def _break(self, reason: str) -> None:
+        """Close the pool at once for ``reason``: every waiting request fails with PoolClosed."""
+        self.settings.log.error("pool_broken", reason=reason)
+        self.status.reason = f"the pool broke: {reason}"
+        self.status.closed = True
+        self.status.healthy = False
+        self._stop_timers()
+        self._fail_waiting()
+        for worker in list(self.workers):
+            self._retire(worker)
+        if self.drained is not None:
+            self.drained.set()
+
+    def _stop_timers(self) -> None:
         if self.ticker is not None:
             self.ticker.kill(block=False)
         self._disarm()
+
+    def _fail_waiting(self) -> None:
+        for request in self.waiting.close():
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
 
     def _tick_forever(self, period: float) -> None:
         tick = _Tick()
@@ -262,33 +316,47 @@ class _PoolActor(Actor):
     def submit(self, interaction: Interaction) -> None:
         self.counters["requests_num"] += 1
         if self.status.closed:
-            interaction.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} is closed"))
+            interaction.reply.set_exception(self.status.closed_error(self.settings.name))
             return
-        if self.idle:
-            worker = self.idle.pop()
+        idle = self.idle
+        while idle:
+            worker = idle.pop()
+            try:
+                worker.tell(interaction)
+            except ActorStopped:
+                self._forget(worker)
+                continue
             self.busy_since[worker] = time.monotonic()
-            worker.tell(interaction)
-        else:
-            self._wait(interaction, self.timeout)
+            return
+        self._wait(interaction, self.timeout)
 
     @handles(_Checkout)
     def checkout(self, request: _Checkout) -> None:
         self.counters["requests_num"] += 1
+        if request.reply.ready():
+            return  # abandoned by get() before we saw it
         if self.status.closed:
-            request.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} is closed"))
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
             return
-        if self.idle:
-            self._lend(self.idle.pop(), request)
-        else:
-            self._wait(request, request.timeout)
+        while self.idle:
+            if self._lend(self.idle.pop(), request):
+                return
+        self._wait(request, request.timeout)
 
-    def _lend(self, worker: ActorRef, request: _Checkout) -> None:
+    def _lend(self, worker: ActorRef, request: _Checkout) -> bool:
+        if not worker.is_alive:  # stopped by its supervisor giving up: its connection is gone
+            self._forget(worker)
+            return False
         self.busy_since[worker] = time.monotonic()
         self.lent.add(worker)
         request.reply.set((self.conns[worker], self.idle_since.get(worker, 0.0)))
+        return True
 
     def _wait(self, request: Interaction | _Checkout, timeout: float) -> None:
         waiting = self.waiting
+        if waiting.closed:
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
         if 0 < self.max_waiting <= len(waiting):
             self.counters["requests_errors"] += 1
             request.reply.set_exception(
@@ -351,11 +419,48 @@ class _PoolActor(Actor):
 
     def _spawn_worker(self, conn: Any) -> None:
         name = f"{self.settings.name}.worker-{next(self.numbers)}"
+        try:
+            worker = self.supervisor.spawn(
+                ConnectionWorker, self.settings, self.ref, self.waiting, conn, name=name
+            )
+        except ActorError as exc:  # the supervisor gave up: no worker can start any more
+            if not self.status.closed:
+                self._break(f"cannot start a connection worker: {exc}")
+            return
         self.connecting += 1
-        worker = self.supervisor.spawn(
-            ConnectionWorker, self.settings, self.ref, self.waiting, conn, name=name
-        )
         self.workers.add(worker)
+
+    def _requeue(self, request: Interaction | _Checkout) -> None:
+        """A request handed out that never ran: first in line again, with a fresh wait."""
+        if self.waiting.closed:
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
+        now = time.monotonic()
+        deadline = now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
+        self.waiting.appendleft(request, now, deadline)
+        if self.timer is None or deadline < self.timer_deadline:
+            self._arm(deadline, now)
+        self._grow()
+
+    def _drop(self, worker: ActorRef) -> None:
+        """Forget what we knew of ``worker``'s connection (it is gone or being replaced)."""
+        self.busy_since.pop(worker, None)
+        self.lent.discard(worker)
+        self.conns.pop(worker, None)
+        self.idle_since.pop(worker, None)
+        self.expires_at.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+
+    def _forget(self, worker: ActorRef) -> None:
+        """``worker`` stopped without telling us (its supervisor gave up on it or on all)."""
+        self._drop(worker)
+        self.workers.discard(worker)
+        self.settings.log.warning("worker_vanished", worker=worker.name)
+        if self.status.closed:
+            self._check_drained()
+        elif len(self.workers) < self.min_size:
+            self._spawn_worker(None)
 
     # -- worker reports ----------------------------------------------------------
 
@@ -374,6 +479,7 @@ class _PoolActor(Actor):
     def opened(self, msg: Opened) -> None:
         self.connecting -= 1
         self.conns[msg.worker] = msg.conn
+        self.expires_at[msg.worker] = msg.expires_at
         self.counters["connections_num"] += 1
         self.counters["connections_ms"] += msg.connect_ms
         self.status.healthy = True
@@ -394,20 +500,11 @@ class _PoolActor(Actor):
         worker = msg.worker
         if msg.broken:
             self.counters["connections_lost"] += 1
-        self.busy_since.pop(worker, None)
-        self.lent.discard(worker)
-        self.conns.pop(worker, None)
-        if worker in self.idle:
-            self.idle.remove(worker)
-        if worker in self.workers:
-            self.connecting += 1
+        self._drop(worker)
+        if worker in self.workers and not self.status.closed:
+            self.connecting += 1  # it reconnects (a closing worker does not)
         if msg.retry is not None:
-            # It never ran: first in line again, with a fresh wait.
-            now = time.monotonic()
-            deadline = now + self.timeout
-            self.waiting.appendleft(msg.retry, now, deadline)
-            if self.timer is None or deadline < self.timer_deadline:
-                self._arm(deadline, now)
+            self._requeue(msg.retry)  # it never ran; PoolClosed if the pool is closing
         if self.status.closed:
             self._retire(worker)
 
@@ -415,12 +512,7 @@ class _PoolActor(Actor):
     def gone(self, msg: Gone) -> None:
         worker = msg.worker
         self.counters["connections_lost"] += 1
-        self.busy_since.pop(worker, None)
-        self.lent.discard(worker)
-        self.conns.pop(worker, None)
-        self.idle_since.pop(worker, None)
-        if worker in self.idle:
-            self.idle.remove(worker)
+        self._drop(worker)
         self.workers.discard(worker)
         self.settings.log.warning("worker_killed", worker=worker.name)
         if self.status.closed:
@@ -437,14 +529,21 @@ class _PoolActor(Actor):
         if request is None:
             self.idle.append(worker)
         elif isinstance(request, _Checkout):
-            self._lend(worker, request)
+            if not self._lend(worker, request):
+                self._requeue(request)
         else:
+            try:
+                worker.tell(request)
+            except ActorStopped:
+                self._forget(worker)
+                self._requeue(request)
+                return
             self.busy_since[worker] = now
-            worker.tell(request)
 
     def _retire(self, worker: ActorRef) -> None:
         self.workers.discard(worker)
         self.conns.pop(worker, None)
+        self.expires_at.pop(worker, None)
         if worker in self.idle:
             self.idle.remove(worker)
         with contextlib.suppress(ActorStopped):
@@ -475,6 +574,14 @@ class _PoolActor(Actor):
                 break
             self.settings.log.debug("connection_idle_closed", worker=oldest.name)
             self._retire(oldest)
+        # An idle connection past its lifetime is replaced now, not after one more use.
+        for worker in [w for w in self.idle if self.expires_at.get(w, now) < now]:
+            self.idle.remove(worker)
+            self.settings.log.debug("connection_expired", worker=worker.name)
+            try:
+                worker.tell(Recycle())  # it reconnects and reports Lost, then Opened
+            except ActorStopped:
+                self._forget(worker)
 
     @handles(_Ready)
     def when_ready(self, msg: _Ready) -> Event:
@@ -498,12 +605,14 @@ class _PoolActor(Actor):
 
     @handles(_Close)
     def close(self, msg: _Close) -> Event:
+        if self.drained is not None:
+            return self.drained  # closed already (or broke)
+        if msg.reason:
+            self.status.reason = msg.reason
         self.status.closed = True
         self.drained = Event()
         self._disarm()
-        for request in self.waiting.drain():
-            if not request.reply.ready():
-                request.reply.set_exception(PoolClosed(f"pool {self.settings.name!r} was closed"))
+        self._fail_waiting()
         for worker in list(self.idle):
             self._retire(worker)
         for worker in list(self.workers):

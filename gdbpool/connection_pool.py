@@ -34,10 +34,20 @@ Decisions:
   itself when the server returns. :attr:`~DBConnectionPool.healthy` is False
   while the last connection attempt failed and no connection is open.
 * **Closing.** :meth:`~DBConnectionPool.close` fails waiting requests with
-  :class:`~gdbpool.errors.PoolClosed`, lets running interactions finish
-  (bounded by its ``timeout``), closes every idle connection, and closes
-  connections still checked out when they are put back. Any later use raises
-  PoolClosed.
+  :class:`~gdbpool.errors.PoolClosed` (also an interaction whose connection
+  turned out dead and was about to be retried), lets running interactions
+  finish (bounded by its ``timeout``), closes every idle connection, and
+  closes connections still checked out when they are put back. Workers stop
+  reconnecting. Any later use raises PoolClosed.
+* **Breaking.** If the workers' supervisor gives up (workers crashing over
+  and over) or the pool actor itself fails, the pool closes itself: waiting
+  requests fail with PoolClosed saying why. :meth:`~DBConnectionPool.get`
+  never waits for the pool actor longer than its timeout plus
+  :data:`ANSWER_MARGIN`, so a pool actor that died cannot hang it.
+* **Interrupted checkouts.** A ``get()`` interrupted while it waits (its
+  greenlet killed, a ``gevent.Timeout`` around it) or while it checks the
+  connection gives the connection back, or withdraws its request so the pool
+  never lends to it: no connection leaks.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import gevent
 from gevent.event import Event
@@ -65,7 +75,11 @@ from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, 
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import get_logger, redact
 
-__all__ = ["DBConnectionPool"]
+__all__ = ["ANSWER_MARGIN", "DBConnectionPool"]
+
+#: Seconds ``get()`` waits for the pool actor beyond its own timeout before it
+#: gives up on an answer (the pool actor answers by the deadline unless it died).
+ANSWER_MARGIN: Final = 1.0
 
 
 class DBConnectionPool:
@@ -143,6 +157,7 @@ class DBConnectionPool:
         )
         first = open_connection(self._settings) if min_size > 0 else None
         self._status = _Status()
+        self._shut = False  # close() has stopped the workers and the pool actor
         self._supervisor = Supervisor(
             f"{name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
         )
@@ -189,23 +204,28 @@ class DBConnectionPool:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
-            request = _Checkout(max(0.0, deadline - time.monotonic()))
-            self._tell(request)
-            conn, idle_since = request.reply.get()
-            conn.gdbpool_pool = self
-            conn.gdbpool_lent = True
-            if self._usable(conn, idle_since):
+            conn, idle_since = self._checkout(max(0.0, deadline - time.monotonic()))
+            try:
+                usable = self._usable(conn, idle_since)
+            except BaseException:
+                self.put(conn)  # interrupted mid-check: the worker resets or replaces it
+                raise
+            if usable:
                 break
             self.put(conn)  # the worker sees it closed and replaces it
         autocommit = auto_commit or isolation_level == "autocommit"
         if autocommit or read_only or isolation_level is not None:
-            conn.set_session(
-                isolation_level=None
-                if isolation_level in (None, "autocommit")
-                else ISOLATION_LEVELS[isolation_level],
-                readonly=True if read_only else None,
-                autocommit=autocommit,
-            )
+            try:
+                conn.set_session(
+                    isolation_level=None
+                    if isolation_level in (None, "autocommit")
+                    else ISOLATION_LEVELS[isolation_level],
+                    readonly=True if read_only else None,
+                    autocommit=autocommit,
+                )
+            except BaseException:
+                self.put(conn)
+                raise
         return conn
 
     def put(self, conn: Any, timeout: float = 1) -> None:
@@ -265,7 +285,7 @@ class DBConnectionPool:
         try:
             self._ref.tell(interaction)
         except ActorStopped:
-            interaction.reply.set_exception(PoolClosed(f"pool {self.name!r} is closed"))
+            interaction.reply.set_exception(self._status.closed_error(self.name))
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until ``min_size`` connections are open (like psycopg_pool's ``wait()``).
@@ -320,17 +340,24 @@ class DBConnectionPool:
         Waits up to ``timeout`` seconds for running interactions, then stops the
         workers (closing their connections) and the pool actor.
         """
-        if self._status.closed and not self._ref.is_alive:
+        self._close(timeout, "")
+
+    def _close(self, timeout: float, reason: str) -> None:
+        if self._shut:
             return
         deadline = time.monotonic() + timeout
         try:
-            drained: Event = self._ref.ask(_Close(), timeout=timeout).get()
+            drained: Event = self._ref.ask(_Close(reason), timeout=timeout).get()
             drained.wait(max(0.0, deadline - time.monotonic()))
         except (ActorStopped, gevent.Timeout):
-            pass
+            pass  # the pool actor is gone (it broke): still stop the workers
+        if self._shut:
+            return  # another close() finished meanwhile
+        self._shut = True
         self._supervisor.stop(max(0.1, deadline - time.monotonic()))
         self._ref.stop(max(0.1, deadline - time.monotonic()))
-        self._log.info("pool_closed")
+        why = reason or self._status.reason
+        self._log.info("pool_closed", **({"reason": why} if why else {}))
 
     def __enter__(self) -> DBConnectionPool:
         return self
@@ -346,11 +373,45 @@ class DBConnectionPool:
 
     def _tell(self, message: object) -> None:
         if self._status.closed:
-            raise PoolClosed(f"pool {self.name!r} is closed")
+            raise self._status.closed_error(self.name)
         try:
             self._ref.tell(message)
         except ActorStopped:
-            raise PoolClosed(f"pool {self.name!r} is closed") from None
+            raise self._status.closed_error(self.name) from None
+
+    def _checkout(self, timeout: float) -> tuple[Any, float]:
+        """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to us."""
+        request = _Checkout(timeout)
+        self._tell(request)
+        reply = request.reply
+        try:
+            reply.wait(timeout + ANSWER_MARGIN)
+        except BaseException:
+            self._abandon(request)  # killed or timed out from outside: leak nothing
+            raise
+        if not reply.ready():
+            self._abandon(request)
+            if self._status.closed or not self._ref.is_alive:
+                raise self._status.closed_error(self.name)
+            raise PoolTimeout(
+                f"pool {self.name!r} ({self._settings.target}): the pool did not answer "
+                f"within {timeout + ANSWER_MARGIN:.2f} s"
+            )
+        conn, idle_since = reply.get()
+        conn.gdbpool_pool = self
+        conn.gdbpool_lent = True
+        return conn, idle_since
+
+    def _abandon(self, request: _Checkout) -> None:
+        reply = request.reply
+        if not reply.ready():
+            # Answered now, so the pool actor skips it: nobody would read a loan.
+            reply.set_exception(PoolTimeout(f"pool {self.name!r}: checkout abandoned"))
+        elif reply.successful():
+            conn = reply.value[0]
+            conn.gdbpool_pool = self
+            conn.gdbpool_lent = True
+            self.put(conn)
 
     def _usable(self, conn: Any, idle_since: float) -> bool:
         if not check_connection(conn):
@@ -361,7 +422,7 @@ class DBConnectionPool:
 
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))
-        gevent.spawn(self.close)
+        gevent.spawn(self._close, 5.0, f"the pool broke: {error}")
 
 
 def _parse_dsn(dsn: str, name: str) -> dict[str, str]:

@@ -22,12 +22,10 @@ Checks (why a connection handed out is alive):
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import select
-import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -35,7 +33,8 @@ import psycopg2
 from gevent import GreenletExit
 from psycopg2 import extensions
 
-from actors import Actor, ActorRef, handles
+from actors import Actor, ActorRef, ActorStopped, handles
+from gdbpool._sockets import shutdown_socket
 from gdbpool.errors import DBInteractionException, PoolConnectionError
 from gdbpool.interaction import Interaction, run_interaction
 from gdbpool.logging import redact
@@ -43,7 +42,13 @@ from gdbpool.logging import redact
 if TYPE_CHECKING:
     from gdbpool._pool_actor import WaitQueue
 
-__all__ = ["ConnectionWorker", "PoolSettings", "PooledConnection", "open_connection"]
+__all__ = [
+    "ConnectionWorker",
+    "PoolSettings",
+    "PooledConnection",
+    "open_connection",
+    "shutdown_socket",  # here for listen_connection; it lives in gdbpool._sockets
+]
 
 _STATUS_READY = extensions.STATUS_READY
 
@@ -66,7 +71,7 @@ class PoolSettings:
     """What every worker of one pool needs to know (built once by the pool)."""
 
     name: str
-    dsn: str
+    dsn: str = field(repr=False)  # may hold the password
     target: str  # "host:port/dbname", for messages; never the password
     application_name: str
     connect_timeout: float
@@ -109,6 +114,7 @@ class Opened:
     worker: ActorRef
     conn: Any
     connect_ms: int
+    expires_at: float  # monotonic time past which the connection is replaced (max_lifetime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,14 +201,15 @@ class ConnectionWorker(Actor):
     def on_failure(self, exc: BaseException) -> None:
         # A bug in a handler: drop the connection, the restarted instance reconnects.
         self._discard()
-        self.pool.tell(Lost(self.ref))
+        with contextlib.suppress(ActorStopped):  # the pool is gone: nobody to tell
+            self.pool.tell(Lost(self.ref))
 
     # -- handlers -----------------------------------------------------------------
 
     @handles(Connect)
     def connect(self, msg: Connect) -> None:
-        if self.conn is not None:
-            return
+        if self.conn is not None or self.waiting.closed:
+            return  # connected already, or the pool is closing: never reconnect then
         started = time.monotonic()
         try:
             conn = open_connection(self.settings)
@@ -235,6 +242,19 @@ class ConnectionWorker(Actor):
                 reply.set(run_interaction(conn, interaction))
             except DBInteractionException as exc:
                 reply.set_exception(exc)
+            except Exception as exc:
+                # run_interaction converts what it knows; anything else is a
+                # bug somewhere below it: answer the caller, then trust
+                # nothing about the connection.
+                self.settings.log.error("interaction_crashed", worker=self.ref.name, exc_info=exc)
+                reply.set_exception(
+                    DBInteractionException(
+                        f"interaction failed unexpectedly: {type(exc).__name__}: {exc}",
+                        original=exc,
+                    )
+                )
+                self._lose()
+                return
             except GreenletExit:
                 # Killed mid-query: the wait callback cancelled the statement and
                 # psycopg2 closed the connection; nobody else will answer the caller.
@@ -280,7 +300,8 @@ class ConnectionWorker(Actor):
             return
         self._discard()
         self.pool.tell(Lost(self.ref, broken=False))
-        self.ref.tell(Connect())
+        if not self.waiting.closed:
+            self.ref.tell(Connect())
 
     # -- internals ------------------------------------------------------------------
 
@@ -316,13 +337,14 @@ class ConnectionWorker(Actor):
         self.expires_at = time.monotonic() + self.settings.max_lifetime * random.uniform(0.95, 1.0)
         self.idle_since = time.monotonic()
         self.settings.log.debug("connection_opened", worker=self.ref.name, connect_ms=connect_ms)
-        self.pool.tell(Opened(self.ref, conn, connect_ms))
+        self.pool.tell(Opened(self.ref, conn, connect_ms, self.expires_at))
 
     def _lose(self, retry: Interaction | None = None) -> None:
         self.settings.log.info("connection_lost", worker=self.ref.name)
         self._discard()
         self.pool.tell(Lost(self.ref, retry))
-        self.ref.tell(Connect())
+        if not self.waiting.closed:
+            self.ref.tell(Connect())
 
     def _killed(self) -> None:
         self._discard()
@@ -409,19 +431,6 @@ def ping(conn: Any, timeout: float) -> bool:
         return False
     finally:
         timer.kill(block=False)
-
-
-def shutdown_socket(conn: Any) -> None:
-    """Shut the connection's socket down: its pending I/O fails at once, no cancel sent."""
-    try:
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-    except (OSError, psycopg2.Error):
-        return
-    try:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-    finally:
-        sock.close()
 
 
 def backoff(failures: int, initial: float, maximum: float) -> float:

@@ -28,7 +28,8 @@ Decisions (what a caller may rely on):
   and ``work(conn)`` when ``args`` is None. When the callable's signature has a
   parameter named ``cursor`` it also gets ``cursor=`` (a fresh cursor built with
   ``cursor_factory`` and ``dec2float``, closed afterwards).
-* **Errors.** Any exception raised while the work runs becomes a
+* **Errors.** Any exception raised while the interaction is applied (the
+  work, a ``dry_run``'s mogrify, setting up or restoring the session) becomes a
   :class:`~gdbpool.errors.DBInteractionException` (``pgcode`` is the SQLSTATE
   when the server raised it, ``original``/``__cause__`` the exception). Only
   ``BaseException`` that is not an ``Exception`` (greenlet kill, ``Timeout``)
@@ -66,8 +67,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -78,6 +77,7 @@ from gevent.event import AsyncResult, Event
 from psycopg2 import errors as pgerrors
 from psycopg2 import extensions
 
+from gdbpool._sockets import shutdown_socket
 from gdbpool.errors import ConfigurationError, DBInteractionException, InteractionTimeout
 from gdbpool.green import _cancel_target, cancel_backend
 
@@ -127,6 +127,7 @@ class Interaction:
       when its signature names it) plus ``args`` (see the module docstring).
     * ``args``: driver parameters for an SQL string (tuple, list or mapping;
       never formatted into the string), arguments for a callable. Default None.
+      Left out of the repr (they may hold passwords or personal data).
     * ``read_only``: run in a read-only transaction. Default False.
     * ``isolation_level``: ``"read committed"``, ``"repeatable read"``,
       ``"serializable"`` or ``"autocommit"``; None (default) keeps the
@@ -147,7 +148,7 @@ class Interaction:
     """
 
     work: str | Callable[..., Any]
-    args: Any = None
+    args: Any = field(default=None, repr=False)  # parameters may be secrets: kept out of logs
     read_only: bool = False
     isolation_level: str | None = None
     timeout: float | None = None
@@ -191,8 +192,11 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
     """
     work = interaction.work
     if interaction.dry_run:
-        with conn.cursor() as cur:
-            return cur.mogrify(work, interaction.args).decode()
+        try:
+            with conn.cursor() as cur:
+                return cur.mogrify(work, interaction.args).decode()
+        except Exception as exc:  # e.g. IndexError: fewer args than placeholders
+            raise _failure(exc, interaction, None) from exc
 
     canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
     try:
@@ -206,6 +210,12 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
         if interaction.session is not None and not interaction.read_only:
             interaction.session.observe_commit(conn)
         return result
+    except DBInteractionException:
+        raise
+    except Exception as exc:
+        # Outside the work itself (restoring the session, reading the commit
+        # position): still the interaction's failure, never a bare error.
+        raise _failure(exc, interaction, canceller) from exc
     finally:
         if canceller is not None:
             canceller.finish()
@@ -237,10 +247,11 @@ def run_in_transaction(conn: Any, interaction: Interaction) -> Any:
 
 def _run_autocommit(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
     """Hot path: an SQL string as its own implicit transaction (one round trip)."""
-    restore = not conn.autocommit
-    if restore:
-        conn.autocommit = True
+    restore = False
     try:
+        if not conn.autocommit:
+            conn.autocommit = True  # raises on a closed connection: the interaction's failure
+            restore = True
         return _execute(conn, interaction)
     except Exception as exc:
         raise _failure(exc, interaction, canceller) from exc
@@ -254,13 +265,13 @@ def _run_transaction(conn: Any, interaction: Interaction, canceller: _Canceller 
     level = interaction.isolation_level
     autocommit = level == "autocommit"
     saved = (conn.autocommit, conn.isolation_level, conn.readonly)
-    conn.set_session(
-        isolation_level=None if level is None or autocommit else ISOLATION_LEVELS[level],
-        readonly=True if interaction.read_only else saved[2],
-        autocommit=autocommit,
-    )
     try:
         try:
+            conn.set_session(
+                isolation_level=None if level is None or autocommit else ISOLATION_LEVELS[level],
+                readonly=True if interaction.read_only else saved[2],
+                autocommit=autocommit,
+            )
             result = _execute(conn, interaction)
             if conn.status != _STATUS_READY:
                 conn.commit()
@@ -454,7 +465,7 @@ class _Canceller:
         self._pending = gevent.spawn(self._cancel)
         if not self._done.wait(CANCEL_GRACE):
             self.severed = True
-            _shutdown_socket(self._conn)
+            shutdown_socket(self._conn)
 
     def _cancel(self) -> None:
         target = _cancel_target(self._conn)
@@ -474,18 +485,5 @@ class _Canceller:
         # The cancel must not land on the connection's next statement.
         if pending is not None and not pending.join(CANCEL_GRACE):
             if self._side is not None:
-                _shutdown_socket(self._side)
+                shutdown_socket(self._side)
             pending.join(CANCEL_GRACE)
-
-
-def _shutdown_socket(conn: Any) -> None:
-    try:
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-    except (OSError, psycopg2.Error):
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()

@@ -13,7 +13,9 @@ import pytest
 from _waits import wait_for
 from structlog.testing import capture_logs
 
+import gdbpool.connection_worker
 from gdbpool.connection_pool import DBConnectionPool
+from gdbpool.connection_worker import PoolSettings
 from gdbpool.embedded import EmbeddedPostgres, free_port
 from gdbpool.errors import (
     ConfigurationError,
@@ -47,6 +49,14 @@ def make_pool(dsn: str) -> Iterator[MakePool]:
         pool.close()
 
 
+def server_count(server: EmbeddedPostgres, where: str) -> int:
+    return int(
+        server.psql(
+            f"SELECT count(*) FROM pg_stat_activity WHERE {where} AND pid <> pg_backend_pid()"
+        )
+    )
+
+
 def backends(server: EmbeddedPostgres, application_name: str) -> int:
     return int(
         server.psql(
@@ -54,6 +64,12 @@ def backends(server: EmbeddedPostgres, application_name: str) -> int:
         )
     )
 
+
+def backend_pids(server: EmbeddedPostgres, application_name: str) -> set[int]:
+    out = server.psql(
+        f"SELECT pid FROM pg_stat_activity WHERE application_name = '{application_name}'"
+    )
+    return {int(line) for line in out.split()}
 
 
 def query(conn: Any, sql: str, args: Any = None) -> Any:
@@ -83,6 +99,39 @@ def test_a_failing_interaction_fails_its_reply_and_the_pool_goes_on(make_pool: M
     assert info.value.pgcode == "42P01"
     assert submit(pool, "SELECT 1") == [(1,)]
     assert pool.stats()["connections_lost"] == 0
+
+
+def test_an_interaction_whose_arguments_do_not_fit_fails_its_reply_and_the_pool_goes_on(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(1)
+    interaction = Interaction("SELECT %s, %s", (1,), dry_run=True)
+    pool.submit(interaction)
+    with pytest.raises(DBInteractionException, match="IndexError"):
+        interaction.reply.get(timeout=5)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    assert pool.stats()["connections_lost"] == 0
+
+
+def test_an_unexpected_error_in_a_worker_fails_the_reply_and_replaces_the_connection(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(1)
+    first = submit(pool, "SELECT pg_backend_pid()")
+    real = gdbpool.connection_worker.run_interaction
+
+    def buggy(conn: Any, interaction: Interaction) -> Any:
+        monkeypatch.setattr(gdbpool.connection_worker, "run_interaction", real)
+        raise RuntimeError("a bug below run_interaction")
+
+    monkeypatch.setattr(gdbpool.connection_worker, "run_interaction", buggy)
+    interaction = Interaction("SELECT 1")
+    pool.submit(interaction)
+    with pytest.raises(DBInteractionException, match="a bug below") as info:
+        interaction.reply.get(timeout=5)
+    assert isinstance(info.value.original, RuntimeError)
+    assert submit(pool, "SELECT pg_backend_pid()") != first  # its state was not trusted
+    assert pool.stats()["connections_lost"] == 1
 
 
 def test_many_interactions_share_few_connections(make_pool: MakePool) -> None:
@@ -217,6 +266,34 @@ def test_a_connection_closed_by_its_user_is_replaced_on_put(make_pool: MakePool)
 # -- waiting --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("interruption", ["timeout", "kill"])
+def test_a_get_interrupted_while_it_waits_leaks_no_connection(
+    make_pool: MakePool, interruption: str
+) -> None:
+    pool = make_pool(1)
+    held = pool.get()
+
+    def waiter() -> None:
+        if interruption == "timeout":
+            with gevent.Timeout(0.2):
+                pool.get()
+        else:
+            pool.get()
+
+    greenlet = gevent.spawn(waiter)
+    assert wait_for(lambda: pool.stats()["requests_waiting"] == 1)
+    if interruption == "kill":
+        greenlet.kill(block=True, timeout=5)
+    else:
+        greenlet.join(timeout=5)
+        assert isinstance(greenlet.exception, gevent.Timeout)
+    assert greenlet.dead
+    pool.put(held)
+    conn = pool.get(timeout=2)  # the abandoned request was not lent the connection
+    pool.put(conn)
+    assert wait_for(lambda: pool.stats()["pool_available"] == 1)
+
+
 def test_an_exhausted_pool_fails_waiting_requests_with_pool_timeout(
     make_pool: MakePool, pg_primary: EmbeddedPostgres
 ) -> None:
@@ -301,12 +378,25 @@ def test_idle_connections_above_min_size_close_after_max_idle(
     assert wait_for(lambda: backends(pg_primary, "gdbpool:shrinks") == 1)
 
 
-def test_connections_are_replaced_after_max_lifetime(make_pool: MakePool) -> None:
-    pool = make_pool(1, max_lifetime=0.2)
-    first = submit(pool, "SELECT pg_backend_pid()")
-    gevent.sleep(0.3)  # the lifetime itself is what is tested
-    submit(pool, "SELECT 1")  # returned after its lifetime: recycled
-    assert submit(pool, "SELECT pg_backend_pid()") != first
+def test_a_connection_used_past_max_lifetime_is_replaced_after_that_use(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(1, max_lifetime=0.3)
+    first = submit(pool, "SELECT pg_backend_pid(), pg_sleep(0.4)")[0][0]
+    assert submit(pool, "SELECT pg_backend_pid()") != [(first,)]
+    assert pool.stats()["connections_lost"] == 0
+
+
+def test_an_idle_connection_past_max_lifetime_is_replaced_without_being_used(
+    make_pool: MakePool, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(1, max_lifetime=0.3, name="lifetime")
+    (first,) = backend_pids(pg_primary, "gdbpool:lifetime")
+    # Nothing is submitted: the pool itself must notice the expired idle connection.
+    assert wait_for(lambda: backend_pids(pg_primary, "gdbpool:lifetime") - {first}, timeout=5)
+    assert wait_for(lambda: first not in backend_pids(pg_primary, "gdbpool:lifetime"))
+    assert pool.stats()["requests_num"] == 0
+    assert submit(pool, "SELECT pg_backend_pid()") != [(first,)]
     assert pool.stats()["connections_lost"] == 0
 
 
@@ -368,11 +458,17 @@ def test_close_fails_waiters_and_closes_lent_connections_when_put_back(
     assert wait_for(lambda: backends(pg_primary, "gdbpool:lentout") == 0)
 
 
-def test_close_lets_a_running_interaction_finish(make_pool: MakePool) -> None:
+def test_close_lets_a_running_interaction_finish(
+    make_pool: MakePool, pg_primary: EmbeddedPostgres
+) -> None:
     pool = make_pool(1)
-    interaction = Interaction("SELECT pg_sleep(0.2), 1")
+    interaction = Interaction("SELECT pg_sleep(0.5), 1")
     pool.submit(interaction)
-    gevent.sleep(0.05)  # let it start
+    assert wait_for(
+        lambda: (
+            server_count(pg_primary, "state = 'active' AND query LIKE '%pg_sleep(0.5), 1%'") == 1
+        )
+    )
     pool.close(timeout=5)
     assert interaction.reply.get(timeout=1) == [("", 1)]
 
@@ -403,6 +499,21 @@ def test_a_wrong_password_names_the_server_but_never_the_password(
     assert secret not in str(waited.value)
     assert any(event["event"] == "reconnect_failed" for event in logs)
     assert secret not in repr(logs)
+
+
+def test_the_pool_settings_never_show_the_password(
+    make_pool: MakePool, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(1)
+    assert pg_primary.password
+    assert pg_primary.password not in repr(pool._settings)  # white box: what workers get
+    assert pg_primary.password not in repr(pool)
+    settings = PoolSettings(
+        name="x", dsn="host=h password=s3cr3t-pw", target="h:5432/x", application_name="x",
+        connect_timeout=1, max_lifetime=1, check_after=1, backoff_initial=1, backoff_max=1,
+        log=None,
+    )  # fmt: skip
+    assert "s3cr3t-pw" not in repr(settings)
 
 
 def test_an_unreachable_host_gives_a_pool_connection_error_naming_it() -> None:

@@ -7,6 +7,7 @@ itself.
 
 from __future__ import annotations
 
+import select
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,9 +19,9 @@ import pytest
 from _waits import wait_for
 from tcp_proxy import TcpProxy
 
-from gdbpool.connection_pool import DBConnectionPool
+from gdbpool.connection_pool import ANSWER_MARGIN, DBConnectionPool
 from gdbpool.embedded import EmbeddedPostgres
-from gdbpool.errors import DBInteractionException, PoolTimeout
+from gdbpool.errors import DBInteractionException, PoolClosed, PoolTimeout
 from gdbpool.interaction import Interaction
 
 MakePool = Callable[..., DBConnectionPool]
@@ -51,7 +52,6 @@ def proxy(pg_primary: EmbeddedPostgres) -> Iterator[TcpProxy]:
     p = TcpProxy(pg_primary.port).start()
     yield p
     p.close()
-
 
 
 def submit(pool: DBConnectionPool, work: Any, args: Any = None, **options: Any) -> Any:
@@ -226,3 +226,87 @@ def test_a_worker_killed_mid_query_fails_its_interaction_and_is_replaced(
     assert wait_for(lambda: active_queries(pg_primary, "pg_sleep(30)") == 0)
     assert submit(pool, "SELECT 1") == [(1,)]
     assert wait_for(lambda: len(pids(pg_primary, "gdbpool:workerkill")) == 1)
+
+
+def test_a_get_interrupted_while_it_checks_the_connection_gives_it_back(
+    make_pool: MakePool, proxy: TcpProxy, dbname: str, pg_primary: EmbeddedPostgres
+) -> None:
+    # check_after=0: every checkout pings; with the network blackholed the
+    # ping hangs (up to connect_timeout) and the caller's own timeout fires in it.
+    pool = make_pool(proxy.dsn(pg_primary.dsn(dbname)), 1, check_after=0, connect_timeout=3.0)
+    assert submit(pool, "SELECT 1") == [(1,)]
+    proxy.set_mode("blackhole")
+    with pytest.raises(gevent.Timeout), gevent.Timeout(0.3):
+        pool.get()
+    proxy.set_mode("pass")
+    with pool.connection(timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+    assert pool.stats()["pool_size"] == 1
+
+
+# -- close and broken pools --------------------------------------------------------------
+
+
+def test_an_interaction_whose_connection_died_just_before_close_fails_with_pool_closed(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="closeretry")
+    conn = pool.get()
+    fd, pid = conn.fileno(), conn.info.backend_pid
+    pool.put(conn)
+    assert wait_for(lambda: pool.stats()["pool_available"] == 1)
+    terminate(pg_primary, pid)
+    # The FATAL message reached the idle socket: the worker will find it dead.
+    assert wait_for(lambda: bool(select.select([fd], [], [], 0)[0]))
+    interaction = Interaction("SELECT 1")
+    pool.submit(interaction)
+    pool.close(timeout=2)
+    with pytest.raises(PoolClosed):
+        interaction.reply.get(timeout=5)
+    assert wait_for(lambda: not pids(pg_primary, "gdbpool:closeretry"))  # no reconnect
+
+
+def test_a_worker_stopped_behind_the_pools_back_is_replaced_and_requests_are_served(
+    make_pool: MakePool, dsn: str
+) -> None:
+    # What a giving-up supervisor does to idle workers (white box: stop one).
+    pool = make_pool(dsn, 1)
+    (worker,) = pool._supervisor.children
+    worker.stop()
+    assert submit(pool, "SELECT 1") == [(1,)]
+    with pool.connection(timeout=5) as conn:
+        assert not conn.closed
+    (worker,) = pool._supervisor.children
+    worker.stop()
+    with pool.connection(timeout=5) as conn:
+        assert not conn.closed
+    assert pool.stats()["pool_size"] == 1
+
+
+def test_a_pool_whose_actor_crashed_fails_every_request_instead_of_hanging(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="crashed", timeout=30)
+    held = pool.get()
+    waiting = Interaction("SELECT 1")
+    pool.submit(waiting)
+    waiter = gevent.spawn(pool.get)
+    assert wait_for(lambda: pool.stats()["requests_waiting"] == 2)
+    # White box: an unhandled message crashes the pool actor as a bug in it would;
+    # the checkout right behind it is dropped with the actor's mailbox.
+    pool._ref.tell(object())
+    started = time.monotonic()
+    with pytest.raises(PoolClosed, match="broke"):
+        pool.get(timeout=0.3)
+    assert time.monotonic() - started < 0.3 + ANSWER_MARGIN + 1
+    with pytest.raises(PoolClosed, match="broke"):
+        waiting.reply.get(timeout=5)
+    with pytest.raises(PoolClosed, match="broke"):
+        waiter.get(timeout=5)
+    assert pool.closed and not pool.healthy
+    with pytest.raises(PoolClosed):
+        submit(pool, "SELECT 1")
+    pool.put(held)
+    pool.close(timeout=2)
+    assert wait_for(lambda: not pids(pg_primary, "gdbpool:crashed"))

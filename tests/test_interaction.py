@@ -151,6 +151,30 @@ def test_dry_run_returns_the_mogrified_sql_and_executes_nothing(conn: Any, dsn: 
     assert count_rows(dsn) == 0
 
 
+def test_a_dry_run_whose_arguments_do_not_fit_raises_db_interaction_exception(conn: Any) -> None:
+    for args in ((1,), {"a": 1}):
+        with pytest.raises(DBInteractionException, match="interaction failed") as info:
+            run(conn, "SELECT %s, %s", args, dry_run=True)
+        assert isinstance(info.value.original, IndexError | TypeError)
+        assert info.value.__cause__ is info.value.original
+    assert run(conn, "SELECT 1") == [(1,)]  # the connection is untouched
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"read_only": True}, {"isolation_level": "serializable"}], ids=repr
+)
+def test_setting_up_the_session_on_a_closed_connection_raises_db_interaction_exception(
+    dsn: str, options: dict[str, Any]
+) -> None:
+    # Autocommit mode (plain SQL) or set_session (transactions) is applied
+    # before the statement runs; their errors are the interaction's too.
+    closed = psycopg2.connect(dsn)
+    closed.close()
+    with pytest.raises(DBInteractionException) as info:
+        run(closed, "SELECT 1", **options)
+    assert isinstance(info.value.original, psycopg2.InterfaceError)
+
+
 def test_dec2float_returns_numeric_as_float_only_for_that_interaction(conn: Any) -> None:
     sql = "SELECT 1.5::numeric, ARRAY[2.25]::numeric[], NULL::numeric"
     assert run(conn, sql, dec2float=True) == [(1.5, [2.25], None)]
@@ -254,6 +278,12 @@ def test_interactions_are_frozen_messages_with_their_own_reply() -> None:
     with pytest.raises(AttributeError):
         a.work = "SELECT 2"  # type: ignore[misc]
     assert not hasattr(a, "__dict__")
+
+
+def test_an_interactions_repr_leaves_out_its_arguments() -> None:
+    text = repr(Interaction("UPDATE users SET pw = crypt(%s)", ("hunter2-secret",)))
+    assert "crypt" in text
+    assert "hunter2-secret" not in text
 
 
 def running(fragment: str, server: EmbeddedPostgres) -> int:
