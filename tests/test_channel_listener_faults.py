@@ -19,7 +19,7 @@ from tcp_proxy import TcpProxy
 
 from gdbpool.channel_listener import NotificationHub
 from gdbpool.embedded import EmbeddedPostgres
-from gdbpool.errors import ConfigurationError
+from gdbpool.errors import ConfigurationError, NotificationError
 from gdbpool.listen_connection import _ReaderFailed, keepalive_options
 from gdbpool.notification import Notification, Reconnected
 
@@ -312,3 +312,16 @@ def client_socket(port: int) -> socket.socket:
             pass
         sock.close()
     raise AssertionError(f"no socket with local port {port} in this process")
+
+
+def test_subscribe_gives_up_after_command_timeout_when_the_server_does_not_answer(
+    dsn: str, proxy: TcpProxy
+) -> None:
+    with NotificationHub(proxy.dsn(dsn), command_timeout=0.5, idle_check=None) as hub:
+        hub.subscribe("first")
+        proxy.set_mode("blackhole")  # LISTEN is sent, no answer ever comes back
+        started = gevent.get_hub().loop.now()
+        with pytest.raises(NotificationError, match=r"within 0\.5 s \(command_timeout\)"):
+            hub.subscribe("second")
+        assert gevent.get_hub().loop.now() - started < 3
+        proxy.set_mode("pass")
