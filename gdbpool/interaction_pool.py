@@ -49,7 +49,7 @@ from actors import Actor, ActorRef, handles
 from gdbpool.channel_listener import NotificationHub
 from gdbpool.connection_pool import DBConnectionPool
 from gdbpool.errors import ConfigurationError, NoReplicaAvailable, PoolClosed
-from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.interaction import Interaction
 from gdbpool.logging import configure_logging, get_logger, redact
 from gdbpool.notification import check_channel, check_payload
 from gdbpool.read_your_writes import ReadYourWrites
@@ -425,30 +425,13 @@ class DBInteractionPool:
             read_only = is_write is False
         elif is_write is not None and is_write == read_only:
             raise ConfigurationError("read_only and is_write contradict each other")
-        if not (isinstance(interaction, str) or callable(interaction)):
-            raise ConfigurationError(
-                "interaction must be an SQL string or a callable taking conn, "
-                f"not {type(interaction).__name__}"
-            )
-        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
-            raise ConfigurationError(
-                f"unknown isolation_level {isolation_level!r}; "
-                f"use one of {', '.join(ISOLATION_LEVELS)}"
-            )
+        # Interaction() validates the rest (work, isolation_level, timeout, dry_run).
+        msg = Interaction(
+            interaction, args, read_only, isolation_level, timeout, cursor_factory, dry_run,
+            dec2float, pool, session,
+        )  # fmt: skip
         if self._closed:
             raise PoolClosed("the interaction pool is closed")
-        msg = Interaction(
-            interaction,
-            args,
-            read_only=read_only,
-            isolation_level=isolation_level,
-            timeout=timeout,
-            cursor_factory=cursor_factory,
-            dry_run=dry_run,
-            dec2float=dec2float,
-            pool=pool,
-            session=session,
-        )
         self._router.tell(msg)
         return msg.reply
 
