@@ -9,10 +9,17 @@ the pool's state. The messages of that conversation live here too.
 
 Checks (why a connection handed out is alive):
 
-* Cheap, at every checkout: ``conn.closed``, then a zero-timeout ``poll()``
-  of the socket; an idle connection has nothing to read, so a readable socket
-  means the server sent something (an error before ``pg_terminate_backend``
-  closed it, EOF) and ``conn.poll()`` tells which. One syscall, no round trip.
+* Cheap, at every checkout of an idle connection: ``conn.closed``, then a
+  zero-timeout ``poll()`` of the socket; an idle connection has nothing to
+  read, so a readable socket means the server sent something (an error before
+  ``pg_terminate_backend`` closed it, EOF) and ``conn.poll()`` tells which.
+  One syscall, no round trip. An interaction a worker takes from the wait
+  queue straight after finishing the previous one skips it: the connection was
+  never idle (no hub iteration between reading the last result and sending
+  the next statement, a few microseconds), the result just read proved it
+  alive, and a termination landing in that gap is the same race every check
+  has with a termination landing just after it. ``conn.closed`` is still
+  checked after every interaction.
 * Deep, when the connection sat idle longer than ``check_after`` seconds
   (default 30): ``SELECT 1``, bounded by ``connect_timeout`` (the socket is shut
   down if the server does not answer), for half-open connections after a
@@ -51,6 +58,9 @@ __all__ = [
 ]
 
 _STATUS_READY = extensions.STATUS_READY
+#: A worker's cursor that fetched more rows than this is replaced after the
+#: interaction, so a large result is not kept in memory by an idle connection.
+_CURSOR_KEEP_ROWS = 1000
 
 
 class PooledConnection(extensions.connection):  # type: ignore[misc]
@@ -64,6 +74,7 @@ class PooledConnection(extensions.connection):  # type: ignore[misc]
     gdbpool_worker: ActorRef | None = None
     gdbpool_lent: bool = False
     gdbpool_poll: Any = None  # select.poll on the socket, made once (check_connection)
+    gdbpool_cursor: Any = None  # the worker's cursor for plain SQL strings (run_interaction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,15 +239,13 @@ class ConnectionWorker(Actor):
         self._adopt(conn, int((time.monotonic() - started) * 1000))
 
     @handles(Interaction)
-    def run(self, interaction: Interaction | None) -> None:
-        # Then the interactions that queued meanwhile, taken from the pool's
-        # wait queue, until none waits: only then report Idle.
+    def run(self, interaction: Interaction) -> None:
+        conn = self.conn
+        if conn is None or not self.alive(conn):
+            self._lose(retry=interaction)
+            return
         take = self.waiting.take_interaction
-        while interaction is not None:
-            conn = self.conn
-            if conn is None or not self.alive(conn):
-                self._lose(retry=interaction)
-                return
+        while True:
             reply = interaction.reply
             try:
                 reply.set(run_interaction(conn, interaction))
@@ -266,8 +275,16 @@ class ConnectionWorker(Actor):
             now = time.monotonic()
             if not self._still_usable(conn, now):
                 return
+            if conn.gdbpool_cursor.rowcount > _CURSOR_KEEP_ROWS:
+                self._fresh_cursor(conn)  # do not keep a large result with an idle connection
             self.idle_since = now
-            interaction = take(now) if self.waiting else None
+            # Then the interactions that queued meanwhile, taken from the pool's
+            # wait queue, until none waits: only then report Idle. A chained
+            # interaction skips alive(): see "Checks" in the module docstring.
+            next_interaction = take(now)
+            if next_interaction is None:
+                break
+            interaction = next_interaction
         self.pool.tell(self._idle_msg)
 
     @handles(Return)
@@ -329,8 +346,14 @@ class ConnectionWorker(Actor):
             return False
         return True
 
+    def _fresh_cursor(self, conn: Any) -> None:
+        old, conn.gdbpool_cursor = conn.gdbpool_cursor, conn.cursor()
+        if old is not None:
+            old.close()
+
     def _adopt(self, conn: Any, connect_ms: int) -> None:
         self.conn = conn
+        self._fresh_cursor(conn)
         self.failures = 0
         conn.gdbpool_worker = self.ref
         # +-5% so connections opened together are not all recycled together.

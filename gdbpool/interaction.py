@@ -224,6 +224,11 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
     :class:`~gdbpool.errors.InteractionTimeout`) when the work failed; the
     connection is then rolled back and usable, or closed when it broke.
     This function does not set ``interaction.reply``: the caller does.
+
+    An SQL string without ``cursor_factory`` or ``dec2float`` runs on the
+    cursor a pool worker keeps with its connection (``conn.gdbpool_cursor``,
+    left open) when there is one, instead of a fresh cursor (0.6 us to open
+    and close).
     """
     work = interaction.work
     if interaction.dry_run:
@@ -233,15 +238,16 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
         except Exception as exc:  # e.g. IndexError: fewer args than placeholders
             raise _failure(exc, interaction, None) from exc
 
+    cursor = getattr(conn, "gdbpool_cursor", None)
     canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
     try:
         if conn.status != _STATUS_READY:
-            return _run_joined(conn, interaction, canceller)
+            return _run_joined(conn, interaction, canceller, cursor)
         level = interaction.isolation_level
         if isinstance(work, str) and level is None and not interaction.read_only:
-            result = _run_autocommit(conn, interaction, canceller)
+            result = _run_autocommit(conn, interaction, canceller, cursor)
         else:
-            result = _run_transaction(conn, interaction, canceller)
+            result = _run_transaction(conn, interaction, canceller, cursor)
         if interaction.session is not None and not interaction.read_only:
             interaction.session.observe_commit(conn)
         return result
@@ -280,14 +286,16 @@ def run_in_transaction(conn: Any, interaction: Interaction) -> Any:
 # -- the three modes ----------------------------------------------------------------
 
 
-def _run_autocommit(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
+def _run_autocommit(
+    conn: Any, interaction: Interaction, canceller: _Canceller | None, cursor: Any
+) -> Any:
     """Hot path: an SQL string as its own implicit transaction (one round trip)."""
     restore = False
     try:
         if not conn.autocommit:
             conn.autocommit = True  # raises on a closed connection: the interaction's failure
             restore = True
-        return _execute(conn, interaction)
+        return _execute(conn, interaction, cursor)
     except Exception as exc:
         raise _failure(exc, interaction, canceller) from exc
     finally:
@@ -295,7 +303,9 @@ def _run_autocommit(conn: Any, interaction: Interaction, canceller: _Canceller |
             conn.autocommit = False
 
 
-def _run_transaction(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
+def _run_transaction(
+    conn: Any, interaction: Interaction, canceller: _Canceller | None, cursor: Any = None
+) -> Any:
     """Isolation level / read-only / callables: BEGIN ... COMMIT, ROLLBACK on error."""
     level = interaction.isolation_level
     autocommit = level == "autocommit"
@@ -307,7 +317,7 @@ def _run_transaction(conn: Any, interaction: Interaction, canceller: _Canceller 
                 readonly=True if interaction.read_only else saved[2],
                 autocommit=autocommit,
             )
-            result = _execute(conn, interaction)
+            result = _execute(conn, interaction, cursor)
             if conn.status != _STATUS_READY:
                 conn.commit()
             return result
@@ -326,10 +336,12 @@ def _run_transaction(conn: Any, interaction: Interaction, canceller: _Canceller 
             conn.readonly = saved[2]
 
 
-def _run_joined(conn: Any, interaction: Interaction, canceller: _Canceller | None) -> Any:
+def _run_joined(
+    conn: Any, interaction: Interaction, canceller: _Canceller | None, cursor: Any = None
+) -> Any:
     """Inside the caller's open transaction: no commit, no rollback, no session change."""
     try:
-        return _execute(conn, interaction)
+        return _execute(conn, interaction, cursor)
     except Exception as exc:
         raise _failure(exc, interaction, canceller) from exc
 
@@ -337,9 +349,12 @@ def _run_joined(conn: Any, interaction: Interaction, canceller: _Canceller | Non
 # -- executing the work -------------------------------------------------------------
 
 
-def _execute(conn: Any, interaction: Interaction) -> Any:
+def _execute(conn: Any, interaction: Interaction, cursor: Any = None) -> Any:
     work = interaction.work
     if isinstance(work, str):
+        if cursor is not None and interaction.cursor_factory is None and not interaction.dec2float:
+            cursor.execute(work, interaction.args)
+            return cursor.fetchall() if cursor.description is not None else cursor.rowcount
         cur = _cursor(conn, interaction)
         try:
             cur.execute(work, interaction.args)
