@@ -5,7 +5,9 @@ which requests wait, the counters. It never does I/O. Requests that find no
 idle worker wait in a :class:`WaitQueue` in FIFO order; the pool actor
 appends to it, times its requests out and fails them on close, and a worker
 that has just finished an interaction takes the next waiting interaction from
-its head itself (see :class:`WaitQueue`).
+its head itself (see :class:`WaitQueue`). While requests already wait and the
+pool has all its connections, ``submit()`` appends an interaction to the tail
+itself (:meth:`WaitQueue.offer`): the pool actor would decide nothing but that.
 
 Every request the pool actor accepts is answered: served, or failed with
 PoolTimeout, TooManyRequests or PoolClosed, also when the pool closes while it
@@ -117,20 +119,77 @@ class WaitQueue:
     the pool actor, so a worker takes the head only when it is an
     interaction; FIFO order is kept either way.
 
+    Under load, ``submit()`` appends an interaction to the tail itself
+    (:meth:`offer`) when that is exactly what the pool actor would do with it:
+    requests already wait (so no worker is idle: the pool actor never leaves
+    a request waiting beside an idle worker), the pool has all ``max_size``
+    workers (nothing to grow), ``max_waiting`` is not reached, the armed
+    deadline timer fires no later than the new request's deadline, and no
+    request is on its way through the pool actor's mailbox (so FIFO order
+    holds). That saves the pool actor hop: a message, a wake-up shared by a
+    few requests and its handler, about 1.5 us per interaction.
+
     Once the queue is closed (the pool is closing), workers read :attr:`closed`
-    and no longer reconnect.
+    and no longer reconnect, and :meth:`offer` refuses.
 
     No lock: greenlets switch only where they block, and nothing here blocks.
+    The pool actor alone writes :attr:`grown` and :attr:`timer_deadline`.
     """
 
-    __slots__ = ("_items", "closed", "wait_ms")
+    __slots__ = (
+        "_items",
+        "closed",
+        "grown",
+        "in_mailbox",
+        "limit",
+        "offered",
+        "timer_deadline",
+        "wait_ms",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self._items: deque[_Entry] = deque()
         #: Total milliseconds that served requests waited (expired ones: see the pool).
         self.wait_ms = 0
         #: Set by :meth:`close`: nothing waits any more, workers must not reconnect.
         self.closed = False
+        #: ``max_waiting`` (0: unbounded); :meth:`offer` refuses at the bound.
+        self.limit = limit
+        #: True while the pool has all ``max_size`` workers (set by the pool actor).
+        self.grown = False
+        #: When the armed deadline timer fires (inf when none is armed; the pool actor's).
+        self.timer_deadline = float("inf")
+        #: Requests told to the pool actor and not yet handled by it.
+        self.in_mailbox = 0
+        #: Interactions appended by :meth:`offer` (counted into the pool's stats).
+        self.offered = 0
+
+    def offer(self, interaction: Interaction, timeout: float) -> bool:
+        """Append ``interaction`` for a caller when the pool actor would only append it.
+
+        Returns False when any condition in the class docstring does not
+        hold; the request then counts as in the mailbox (:attr:`in_mailbox`)
+        and the caller must tell it to the pool actor, which calls
+        :meth:`received` when it handles it.
+        """
+        items = self._items
+        if items and self.grown and not self.in_mailbox and not self.closed:
+            now = time.monotonic()
+            deadline = now + timeout
+            if deadline >= self.timer_deadline and not 0 < self.limit <= len(items):
+                items.append((interaction, now, deadline))
+                self.offered += 1
+                return True
+        self.in_mailbox += 1
+        return False
+
+    def sent(self) -> None:
+        """A request (a checkout) is being told to the pool actor."""
+        self.in_mailbox += 1
+
+    def received(self) -> None:
+        """The pool actor handles a request counted by :meth:`offer` or :meth:`sent`."""
+        self.in_mailbox -= 1
 
     def __len__(self) -> int:
         return len(self._items)
@@ -216,6 +275,7 @@ class _PoolActor(Actor):
         max_idle: float,
         supervisor: Supervisor,
         first_conn: Any,
+        waiting: WaitQueue,
     ) -> None:
         super().__init__()
         self.timeout = timeout
@@ -236,7 +296,7 @@ class _PoolActor(Actor):
         self.busy_since: dict[ActorRef, float] = {}  # running interactions, or lent
         self.lent: set[ActorRef] = set()
         self.ready: list[tuple[int, Event]] = []  # wait(): (connections wanted, event)
-        self.waiting = WaitQueue()
+        self.waiting = waiting  # made by the facade, whose submit() may offer to it
         self.timer: Any = None  # the libev timer for the earliest deadline
         self.timer_deadline = 0.0
         self.drained: Event | None = None
@@ -314,34 +374,47 @@ class _PoolActor(Actor):
 
     @handles(Interaction)
     def submit(self, interaction: Interaction) -> None:
+        self.waiting.received()
         self.counters["requests_num"] += 1
         if self.status.closed:
             interaction.reply.set_exception(self.status.closed_error(self.settings.name))
             return
-        idle = self.idle
-        while idle:
-            worker = idle.pop()
-            try:
-                worker.tell(interaction)
-            except ActorStopped:
-                self._forget(worker)
-                continue
-            self.busy_since[worker] = time.monotonic()
-            return
-        self._wait(interaction, self.timeout)
+        if not self._hand_to_idle(interaction):
+            self._wait(interaction, self.timeout)
 
     @handles(_Checkout)
     def checkout(self, request: _Checkout) -> None:
+        self.waiting.received()
         self.counters["requests_num"] += 1
         if request.reply.ready():
             return  # abandoned by get() before we saw it
         if self.status.closed:
             request.reply.set_exception(self.status.closed_error(self.settings.name))
             return
-        while self.idle:
-            if self._lend(self.idle.pop(), request):
-                return
-        self._wait(request, request.timeout)
+        if not self._hand_to_idle(request):
+            self._wait(request, request.timeout)
+
+    def _hand_to_idle(self, request: Interaction | _Checkout) -> bool:
+        """Give ``request`` to an idle worker (False: none is idle; it must wait).
+
+        Every request goes through here before it waits, so a request never
+        waits beside an idle worker (WaitQueue.offer relies on it).
+        """
+        idle = self.idle
+        while idle:
+            worker = idle.pop()
+            if isinstance(request, _Checkout):
+                if self._lend(worker, request):
+                    return True
+                continue
+            try:
+                worker.tell(request)
+            except ActorStopped:
+                self._forget(worker)
+                continue
+            self.busy_since[worker] = time.monotonic()
+            return True
+        return False
 
     def _lend(self, worker: ActorRef, request: _Checkout) -> bool:
         if not worker.is_alive:  # stopped by its supervisor giving up: its connection is gone
@@ -377,11 +450,12 @@ class _PoolActor(Actor):
 
     def _arm(self, deadline: float, now: float) -> None:
         self._disarm()
-        self.timer_deadline = deadline
+        self.timer_deadline = self.waiting.timer_deadline = deadline
         self.timer = gevent.get_hub().loop.timer(max(0.0, deadline - now))
         self.timer.start(self._deadline_passed)
 
     def _disarm(self) -> None:
+        self.waiting.timer_deadline = float("inf")
         timer, self.timer = self.timer, None
         if timer is not None:
             timer.close()
@@ -429,11 +503,14 @@ class _PoolActor(Actor):
             return
         self.connecting += 1
         self.workers.add(worker)
+        self._workers_changed()
 
     def _requeue(self, request: Interaction | _Checkout) -> None:
         """A request handed out that never ran: first in line again, with a fresh wait."""
         if self.waiting.closed:
             request.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
+        if self._hand_to_idle(request):
             return
         now = time.monotonic()
         deadline = now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
@@ -456,6 +533,7 @@ class _PoolActor(Actor):
         """``worker`` stopped without telling us (its supervisor gave up on it or on all)."""
         self._drop(worker)
         self.workers.discard(worker)
+        self._workers_changed()
         self.settings.log.warning("worker_vanished", worker=worker.name)
         if self.status.closed:
             self._check_drained()
@@ -514,6 +592,7 @@ class _PoolActor(Actor):
         self.counters["connections_lost"] += 1
         self._drop(worker)
         self.workers.discard(worker)
+        self._workers_changed()
         self.settings.log.warning("worker_killed", worker=worker.name)
         if self.status.closed:
             self._check_drained()
@@ -542,6 +621,7 @@ class _PoolActor(Actor):
 
     def _retire(self, worker: ActorRef) -> None:
         self.workers.discard(worker)
+        self._workers_changed()
         self.conns.pop(worker, None)
         self.expires_at.pop(worker, None)
         if worker in self.idle:
@@ -549,6 +629,9 @@ class _PoolActor(Actor):
         with contextlib.suppress(ActorStopped):
             worker.tell(Recycle(stop=True))
         self._check_drained()
+
+    def _workers_changed(self) -> None:
+        self.waiting.grown = len(self.workers) >= self.max_size
 
     def _check_drained(self) -> None:
         # Lent connections do not hold the close up: put() closes them.
@@ -594,6 +677,8 @@ class _PoolActor(Actor):
     def stats(self, msg: _Stats) -> dict[str, int]:
         counters = dict(self.counters)
         counters["requests_wait_ms"] += self.waiting.wait_ms
+        counters["requests_num"] += self.waiting.offered
+        counters["requests_queued"] += self.waiting.offered
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,

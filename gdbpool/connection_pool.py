@@ -18,11 +18,12 @@ Decisions:
   expires while the hot ones stay warm.
 * **Waiting.** A request with no idle connection waits in FIFO order (a
   worker finishing an interaction takes the next waiting interaction itself;
-  one timer serves all the deadlines), at most ``timeout`` seconds (then
-  :class:`~gdbpool.errors.PoolTimeout`, whose message names host, port and
-  database, and the last connection error when the server is unreachable).
-  With ``max_waiting > 0`` a request arriving when that many already wait
-  fails at once with
+  while requests wait, ``submit()`` appends to the queue itself instead of
+  going through the pool actor; one timer serves all the deadlines), at most
+  ``timeout`` seconds (then :class:`~gdbpool.errors.PoolTimeout`, whose
+  message names host, port and database, and the last connection error when
+  the server is unreachable). With ``max_waiting > 0`` a request arriving
+  when that many already wait fails at once with
   :class:`~gdbpool.errors.TooManyRequests`.
 * **Returning.** :meth:`~DBConnectionPool.put` never blocks: the worker
   rolls back an open transaction and resets the session (autocommit off,
@@ -63,7 +64,7 @@ from gevent.event import Event
 from psycopg2 import extensions
 
 from actors import ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool._pool_actor import _Checkout, _Close, _PoolActor, _Ready, _Stats, _Status
+from gdbpool._pool_actor import WaitQueue, _Checkout, _Close, _PoolActor, _Ready, _Stats, _Status
 from gdbpool.connection_worker import (
     PoolSettings,
     Return,
@@ -157,6 +158,7 @@ class DBConnectionPool:
         )
         first = open_connection(self._settings) if min_size > 0 else None
         self._status = _Status()
+        self._waiting = WaitQueue(max_waiting)
         self._shut = False  # close() has stopped the workers and the pool actor
         self._supervisor = Supervisor(
             f"{name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
@@ -171,6 +173,7 @@ class DBConnectionPool:
             max_idle,
             self._supervisor,
             first,
+            self._waiting,
             name=f"{name}.pool",
         )
         self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
@@ -281,7 +284,11 @@ class DBConnectionPool:
 
         Never raises for a bad interaction: SQL errors, timeouts, PoolTimeout,
         TooManyRequests and PoolClosed are set on ``interaction.reply``.
+        Under load it joins the wait queue without the pool actor hop
+        (:meth:`WaitQueue.offer <gdbpool._pool_actor.WaitQueue.offer>`).
         """
+        if self._waiting.offer(interaction, self.timeout):
+            return
         try:
             self._ref.tell(interaction)
         except ActorStopped:
@@ -383,6 +390,7 @@ class DBConnectionPool:
         """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to us."""
         request = _Checkout(timeout)
         self._tell(request)
+        self._waiting.sent()  # until the pool actor has it, submit() does not offer: FIFO
         reply = request.reply
         try:
             reply.wait(timeout + ANSWER_MARGIN)
