@@ -176,9 +176,9 @@ class ConnectionWorker(Actor):
       connection needs 2; ``get()`` + ``put()`` need 4 (an ask round trip;
       ``put`` only posts).
     * Under load (16 connections, 64 greenlets submitting ``SELECT 1``):
-      4.2 per interaction (was 6.3 before workers took from the wait queue):
-      the caller's 2, the worker's 2 around the server's answer, and the
-      pool actor's wake-ups shared by the several messages each one drains.
+      4.0 per interaction (6.3 before workers took from the wait queue, 4.2
+      before ``submit()`` offered to it directly): the caller's 2 and the
+      worker's 2 around the server's answer; the pool actor is hardly woken.
     """
 
     def __init__(

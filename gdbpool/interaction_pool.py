@@ -24,9 +24,10 @@ Cost of one ``run()``, in greenlet switches measured with ``greenlet.settrace``:
 on an idle pool 10 from ``run()`` to the caller holding the result — caller →
 hub → router (2), router → hub → pool actor (2), pool → hub → worker (2), the
 worker's wait for the server (2, which any cooperative query has), worker → hub
-→ caller with the reply (2).  Under load (16 connections, 64 callers) 4.4 per
-interaction: the router and the pool actor drain several messages per wake-up
-and a worker takes the next waiting interaction without a hop (see
+→ caller with the reply (2).  Under load (16 connections, 64 callers) 4.2 per
+interaction: the router drains several messages per wake-up, it appends to the
+pool's wait queue without the pool actor while requests wait, and a worker
+takes the next waiting interaction without a hop (see
 :class:`~gdbpool.connection_worker.ConnectionWorker`), so what is left is the
 caller's 2 and the worker's 2 around the server's answer.  A write goes to the
 primary without calling the routing function.
