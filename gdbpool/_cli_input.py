@@ -44,7 +44,7 @@ def check_dsn(dsn: str) -> str:
 
 def describe(dsn: str) -> str:
     """``host:port/dbname`` of a (valid) DSN, for messages: never the password."""
-    from gdbpool.listen_connection import describe_dsn
+    from gdbpool.logging import describe_dsn
 
     return describe_dsn(dsn)
 

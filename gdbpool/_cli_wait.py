@@ -17,8 +17,7 @@ import gevent
 import psycopg2
 
 from gdbpool.errors import GDBPoolError
-from gdbpool.listen_connection import describe_dsn
-from gdbpool.logging import redact
+from gdbpool.logging import describe_dsn, redact
 
 __all__ = ["ATTEMPT_TIMEOUT", "PERMANENT", "STEP_MAX", "connect_when_ready", "one_line",
            "wait_for_server"]

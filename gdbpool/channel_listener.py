@@ -49,9 +49,8 @@ from gdbpool.listen_connection import (
     Route,
     Subscribe,
     Unsubscribe,
-    describe_dsn,
 )
-from gdbpool.logging import get_logger, redact
+from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notification import Notification, Reconnected, check_channel, check_payload
 from gdbpool.subscription import (
     DEFAULT_MAXSIZE,

@@ -54,7 +54,6 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from typing import Any, Final
@@ -74,7 +73,7 @@ from gdbpool.connection_worker import (
 )
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
-from gdbpool.logging import get_logger, redact
+from gdbpool.logging import describe_dsn, get_logger
 
 __all__ = ["ANSWER_MARGIN", "DBConnectionPool"]
 
@@ -145,7 +144,7 @@ class DBConnectionPool:
         self._settings = PoolSettings(
             name=name,
             dsn=dsn,
-            target=_target(params),
+            target=describe_dsn(params),
             application_name=(
                 application_name or params.get("application_name") or f"gdbpool:{name}"
             ),
@@ -439,25 +438,11 @@ def _parse_dsn(dsn: str, name: str) -> dict[str, str]:
     except Exception:
         # The parser's message may quote a fragment of the password: do not chain it.
         raise PoolConnectionError(
-            f"pool {name!r}: invalid DSN ({_target_from_text(dsn)}); expected "
+            f"pool {name!r}: invalid DSN ({describe_dsn(dsn)}); expected "
             "'key=value ...' pairs or a postgresql:// URI"
         ) from None
 
 
-def _target(params: dict[str, str]) -> str:
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
-
-
-def _target_from_text(dsn: str) -> str:
-    found = {
-        key: m.group(1)
-        for key in ("host", "port", "dbname")
-        if (m := re.search(rf"\b{key}\s*=\s*([^\s']+)", dsn))
-    }
-    if found:
-        return _target(found)
-    return redact(dsn.split("@")[-1].split("?")[0]) if "://" in dsn else "unknown host"
 
 
 def _check_tunables(

@@ -52,7 +52,7 @@ from psycopg2.extensions import parse_dsn
 from actors import Actor, ActorError, handles
 from gdbpool.connection_worker import shutdown_socket
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
-from gdbpool.logging import get_logger, redact
+from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notification import Notification, Reconnected, make_notification
 from gdbpool.subscription import Subscription
 
@@ -67,7 +67,6 @@ __all__ = [
     "Route",
     "Subscribe",
     "Unsubscribe",
-    "describe_dsn",
     "keepalive_options",
 ]
 
@@ -174,14 +173,6 @@ class _ReaderFailed:
 class _IdleTimeout(Exception):
     """Raised by the reader's wait when nothing was readable for ``idle_check`` seconds."""
 
-
-def describe_dsn(dsn: str) -> str:
-    """``host:port/dbname`` of a DSN, for messages (never the password)."""
-    try:
-        parts = parse_dsn(dsn)
-    except psycopg2.Error:
-        return "<unparsable DSN>"
-    return f"{parts.get('host', 'localhost')}:{parts.get('port', '5432')}/{parts.get('dbname', '')}"
 
 
 def _oneline(exc: BaseException) -> str:

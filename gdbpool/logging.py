@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
+import psycopg2
 import structlog
+from psycopg2.extensions import parse_dsn
 
-__all__ = ["configure_logging", "get_logger", "redact", "redact_secrets"]
+__all__ = ["configure_logging", "describe_dsn", "get_logger", "redact", "redact_secrets"]
 
 _MASK = "***"
 _SECRET_KEYS = frozenset({"password", "passwd", "pwd", "secret", "passfile_contents"})
@@ -40,6 +42,30 @@ def redact(text: str) -> str:
     text = _KV.sub(lambda m: f"{m.group(1)}{m.group(2)}{_MASK}", text)
     text = _URI.sub(lambda m: f"{m.group(1)}:{_MASK}@", text)
     return _QUERY.sub(lambda m: f"{m.group(1)}{_MASK}", text)
+
+
+def describe_dsn(dsn: str | Mapping[str, str]) -> str:
+    """``host:port/dbname`` of a DSN (or its parsed parameters) for messages; never the password.
+
+    An unparsable DSN is described from what can be read of it safely.
+    """
+    if isinstance(dsn, str):
+        try:
+            params: Mapping[str, str] = parse_dsn(dsn)
+        except psycopg2.Error:
+            found = {
+                key: m.group(1)
+                for key in ("host", "port", "dbname")
+                if (m := re.search(rf"\b{key}\s*=\s*([^\s']+)", dsn))
+            }
+            if found:
+                return describe_dsn(found)
+            return redact(dsn.split("@")[-1].split("?")[0]) if "://" in dsn else "unknown host"
+    else:
+        params = dsn
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    database = params.get("dbname") or params.get("user") or ""
+    return f"{host}:{params.get('port') or 5432}/{database}"
 
 
 def _scrub(value: Any, depth: int = 0) -> Any:
