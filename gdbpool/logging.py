@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import psycopg2
 import structlog
@@ -58,9 +59,16 @@ def describe_dsn(dsn: str | Mapping[str, str]) -> str:
                 for key in ("host", "port", "dbname")
                 if (m := re.search(rf"\b{key}\s*=\s*([^\s']+)", dsn))
             }
+            if "://" in dsn:
+                try:
+                    url = urlsplit(dsn)
+                    found = {"host": url.hostname or "", "port": str(url.port or ""),
+                             "dbname": url.path.lstrip("/")}
+                except ValueError:
+                    return "unknown host"
             if found:
                 return describe_dsn(found)
-            return redact(dsn.split("@")[-1].split("?")[0]) if "://" in dsn else "unknown host"
+            return "unknown host"
     else:
         params = dsn
     host = params.get("host") or params.get("hostaddr") or "localhost"

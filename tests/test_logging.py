@@ -78,3 +78,23 @@ def test_level_filters_below_threshold(log_stream: io.StringIO) -> None:
     out = log_stream.getvalue()
     assert "loud" in out
     assert "quiet" not in out
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        (f"host=db port=6432 dbname=app user=u password={SECRET}", "db:6432/app"),
+        (f"postgresql://u:{SECRET}@db:5433/app", "db:5433/app"),
+        ({"hostaddr": "10.0.0.1", "user": "u"}, "10.0.0.1:5432/u"),
+        (f"host=db dbname=app password='{SECRET} unterminated", "db:5432/app"),
+        (f"postgresql://u:{SECRET}@db/app?sslmode=nonsense&x=%zz", "db:5432/app"),
+    ],
+)
+def test_describe_dsn_names_the_server_and_never_the_password(
+    dsn: str | dict[str, str], expected: str
+) -> None:
+    from gdbpool.logging import describe_dsn
+
+    text = describe_dsn(dsn)
+    assert SECRET not in text
+    assert text == expected
