@@ -1,10 +1,11 @@
-"""Channel listeners: one ChannelListener actor per channel, and the NotificationHub.
+"""NotificationHub: LISTEN/NOTIFY for one database (its ChannelListener actors live apart).
 
 A :class:`NotificationHub` is the complete LISTEN/NOTIFY service for one
 database: one shared LISTEN connection (owned by a
 :class:`~gdbpool.listen_connection.ListenConnection` actor, see there for
 reading and reconnecting), one :class:`ChannelListener` actor per channel with
-at least one subscriber, and a lazily opened connection for :meth:`notify`.
+at least one subscriber (:mod:`gdbpool._channel_listener`, re-exported here),
+and a lazily opened connection for :meth:`notify`.
 All of them are children of one ``actors.Supervisor``.
 
 Flow of a notification: the connection's reader greenlet sees the socket
@@ -20,9 +21,7 @@ Channels with no subscriber left are UNLISTENed and their listener stops.
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -30,7 +29,19 @@ import gevent.lock
 import psycopg2
 from gevent.event import Event
 
-from actors import Actor, ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp, handles
+from actors import ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp
+from gdbpool._channel_listener import ChannelListener, ListenerState, _ListenerRoute
+from gdbpool._listen_messages import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_CHECK,
+    DEFAULT_RECONNECT_INITIAL,
+    DEFAULT_RECONNECT_MAX,
+    HubState,
+    ListeningChannels,
+    Route,
+    Subscribe,
+    Unsubscribe,
+)
 from gdbpool.errors import (
     ConfigurationError,
     GDBPoolError,
@@ -38,20 +49,9 @@ from gdbpool.errors import (
     PoolClosed,
     PoolConnectionError,
 )
-from gdbpool.listen_connection import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_CHECK,
-    DEFAULT_RECONNECT_INITIAL,
-    DEFAULT_RECONNECT_MAX,
-    HubState,
-    ListenConnection,
-    ListeningChannels,
-    Route,
-    Subscribe,
-    Unsubscribe,
-)
+from gdbpool.listen_connection import ListenConnection
 from gdbpool.logging import describe_dsn, get_logger, redact
-from gdbpool.notification import Notification, Reconnected, check_channel, check_payload
+from gdbpool.notification import check_channel, check_payload
 from gdbpool.subscription import (
     DEFAULT_MAXSIZE,
     DEFAULT_OVERFLOW,
@@ -72,121 +72,6 @@ __all__ = [
 DEFAULT_APPLICATION_NAME = "gdbpool-listener"
 #: Seconds subscribe()/close() wait for the LISTEN connection actor to confirm.
 DEFAULT_COMMAND_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Notifications for the listener's channel, in receive order."""
-
-    batch: tuple[Notification, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """The LISTEN connection was re-established: tell every subscription."""
-
-    event: Reconnected
-
-
-@dataclass(frozen=True, slots=True)
-class AddSubscriber:
-    subscription: Subscription
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveSubscriber:
-    subscription: Subscription
-
-
-@dataclass(slots=True)
-class ListenerState:
-    """A ChannelListener's subscribers, kept across supervisor restarts."""
-
-    subscribers: list[Subscription] = field(default_factory=list)
-    starts: int = 0
-
-
-class ChannelListener(Actor):
-    """Fans one channel's notifications out to its subscriptions.
-
-    Never waits on a subscriber.  A subscription whose queue raises (a
-    ``listen_on`` queue with a broken ``put_nowait``) is closed and logged, the
-    others are unaffected.  After a crash the supervisor starts a fresh
-    instance on the same subscribers, which first gives each a
-    :class:`Reconnected` event (the batch being handled may have been lost).
-    """
-
-    def __init__(self, channel: str, state: ListenerState, hub: NotificationHub) -> None:
-        super().__init__()
-        self.channel = channel
-        self._state = state
-        self._hub = hub
-        self._log = get_logger("gdbpool.listener", hub=hub.source, channel=channel)
-
-    def on_start(self) -> None:
-        self._state.starts += 1
-        if self._state.starts > 1:
-            self._gap(Reconnected((self.channel,), time.time(), "channel listener restarted"))
-
-    @handles(Deliver)
-    def _deliver(self, msg: Deliver) -> None:
-        batch = msg.batch
-        for sub in self._state.subscribers:
-            try:
-                sub._offer(batch)
-            except Exception:
-                self._faulty(sub)
-
-    @handles(Gap)
-    def _on_gap(self, msg: Gap) -> None:
-        self._gap(msg.event)
-
-    @handles(AddSubscriber)
-    def _add(self, msg: AddSubscriber) -> None:
-        self._state.subscribers.append(msg.subscription)
-
-    @handles(RemoveSubscriber)
-    def _remove(self, msg: RemoveSubscriber) -> None:
-        if msg.subscription in self._state.subscribers:
-            self._state.subscribers.remove(msg.subscription)
-
-    def _gap(self, event: Reconnected) -> None:
-        for sub in self._state.subscribers:
-            try:
-                sub._offer_gap(event)
-            except Exception:
-                self._faulty(sub)
-
-    def _faulty(self, sub: Subscription) -> None:
-        self._log.exception("subscriber_failed")
-        self._state.subscribers = [s for s in self._state.subscribers if s is not sub]
-        sub._shut("its queue raised while receiving; see the gdbpool.listener log")
-        self._hub._release(sub)
-
-
-class _ListenerRoute:
-    """The connection actor's handle on one channel's ChannelListener."""
-
-    __slots__ = ("count", "ref")
-
-    def __init__(self, ref: ActorRef) -> None:
-        self.ref = ref
-        self.count = 0
-
-    def deliver(self, batch: tuple[Notification, ...]) -> None:
-        self.ref.tell(Deliver(batch))
-
-    def gap(self, event: Reconnected) -> None:
-        self.ref.tell(Gap(event))
-
-    def add(self, subscription: Subscription) -> None:
-        self.ref.tell(AddSubscriber(subscription))
-
-    def remove(self, subscription: Subscription) -> None:
-        self.ref.tell(RemoveSubscriber(subscription))
-
-    def stop(self) -> None:
-        self.ref.stop()
 
 
 class NotificationHub:

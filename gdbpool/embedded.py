@@ -10,6 +10,9 @@ Decisions worth knowing:
 * PostgreSQL refuses to run as root.  When the current user is root, every
   server program runs as the unprivileged ``postgres`` user (``runuser``), and
   the directories it needs are handed to that user.  CI runs as root.
+  Finding, running the server programs and picking ports live in
+  :mod:`gdbpool._pg_binaries` (``find_pg_bindir``, ``free_port`` and
+  ``pid_alive`` are re-exported here).
 * The superuser is ``postgres`` with a random password; TCP connections on
   loopback use ``scram-sha-256``, so DSNs carry a password (which is what
   real deployments look like, and what the log redaction is tested on).
@@ -22,16 +25,12 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pwd
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -39,60 +38,22 @@ from typing import Self
 import psycopg2
 from psycopg2.extensions import parse_dsn
 
+from gdbpool._pg_binaries import HOST as _HOST
+from gdbpool._pg_binaries import SERVER_USER as _SERVER_USER
+from gdbpool._pg_binaries import (
+    chown_to_server,
+    find_pg_bindir,
+    free_port,
+    pid_alive,
+    port_in_use,
+    run_program,
+    wait_gone,
+)
 from gdbpool.errors import EmbeddedPostgresError
 
 __all__ = ["EmbeddedPostgres", "find_pg_bindir", "free_port", "pid_alive"]
 
-_SERVER_USER = "postgres"
-_HOST = "127.0.0.1"
 _START_TIMEOUT = 60
-
-
-def find_pg_bindir() -> Path:
-    """Return the directory holding ``initdb``/``pg_ctl``/``postgres``.
-
-    Looks at ``$GDBPOOL_PG_BINDIR``, then Debian's ``/usr/lib/postgresql/<v>/bin``
-    (newest version first), then ``$PATH``.  Raises :class:`EmbeddedPostgresError`
-    saying what to install when none is found.
-    """
-    candidates: list[Path] = []
-    env = os.environ.get("GDBPOOL_PG_BINDIR")
-    if env:
-        candidates.append(Path(env))
-    debian = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"),
-        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    candidates += [Path(p) for p in debian]
-    on_path = shutil.which("initdb")
-    if on_path:
-        candidates.append(Path(on_path).resolve().parent)
-    for cand in candidates:
-        if all((cand / prog).is_file() for prog in ("initdb", "pg_ctl", "postgres")):
-            return cand
-    raise EmbeddedPostgresError(
-        "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. "
-        "Install Debian's 'postgresql' package (apt-get install postgresql) "
-        "or set GDBPOOL_PG_BINDIR to the directory that holds them."
-    )
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((_HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((_HOST, port))
-        except OSError:
-            return True
-    return False
 
 
 class EmbeddedPostgres:
@@ -188,7 +149,7 @@ class EmbeddedPostgres:
         """
         if self._running and self.is_running:
             return self
-        if _port_in_use(self.port):
+        if port_in_use(self.port):
             if not self._port_chosen:
                 raise EmbeddedPostgresError(
                     f"port {self.port} on {_HOST} is already in use; choose another port"
@@ -233,7 +194,7 @@ class EmbeddedPostgres:
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-                    _wait_gone(pid, 10)
+                    wait_gone(pid, 10)
         self._running = False
         if not self.keep and self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
@@ -261,7 +222,7 @@ class EmbeddedPostgres:
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run one SQL command through ``psql`` on the unix socket; return its output."""
         assert self.socket_dir is not None
-        out = self._run(
+        out = run_program(
             [
                 str(self.bindir / "psql"),
                 "-X",
@@ -337,9 +298,9 @@ class EmbeddedPostgres:
         assert self._root is not None and self.data_dir is not None
         pwfile = self._root / "pwfile"
         pwfile.write_text(self.password + "\n")
-        self._chown(pwfile)
+        chown_to_server(pwfile)
         try:
-            self._run(
+            run_program(
                 [
                     str(self.bindir / "initdb"),
                     "-D",
@@ -367,7 +328,7 @@ class EmbeddedPostgres:
             "host all all 127.0.0.1/32 scram-sha-256\n"
             "host replication all 127.0.0.1/32 scram-sha-256\n"
         )
-        self._chown(hba)
+        chown_to_server(hba)
 
     def _basebackup(self) -> None:
         assert self.replica_of is not None and self.data_dir is not None
@@ -379,7 +340,7 @@ class EmbeddedPostgres:
             except psycopg2.ProgrammingError as exc:
                 raise EmbeddedPostgresError(f"--replica-of is not a valid DSN: {exc}") from exc
         env = {"PGPASSWORD": src.get("password", "")}
-        self._run(
+        run_program(
             [
                 str(self.bindir / "pg_basebackup"),
                 "-D",
@@ -426,70 +387,20 @@ class EmbeddedPostgres:
                 if line.split("=", 1)[0].strip() not in conf
             ]
         auto.write_text("\n".join([*keep, *(f"{k} = {v}" for k, v in conf.items())]) + "\n")
-        self._chown(auto)
+        chown_to_server(auto)
 
     def _pg_ctl(self, *args: str) -> str:
         assert self.data_dir is not None
         try:
-            return self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), *args])
+            return run_program([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), *args])
         except EmbeddedPostgresError as exc:
             tail = ""
             with contextlib.suppress(OSError):
                 tail = "\n".join(self._logfile.read_text().splitlines()[-15:])
             raise EmbeddedPostgresError(f"{exc}\nserver log tail:\n{tail}") from exc
 
-    def _chown(self, path: Path) -> None:
-        if os.geteuid() == 0:
-            ent = pwd.getpwnam(_SERVER_USER)
-            os.chown(path, ent.pw_uid, ent.pw_gid)
-
-    def _run(self, argv: list[str], env: dict[str, str] | None = None) -> str:
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", _SERVER_USER, "--", *argv]
-        full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
-        try:
-            proc = subprocess.run(
-                argv,
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                cwd="/",
-            )
-        except FileNotFoundError as exc:
-            raise EmbeddedPostgresError(f"cannot run {argv[0]}: {exc}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise EmbeddedPostgresError(f"{Path(argv[0]).name} timed out") from exc
-        if proc.returncode != 0:
-            prog = Path(argv[4] if argv[0] == "runuser" else argv[0]).name
-            raise EmbeddedPostgresError(
-                f"{prog} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
-            )
-        return proc.stdout
-
 
 def _quote(value: str) -> str:
     if value and all(c.isalnum() or c in "._-/" for c in value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def pid_alive(pid: int) -> bool:
-    """True when process ``pid`` exists and is not a zombie.
-
-    The postmaster is re-parented to pid 1, which in some containers never reaps
-    it; a zombie has exited, so it counts as gone.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.05)

@@ -12,16 +12,17 @@ Decisions worth knowing:
   as a gap.  The PUB socket sends without blocking; above ``sndhwm``
   messages queued for one subscriber, ZeroMQ drops that subscriber's
   messages (which its sequence numbers then reveal).
-* **One owner of the socket.**  A ``BridgePublisher`` actor owns the PUB
-  socket and the sequence counters; one pump greenlet per channel feeds it,
-  and a heartbeat greenlet asks it to beat every ``heartbeat_interval``.
+* **One owner of the socket.**  A ``BridgePublisher`` actor
+  (:mod:`gdbpool._bridge_publisher`) owns the PUB socket and the sequence
+  counters; one pump greenlet per channel feeds it, and a heartbeat greenlet
+  asks it to beat every ``heartbeat_interval``.
   Heartbeats go through the same socket in order, so their per-channel last
   sequence numbers let a subscriber detect loss even when traffic stops.
 * **CURVE** uses a ZAP handler greenlet on a ``zmq.green`` REP socket bound
   to ``inproc://zeromq.zap.01`` in the bridge's own context (pyzmq's
   ``ThreadAuthenticator`` runs an asyncio loop in a thread, which does not
   mix with a gevent hub).  A private context per bridge keeps allow-lists of
-  several bridges in one process apart.
+  several bridges in one process apart.  See :mod:`gdbpool._zmq_auth`.
 * **A channel keeps being bridged.**  When a channel's hub subscription ends
   while the bridge is open (the hub shut it, e.g. as a faulty subscriber),
   its pump resubscribes (backoff from ``resubscribe_initial`` doubling up to
@@ -37,21 +38,21 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gevent
 import zmq
 import zmq.green as gzmq
 from gevent.event import Event
-from zmq.utils import z85
 
-from actors import Actor, ActorError, ActorRef, handles
+from actors import ActorError, ActorRef
+from gdbpool._bridge_publisher import BridgePublisher, _Beat, _Forward, _Stats, _Unbridge
+from gdbpool._zmq_auth import authenticate, bind_zap, curve_key
 from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
 from gdbpool.logging import get_logger
 from gdbpool.notification import Reconnected
 from gdbpool.subscription import Overflow
-from gdbpool.zmq_wire import encode_heartbeat, encode_notify, encode_reconnected, new_source_id
+from gdbpool.zmq_wire import new_source_id
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
@@ -74,7 +75,6 @@ DEFAULT_QUEUE_SIZE = 10_000
 DEFAULT_RESUBSCRIBE_INITIAL = 0.1
 #: Upper bound of the resubscribe delay, in seconds (the delay doubles per failure).
 DEFAULT_RESUBSCRIBE_MAX = 5.0
-_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _STOP_TIMEOUT = 5.0
 
 
@@ -88,109 +88,6 @@ class NotificationSource(Protocol):
     """What the bridge needs from a hub: ``NotificationHub`` fits."""
 
     def subscribe(self, channel: str, maxsize: int = ..., overflow: Overflow = ...) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Forward:
-    """One item taken from a channel subscription; ``dropped`` is its drop count so far."""
-
-    channel: str
-    item: Any
-    dropped: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Unbridge:
-    """The hub is closed for good: stop advertising ``channel`` in heartbeats."""
-
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Beat:
-    """Time to publish a heartbeat."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Stats:
-    """Ask for the publisher's counters."""
-
-
-class BridgePublisher(Actor):
-    """Owns the PUB socket and the per-channel sequence counters.
-
-    Every ``_Forward`` becomes one message on its channel's topic; every
-    ``_Beat`` one heartbeat of the channels still bridged (none: no
-    heartbeat).  Sends never block.  The socket is closed when the actor
-    stops.
-    """
-
-    def __init__(self, socket: zmq.Socket[bytes], channels: Sequence[str], source: str,
-                 bridge: str, heartbeat_interval: float) -> None:
-        super().__init__()
-        self._socket = socket
-        self._source = source
-        self._bridge = bridge
-        self._interval = heartbeat_interval
-        self._seqs: dict[str, int] = dict.fromkeys(channels, 0)
-        self._seen_dropped: dict[str, int] = dict.fromkeys(channels, 0)
-        self._counts = {"published": 0, "reconnected": 0, "heartbeats": 0,
-                        "dropped_in_bridge": 0, "send_failed": 0}
-        self._log = get_logger("gdbpool.bridge", bridge=bridge, source=source)
-
-    def on_stop(self) -> None:
-        self._socket.close(linger=0)
-
-    @handles(_Forward)
-    def forward(self, msg: _Forward) -> None:
-        channel = msg.channel
-        # Notifications the hub dropped from our subscription queue still take
-        # sequence numbers: subscribers then see the loss as a gap.
-        lost = msg.dropped - self._seen_dropped[channel]
-        if lost > 0:
-            self._seen_dropped[channel] = msg.dropped
-            self._counts["dropped_in_bridge"] += lost
-            self._log.warning("bridge_queue_overflow", channel=channel, dropped=lost)
-        seq = self._seqs[channel] + lost + 1
-        self._seqs[channel] = seq
-        item = msg.item
-        if hasattr(item, "payload"):
-            frames = encode_notify(channel, item.payload, source=self._source,
-                                   bridge=self._bridge, seq=seq, pid=item.pid,
-                                   ts=item.received_at)
-            self._counts["published"] += 1
-        else:
-            reason = str(getattr(item, "reason", "listener reconnected"))
-            frames = encode_reconnected(channel, source=self._source, bridge=self._bridge,
-                                        seq=seq, ts=float(getattr(item, "at", time.time())),
-                                        reason=reason)
-            self._counts["reconnected"] += 1
-            self._log.warning("listener_reconnected_forwarded", channel=channel, reason=reason)
-        self._send(frames)
-
-    @handles(_Unbridge)
-    def unbridge(self, msg: _Unbridge) -> None:
-        self._seqs.pop(msg.channel, None)
-        self._log.error("channel_unbridged", channel=msg.channel, remaining=len(self._seqs))
-
-    @handles(_Beat)
-    def beat(self, msg: _Beat) -> None:
-        if not self._seqs:
-            return  # nothing is bridged any more: let subscribers see the silence
-        self._counts["heartbeats"] += 1
-        self._send(encode_heartbeat(source=self._source, bridge=self._bridge, ts=time.time(),
-                                    interval=self._interval, seqs=self._seqs))
-
-    @handles(_Stats)
-    def stats(self, msg: _Stats) -> dict[str, int]:
-        return dict(self._counts)
-
-    def _send(self, frames: list[bytes]) -> None:
-        try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            # PUB drops on its high-water mark rather than failing; count it anyway.
-            self._counts["send_failed"] += 1
 
 
 class ZmqNotifyBridge:
@@ -264,8 +161,8 @@ class ZmqNotifyBridge:
             socket.linger = 0
             if zap:
                 socket.curve_server = True
-                socket.curve_secretkey = _key(curve_secret_key, "curve_secret_key")
-                socket.curve_publickey = _key(curve_public_key, "curve_public_key")
+                socket.curve_secretkey = curve_key(curve_secret_key, "curve_secret_key")
+                socket.curve_publickey = curve_key(curve_public_key, "curve_public_key")
             try:
                 socket.bind(bind)
             except zmq.ZMQError as exc:
@@ -413,53 +310,8 @@ class ZmqNotifyBridge:
 
     def _start_curve(self, secret: str | bytes | None, public: str | bytes | None,
                      allowed: Iterable[str | bytes] | None) -> bool:
-        if secret is None and public is None:
-            if allowed is not None:
-                raise ConfigurationError(
-                    "allowed_client_keys needs CURVE: "
-                    "give curve_secret_key and curve_public_key too"
-                )
+        zap = bind_zap(self._ctx, secret, public, allowed)
+        if zap is None:
             return False
-        if not zmq.has("curve"):
-            raise ConfigurationError("this libzmq has no CURVE support")
-        _key(secret, "curve_secret_key")
-        _key(public, "curve_public_key")
-        allow = None if allowed is None else {_key(k, "allowed_client_keys") for k in allowed}
-        zap = self._ctx.socket(zmq.REP)
-        zap.linger = 0
-        zap.bind(_ZAP_ENDPOINT)
-        self._spawn(self._authenticate, zap, allow)
+        self._spawn(authenticate, *zap)
         return True
-
-    def _authenticate(self, zap: zmq.Socket[bytes], allowed: set[bytes] | None) -> None:
-        """ZAP handler (RFC 27): admit CURVE clients whose public key is allowed."""
-        log = get_logger("gdbpool.bridge", bridge="zap")
-        while True:
-            frames = zap.recv_multipart()
-            if len(frames) < 6:
-                request_id = frames[1] if len(frames) > 1 else b""
-                zap.send_multipart([b"1.0", request_id, b"400", b"bad ZAP request", b"", b""])
-                continue
-            request_id, address, mechanism, creds = frames[1], frames[3], frames[5], frames[6:]
-            key = z85.encode(creds[0]) if mechanism == b"CURVE" and len(creds) == 1 else b""
-            if key and (allowed is None or key in allowed):
-                zap.send_multipart([b"1.0", request_id, b"200", b"OK", key, b""])
-            else:
-                log.warning("subscriber_refused", address=address.decode(errors="replace"),
-                            mechanism=mechanism.decode(errors="replace"),
-                            key=key.decode()[:8] + "..." if key else None)
-                zap.send_multipart([b"1.0", request_id, b"400", b"key not allowed", b"", b""])
-
-
-def _key(value: str | bytes | None, what: str) -> bytes:
-    """Validate a z85-encoded CURVE key (40 characters) and return it as bytes."""
-    raw = value.encode() if isinstance(value, str) else value
-    if raw is None or len(raw) != 40:
-        raise ConfigurationError(
-            f"{what} must be a z85-encoded CURVE key of 40 characters (see zmq.curve_keypair())"
-        )
-    try:
-        z85.decode(raw)
-    except Exception as exc:
-        raise ConfigurationError(f"{what} is not valid z85: {raw[:8]!r}...") from exc
-    return raw
