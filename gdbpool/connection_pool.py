@@ -63,15 +63,12 @@ from gevent.event import Event
 from psycopg2 import extensions
 
 from actors import ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool._pool_actor import WaitQueue, _Checkout, _Close, _PoolActor, _Ready, _Stats, _Status
-from gdbpool.connection_worker import (
-    PoolSettings,
-    Return,
-    check_connection,
-    open_connection,
-    ping,
-)
-from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
+from gdbpool._pool_actor import _Close, _PoolActor, _Ready, _Stats, _Status
+from gdbpool._pool_config import _check_tunables, _parse_dsn
+from gdbpool._pooled_connection import PoolSettings, check_connection, open_connection, ping
+from gdbpool._wait_queue import WaitQueue, _Checkout
+from gdbpool.connection_worker import Return
+from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
 
@@ -284,7 +281,7 @@ class DBConnectionPool:
         Never raises for a bad interaction: SQL errors, timeouts, PoolTimeout,
         TooManyRequests and PoolClosed are set on ``interaction.reply``.
         Under load it joins the wait queue without the pool actor hop
-        (:meth:`WaitQueue.offer <gdbpool._pool_actor.WaitQueue.offer>`).
+        (:meth:`WaitQueue.offer <gdbpool._wait_queue.WaitQueue.offer>`).
         """
         if self._waiting.offer(interaction, self.timeout):
             return
@@ -430,49 +427,3 @@ class DBConnectionPool:
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))
         gevent.spawn(self._close, 5.0, f"the pool broke: {error}")
-
-
-def _parse_dsn(dsn: str, name: str) -> dict[str, str]:
-    try:
-        return dict(extensions.parse_dsn(dsn))
-    except Exception:
-        # The parser's message may quote a fragment of the password: do not chain it.
-        raise PoolConnectionError(
-            f"pool {name!r}: invalid DSN ({describe_dsn(dsn)}); expected "
-            "'key=value ...' pairs or a postgresql:// URI"
-        ) from None
-
-
-
-
-def _check_tunables(
-    pool_size: int,
-    min_size: int,
-    timeout: float,
-    max_waiting: int,
-    max_lifetime: float,
-    max_idle: float,
-    connect_timeout: float,
-    check_after: float,
-    reconnect_initial: float,
-    reconnect_max: float,
-) -> None:
-    if pool_size < 1:
-        raise ConfigurationError(f"pool_size must be >= 1, not {pool_size}")
-    if not 0 <= min_size <= pool_size:
-        raise ConfigurationError(f"min_size must be between 0 and pool_size, not {min_size}")
-    if max_waiting < 0:
-        raise ConfigurationError(f"max_waiting must be >= 0 (0 = unbounded), not {max_waiting}")
-    for label, value in (
-        ("timeout", timeout),
-        ("max_lifetime", max_lifetime),
-        ("max_idle", max_idle),
-        ("connect_timeout", connect_timeout),
-        ("reconnect_initial", reconnect_initial),
-    ):
-        if not value > 0:
-            raise ConfigurationError(f"{label} must be > 0 seconds, not {value}")
-    if check_after < 0:
-        raise ConfigurationError(f"check_after must be >= 0 seconds, not {check_after}")
-    if reconnect_max < reconnect_initial:
-        raise ConfigurationError("reconnect_max must be >= reconnect_initial")

@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import random
-import select
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -41,56 +40,34 @@ from gevent import GreenletExit
 from psycopg2 import extensions
 
 from actors import Actor, ActorRef, ActorStopped, handles
+from gdbpool._pooled_connection import (
+    PooledConnection,
+    PoolSettings,
+    backoff,
+    check_connection,
+    open_connection,
+    ping,
+)
 from gdbpool._sockets import shutdown_socket
 from gdbpool.errors import DBInteractionException, PoolConnectionError
 from gdbpool.interaction import Interaction, run_interaction
-from gdbpool.logging import redact
 
 if TYPE_CHECKING:
-    from gdbpool._pool_actor import WaitQueue
+    from gdbpool._wait_queue import WaitQueue
 
 __all__ = [
     "ConnectionWorker",
+    # Re-exported: these live in gdbpool._pooled_connection and gdbpool._sockets.
     "PoolSettings",
     "PooledConnection",
     "open_connection",
-    "shutdown_socket",  # here for listen_connection; it lives in gdbpool._sockets
+    "shutdown_socket",  # here for listen_connection
 ]
 
 _STATUS_READY = extensions.STATUS_READY
 #: A worker's cursor that fetched more rows than this is replaced after the
 #: interaction, so a large result is not kept in memory by an idle connection.
 _CURSOR_KEEP_ROWS = 1000
-
-
-class PooledConnection(extensions.connection):  # type: ignore[misc]
-    """A psycopg2 connection that knows the pool and worker it belongs to.
-
-    ``put()`` uses these attributes to refuse foreign connections and double
-    returns without asking the pool actor.
-    """
-
-    gdbpool_pool: object = None
-    gdbpool_worker: ActorRef | None = None
-    gdbpool_lent: bool = False
-    gdbpool_poll: Any = None  # select.poll on the socket, made once (check_connection)
-    gdbpool_cursor: Any = None  # the worker's cursor for plain SQL strings (run_interaction)
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSettings:
-    """What every worker of one pool needs to know (built once by the pool)."""
-
-    name: str
-    dsn: str = field(repr=False)  # may hold the password
-    target: str  # "host:port/dbname", for messages; never the password
-    application_name: str
-    connect_timeout: float
-    max_lifetime: float
-    check_after: float
-    backoff_initial: float
-    backoff_max: float
-    log: Any
 
 
 # -- what workers are told -------------------------------------------------------------
@@ -163,7 +140,7 @@ class ConnectionWorker(Actor):
     """Owns one connection; see the module docstring.
 
     After an interaction, a worker takes the next waiting interaction from
-    the head of its pool's :class:`~gdbpool._pool_actor.WaitQueue` itself and
+    the head of its pool's :class:`~gdbpool._wait_queue.WaitQueue` itself and
     runs it at once; it reports :class:`Idle` only when none waits.
 
     Greenlet switches, measured with ``greenlet.settrace``:
@@ -383,80 +360,3 @@ class ConnectionWorker(Actor):
     def _retry(self) -> None:
         with contextlib.suppress(Exception):  # stopped meanwhile: nothing to retry
             self.ref.tell(Connect())
-
-
-def open_connection(settings: PoolSettings) -> Any:
-    """Open one connection for the pool, bounded by ``connect_timeout``.
-
-    Raises :class:`PoolConnectionError` naming host, port and database (never
-    the password) when it cannot.
-    """
-    try:
-        with gevent.Timeout(settings.connect_timeout):
-            return psycopg2.connect(
-                settings.dsn,
-                connection_factory=PooledConnection,
-                application_name=settings.application_name,
-            )
-    except gevent.Timeout:
-        reason = f"no answer within connect_timeout={settings.connect_timeout} s"
-        raise PoolConnectionError(_cannot(settings, reason)) from None
-    except psycopg2.Error as exc:
-        reason = " ".join(redact(str(exc)).split()) or type(exc).__name__
-        raise PoolConnectionError(_cannot(settings, reason)) from exc
-
-
-def _cannot(settings: PoolSettings, reason: str) -> str:
-    return f"pool {settings.name!r} cannot connect to {settings.target}: {reason}"
-
-
-def check_connection(conn: Any) -> bool:
-    """Cheap liveness check of an idle connection: no round trip (module docstring)."""
-    if conn.closed:
-        return False
-    try:
-        poller = conn.gdbpool_poll if isinstance(conn, PooledConnection) else None
-        if poller is None:
-            poller = select.poll()
-            poller.register(conn.fileno(), select.POLLIN)
-            if isinstance(conn, PooledConnection):
-                conn.gdbpool_poll = poller  # the socket stays the same for the connection's life
-        # A terminated backend sends its FATAL message, then EOF: the first
-        # poll() consumes the message, the next one meets the EOF and raises.
-        for _ in range(4):
-            if not poller.poll(0):
-                return True
-            conn.poll()
-    except (psycopg2.Error, OSError, ValueError):
-        with contextlib.suppress(psycopg2.Error):
-            conn.close()
-        return False
-    return not conn.closed
-
-
-def ping(conn: Any, timeout: float) -> bool:
-    """``SELECT 1`` on an idle connection; False (and the connection closed) if it fails.
-
-    The socket is shut down if the server does not answer within ``timeout``
-    seconds, so a half-open connection cannot hang the check.
-    """
-    timer = gevent.spawn_later(timeout, shutdown_socket, conn)
-    try:
-        autocommit = conn.autocommit
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-        conn.autocommit = autocommit
-        return True
-    except psycopg2.Error:
-        with contextlib.suppress(psycopg2.Error):
-            conn.close()
-        return False
-    finally:
-        timer.kill(block=False)
-
-
-def backoff(failures: int, initial: float, maximum: float) -> float:
-    """Delay before reconnect attempt ``failures + 1``: exponential, capped, +-25% jitter."""
-    delay = min(maximum, initial * 2 ** min(failures - 1, 30))
-    return float(delay * random.uniform(0.75, 1.25))

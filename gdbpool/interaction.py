@@ -36,7 +36,8 @@ Decisions (what a caller may rely on):
   passes through unchanged.
 * **Timeout.** ``timeout`` seconds after the work started, the statement is
   cancelled on the server (``pg_cancel_backend`` over a short-lived side
-  connection, see ``_Canceller`` for why not ``conn.cancel()``); it fails
+  connection, see ``_Canceller`` in :mod:`gdbpool._interaction_timeout`
+  for why not ``conn.cancel()``); it fails
   with ``QueryCanceled``, the transaction is rolled back, the connection
   stays usable and the caller gets
   :class:`~gdbpool.errors.InteractionTimeout`. If the statement has not
@@ -65,21 +66,17 @@ isolation level, read-only, cursor factory), or closed when it broke.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-import gevent
 import psycopg2
-from gevent.event import AsyncResult, Event
-from psycopg2 import errors as pgerrors
+from gevent.event import AsyncResult
 from psycopg2 import extensions
 
-from gdbpool._sockets import shutdown_socket
-from gdbpool.errors import ConfigurationError, DBInteractionException, InteractionTimeout
-from gdbpool.green import _cancel_target, cancel_backend
+from gdbpool._interaction_execute import _execute
+from gdbpool._interaction_timeout import CANCEL_GRACE, _Canceller, _failure
+from gdbpool.errors import ConfigurationError, DBInteractionException
 
 __all__ = [
     "CANCEL_GRACE",
@@ -88,11 +85,6 @@ __all__ = [
     "run_in_transaction",
     "run_interaction",
 ]
-
-#: Seconds a timed-out statement gets to stop after the cancel request before
-#: the connection's socket is shut down (an unreachable server never answers
-#: the cancel).
-CANCEL_GRACE: Final = 2.0
 
 #: Isolation level names accepted by ``isolation_level`` → psycopg2 constants.
 #: ``"autocommit"`` is not an isolation level but a session mode; it is here
@@ -105,16 +97,6 @@ ISOLATION_LEVELS: Final[Mapping[str, int]] = {
 }
 
 _STATUS_READY: Final = extensions.STATUS_READY
-
-
-def _to_float(value: str | None, cursor: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-_DEC2FLOAT = extensions.new_type(extensions.DECIMAL.values, "GDBPOOL_DEC2FLOAT", _to_float)
-_DEC2FLOAT_ARRAY = extensions.new_array_type(
-    extensions.DECIMALARRAY.values, "GDBPOOL_DEC2FLOATARRAY", _DEC2FLOAT
-)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -346,135 +328,7 @@ def _run_joined(
         raise _failure(exc, interaction, canceller) from exc
 
 
-# -- executing the work -------------------------------------------------------------
-
-
-def _execute(conn: Any, interaction: Interaction, cursor: Any = None) -> Any:
-    work = interaction.work
-    if isinstance(work, str):
-        if cursor is not None and interaction.cursor_factory is None and not interaction.dec2float:
-            cursor.execute(work, interaction.args)
-            return cursor.fetchall() if cursor.description is not None else cursor.rowcount
-        cur = _cursor(conn, interaction)
-        try:
-            cur.execute(work, interaction.args)
-            return cur.fetchall() if cur.description is not None else cur.rowcount
-        finally:
-            cur.close()
-    if _wants_cursor(work):
-        cur = _cursor(conn, interaction)
-        try:
-            return _call(work, conn, interaction.args, {"cursor": cur})
-        finally:
-            cur.close()
-    return _call_with_connection_options(conn, interaction)
-
-
-def _cursor(conn: Any, interaction: Interaction) -> Any:
-    factory = interaction.cursor_factory
-    cur = conn.cursor() if factory is None else conn.cursor(cursor_factory=factory)
-    if interaction.dec2float:
-        extensions.register_type(_DEC2FLOAT, cur)
-        extensions.register_type(_DEC2FLOAT_ARRAY, cur)
-    return cur
-
-
-def _call_with_connection_options(conn: Any, interaction: Interaction) -> Any:
-    """A callable that opens its own cursors: apply the options on the connection, then undo."""
-    factory = interaction.cursor_factory
-    dec2float = interaction.dec2float
-    if factory is None and not dec2float:
-        return _call(interaction.work, conn, interaction.args, None)
-    saved_factory = conn.cursor_factory
-    types: dict[int, Any] = conn.string_types
-    oids = (*extensions.DECIMAL.values, *extensions.DECIMALARRAY.values)
-    saved_types = {oid: types[oid] for oid in oids if oid in types}
-    if factory is not None:
-        conn.cursor_factory = factory
-    if dec2float:
-        extensions.register_type(_DEC2FLOAT, conn)
-        extensions.register_type(_DEC2FLOAT_ARRAY, conn)
-    try:
-        return _call(interaction.work, conn, interaction.args, None)
-    finally:
-        conn.cursor_factory = saved_factory
-        if dec2float:
-            for oid in oids:
-                types.pop(oid, None)
-            types.update(saved_types)
-
-
-def _call(work: Any, conn: Any, args: Any, extra: dict[str, Any] | None) -> Any:
-    kw = extra or {}
-    lead: tuple[Any, ...] = (conn,)
-    if kw and _cursor_mode(work) == "positional":
-        lead = (conn, kw.pop("cursor"))
-    if args is None:
-        return work(*lead, **kw)
-    if isinstance(args, tuple | list):
-        return work(*lead, *args, **kw)
-    if isinstance(args, Mapping):
-        return work(*lead, **args, **kw)
-    return work(*lead, args, **kw)
-
-
-@functools.lru_cache(maxsize=1024)
-def _signature_cursor_mode(func: Any) -> str | None:
-    """``"positional"`` for ``f(conn, cursor, ...)``, ``"keyword"`` for another ``cursor``."""
-    try:
-        params = list(inspect.signature(func).parameters.values())
-    except (TypeError, ValueError):  # builtins without a signature
-        return None
-    for index, param in enumerate(params):
-        if param.name == "cursor":
-            positional = param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD)
-            return "positional" if positional and index == 1 else "keyword"
-    return None
-
-
-def _cursor_mode(work: Any) -> str | None:
-    # Bound methods are cached by their function so the cache holds no instance.
-    func = getattr(work, "__func__", None)
-    if func is None:
-        return _signature_cursor_mode(work)
-    mode = _signature_cursor_mode(func)
-    # The bound instance fills the first parameter: f(self, conn, cursor) is positional.
-    if mode == "keyword":
-        names = list(inspect.signature(func).parameters)
-        if names.index("cursor") == 2:
-            return "positional"
-    return mode
-
-
-def _wants_cursor(work: Any) -> bool:
-    return _cursor_mode(work) is not None
-
-
-# -- errors, rollback, timeout --------------------------------------------------------
-
-
-def _failure(
-    exc: Exception, interaction: Interaction, canceller: _Canceller | None
-) -> DBInteractionException:
-    pgcode = getattr(exc, "pgcode", None)
-    if canceller is not None and canceller.fired and isinstance(exc, _CANCELLED):
-        what = (
-            "the server did not answer the cancel; the connection was closed"
-            if canceller.severed
-            else "the statement was cancelled on the server"
-        )
-        return InteractionTimeout(
-            f"interaction ran past its timeout of {interaction.timeout} s: {what}",
-            pgcode=pgcode,
-            original=exc,
-        )
-    text = str(exc).strip() or type(exc).__name__
-    return DBInteractionException(
-        f"interaction failed: {type(exc).__name__}: {text}", pgcode=pgcode, original=exc
-    )
-
-
-_CANCELLED = (pgerrors.QueryCanceled, psycopg2.OperationalError, psycopg2.InterfaceError)
+# -- rollback -----------------------------------------------------------------------
 
 
 def _rollback_quietly(conn: Any) -> None:
@@ -485,55 +339,3 @@ def _rollback_quietly(conn: Any) -> None:
     except psycopg2.Error:
         # A connection that cannot roll back is broken; close it so its owner replaces it.
         conn.close()
-
-
-class _Canceller:
-    """Cancels the connection's running statement ``timeout`` seconds from now.
-
-    The cancel is ``SELECT pg_cancel_backend(pid)`` on a short-lived side
-    connection opened cooperatively with the same parameters, not
-    ``conn.cancel()``: libpq's PQcancel blocks holding the GIL until the
-    server answers, which freezes the whole process when the server is
-    unreachable. If the work is still running :data:`CANCEL_GRACE` seconds
-    after the timer fired, the connection's socket is shut down, so the work
-    ends with OperationalError and psycopg2 closes the connection.
-    """
-
-    __slots__ = ("_conn", "_done", "_greenlet", "_pending", "_side", "fired", "severed")
-
-    def __init__(self, conn: Any, timeout: float) -> None:
-        self._conn = conn
-        self.fired = False
-        self.severed = False
-        self._done = Event()
-        self._pending: gevent.Greenlet | None = None
-        self._side: Any = None
-        self._greenlet = gevent.spawn_later(timeout, self._fire)
-
-    def _fire(self) -> None:
-        self.fired = True
-        self._pending = gevent.spawn(self._cancel)
-        if not self._done.wait(CANCEL_GRACE):
-            self.severed = True
-            shutdown_socket(self._conn)
-
-    def _cancel(self) -> None:
-        target = _cancel_target(self._conn)
-        if target is not None:  # None: closed meanwhile, nothing runs on the server
-            cancel_backend(*target, timeout=CANCEL_GRACE, on_connect=self._keep_side)
-
-    def _keep_side(self, side: Any) -> None:
-        self._side = side
-
-    def finish(self) -> None:
-        """Stop the timer; if it fired, wait (bounded) until its cancel was delivered."""
-        self._done.set()
-        if not self.fired:
-            self._greenlet.kill(block=False)
-            return
-        pending = self._pending
-        # The cancel must not land on the connection's next statement.
-        if pending is not None and not pending.join(CANCEL_GRACE):
-            if self._side is not None:
-                shutdown_socket(self._side)
-            pending.join(CANCEL_GRACE)

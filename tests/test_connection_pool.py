@@ -14,8 +14,8 @@ from _waits import wait_for
 from structlog.testing import capture_logs
 
 import gdbpool.connection_worker
+from gdbpool._pooled_connection import PoolSettings
 from gdbpool.connection_pool import DBConnectionPool
-from gdbpool.connection_worker import PoolSettings
 from gdbpool.embedded import EmbeddedPostgres, free_port
 from gdbpool.errors import (
     ConfigurationError,
