@@ -276,9 +276,10 @@ def test_curve_admits_an_allowed_key_and_refuses_another(
     server_public, server_secret = zmq.curve_keypair()
     good_public, good_secret = zmq.curve_keypair()
     bad_public, bad_secret = zmq.curve_keypair()
-    bridge = start_bridge(dsn, ["orders"], "--curve-secret", server_secret.decode(),
-                          "--curve-public", server_public.decode(),
-                          "--allow", good_public.decode())
+    # "--opt=KEY": a z85 key may start with "-", which argparse would take for an option.
+    bridge = start_bridge(dsn, ["orders"], f"--curve-secret={server_secret.decode()}",
+                          f"--curve-public={server_public.decode()}",
+                          f"--allow={good_public.decode()}")
     with NotifySubscriber(bridge.endpoint, ["orders"], curve_server_key=server_public,
                           curve_public_key=good_public, curve_secret_key=good_secret) as good, \
          NotifySubscriber(bridge.endpoint, ["orders"], curve_server_key=server_public,
