@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Connections in every pool, and greenlets of the raw ceiling.
@@ -33,10 +34,11 @@ def use_repository_packages() -> None:
         sys.path.insert(0, root)
 
 
-def run_threads(op: Callable[[int], None], threads: int, seconds: float) -> float:
-    """Rate of ``op(i)`` calls by ``threads`` OS threads (``i`` = the thread's index)."""
+def _counting_loop(
+    op: Callable[[int], None], seconds: float, counts: list[int]
+) -> Callable[[int], None]:
+    """A loop calling ``op(i)`` for ``seconds`` from now; its count goes to ``counts[i]``."""
     stop = time.monotonic() + seconds
-    counts = [0] * threads
 
     def loop(i: int) -> None:
         n = 0
@@ -45,6 +47,13 @@ def run_threads(op: Callable[[int], None], threads: int, seconds: float) -> floa
             n += 1
         counts[i] = n
 
+    return loop
+
+
+def run_threads(op: Callable[[int], None], threads: int, seconds: float) -> float:
+    """Rate of ``op(i)`` calls by ``threads`` OS threads (``i`` = the thread's index)."""
+    counts = [0] * threads
+    loop = _counting_loop(op, seconds, counts)
     started = time.monotonic()
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for w in workers:
@@ -58,19 +67,29 @@ def run_greenlets(op: Callable[[int], None], greenlets: int, seconds: float) -> 
     """Rate of ``op(i)`` calls by ``greenlets`` greenlets (``i`` = the greenlet's index)."""
     import gevent
 
-    stop = time.monotonic() + seconds
     counts = [0] * greenlets
-
-    def loop(i: int) -> None:
-        n = 0
-        while time.monotonic() < stop:
-            op(i)
-            n += 1
-        counts[i] = n
-
+    loop = _counting_loop(op, seconds, counts)
     started = time.monotonic()
     gevent.joinall([gevent.spawn(loop, i) for i in range(greenlets)], raise_error=True)
     return sum(counts) / (time.monotonic() - started)
+
+
+def raw_cursors(dsn: str, n: int = CONNECTIONS) -> list[Any]:
+    """``n`` cursors, each on its own autocommit psycopg2 connection: the ceiling's."""
+    import psycopg2
+
+    cursors = []
+    for _ in range(n):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        cursors.append(conn.cursor())
+    return cursors
+
+
+def close_raw(cursors: list[Any]) -> None:
+    """Close the connections behind :func:`raw_cursors`."""
+    for cur in cursors:
+        cur.connection.close()
 
 
 def run_child(script: str, *args: str, timeout: float = 300) -> dict[str, float]:

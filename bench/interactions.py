@@ -35,7 +35,9 @@ from typing import Any
 from _common import (
     CALLERS,
     CONNECTIONS,
+    close_raw,
     print_child_result,
+    raw_cursors,
     run_child,
     run_greenlets,
     run_threads,
@@ -142,7 +144,6 @@ def _create_table(dsn: str) -> None:
 
 
 def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
-    import psycopg2
 
     from gdbpool.green import make_psycopg_green
     from gdbpool.interaction_pool import DBInteractionPool
@@ -152,10 +153,7 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
     configure_logging(level="WARNING")
     results: dict[str, float] = {}
 
-    raw = [psycopg2.connect(dsn) for _ in range(CONNECTIONS)]
-    for conn in raw:
-        conn.autocommit = True
-    cursors = [c.cursor() for c in raw]
+    cursors = raw_cursors(dsn)
 
     def raw_select1(i: int) -> None:
         cur = cursors[i]
@@ -183,8 +181,7 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
     results["raw_point"] = run_greenlets(raw_point, CONNECTIONS, seconds)
     results["gdbpool_point"] = run_greenlets(run_point, CALLERS, seconds)
     ipool.close()
-    for conn in raw:
-        conn.close()
+    close_raw(cursors)
     return results
 
 

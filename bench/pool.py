@@ -26,7 +26,9 @@ import argparse
 from _common import (
     CALLERS,
     CONNECTIONS,
+    close_raw,
     print_child_result,
+    raw_cursors,
     run_child,
     run_greenlets,
     run_threads,
@@ -59,7 +61,6 @@ def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
 
 def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
     use_repository_packages()
-    import psycopg2
 
     from gdbpool.connection_pool import DBConnectionPool
     from gdbpool.green import make_psycopg_green
@@ -71,10 +72,7 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
     results: dict[str, float] = {}
 
     # (a) the ceiling: one raw connection per greenlet.
-    raw = [psycopg2.connect(dsn) for _ in range(CONNECTIONS)]
-    for conn in raw:
-        conn.autocommit = True
-    cursors = [c.cursor() for c in raw]
+    cursors = raw_cursors(dsn)
 
     def raw_select1(i: int) -> None:
         cur = cursors[i]
@@ -82,8 +80,7 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
         cur.fetchall()
 
     results["raw_select1"] = run_greenlets(raw_select1, CONNECTIONS, seconds)
-    for conn in raw:
-        conn.close()
+    close_raw(cursors)
 
     pool = DBConnectionPool(dsn, CONNECTIONS, name="bench")
     pool.wait(30)
