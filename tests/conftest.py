@@ -56,8 +56,11 @@ def _wait_streaming(primary: EmbeddedPostgres, timeout: float) -> None:
 
 
 def _current_lsn(dsn: str) -> str:
+    # The insert position, not pg_current_wal_lsn(): with synchronous_commit=off
+    # (fast throwaway clusters) the write position can still be short of a
+    # commit that has already returned.
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_current_wal_lsn()::text")
+        cur.execute("SELECT pg_current_wal_insert_lsn()::text")
         lsn = cur.fetchone()[0]
     conn.close()
     return str(lsn)
