@@ -12,6 +12,8 @@ from gevent.event import AsyncResult
 
 from actors.errors import ActorError, ActorStartError, UnhandledMessage
 from actors.ref import (
+    _CRASH,
+    _HANDLER_ERRORS,
     _STOP,
     DEFAULT_SEND_TIMEOUT,
     ActorRef,
@@ -28,14 +30,6 @@ DEFAULT_START_TIMEOUT = 10.0
 _F = TypeVar("_F", bound=Callable[..., Any])
 _Handler = Callable[[Any, Any], Any]
 _names = itertools.count(1)
-
-# What a handler or hook may raise and still count as its own failure: an
-# ask's reply fails with it, a tell crashes the actor. gevent.Timeout is a
-# BaseException but is what a timed wait inside a handler raises (e.g.
-# ``AsyncResult.get(timeout=)``), so it is an ordinary handler error here.
-# GreenletExit (the actor is being killed) and the other BaseExceptions
-# (SystemExit, KeyboardInterrupt...) end the actor instead.
-_HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, gevent.Timeout)
 
 
 def handles(*message_types: type) -> Callable[[_F], _F]:
@@ -121,7 +115,27 @@ class Actor:
       on ``tell``) raised, ``gevent.Timeout`` included; then the supervisor
       restarts a fresh instance, or, unsupervised, the actor stops. An
       exception in it is logged.
+
+    Inline dispatch: an actor class with ``inline = True`` whose mailbox is
+    empty and which is not handling a message has a ``tell`` or ``ask`` sent
+    to it handled at once on the sender's greenlet, with no greenlet switch
+    (the idea of Akka's CallingThreadDispatcher, used only when it cannot be
+    told apart from the mailbox path). One handler still runs at a time and
+    each sender's order is kept: while a handler runs, inline or not, or
+    anything waits in the mailbox, messages go through the mailbox as usual;
+    sends from the hub (timer callbacks) always do. Outcomes are the same: an
+    ask's reply is already set when ``ask`` returns; a tell that raises
+    crashes the actor, whose own greenlet runs ``on_failure`` and the
+    restart before any message queued meanwhile. It is for actors whose
+    handlers never wait: if one does yield, the actor's greenlet waits for it
+    before the next message, but a kill or ``gevent.Timeout`` aimed at the
+    sender lands inside that handler.
     """
+
+    #: Run handlers on the sender's greenlet when the actor is idle (see
+    #: "Inline dispatch" in the class docstring). Only for actors whose
+    #: handlers never wait (no I/O, no sleeps, no blocking asks).
+    inline: ClassVar[bool] = False
 
     _handler_names: ClassVar[dict[type, str]] = {}
     _dispatch: ClassVar[_DispatchTable]
@@ -276,18 +290,41 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
     table = type(actor)._dispatch
     reply: AsyncResult | None = None
     try:
-        # The hot path: no allocation, no lock, no logging, one dict lookup.
-        while True:
-            message, reply = get()
-            if message is _STOP:
-                break
-            if reply is None:
-                table[type(message)](actor, message)
-            else:
-                try:
-                    reply.set(table[type(message)](actor, message))
-                except _HANDLER_ERRORS as exc:
-                    reply.set_exception(exc)
+        if not type(actor).inline:
+            # The hot path: no allocation, no lock, no logging, one dict lookup.
+            while True:
+                message, reply = get()
+                if message is _STOP:
+                    break
+                if reply is None:
+                    table[type(message)](actor, message)
+                else:
+                    try:
+                        reply.set(table[type(message)](actor, message))
+                    except _HANDLER_ERRORS as exc:
+                        reply.set_exception(exc)
+        else:
+            ref._busy = False
+            ref._inline = actor
+            while True:
+                message, reply = get()
+                if ref._busy:
+                    ref._await_inline()  # a handler running inline yielded: let it finish
+                if message is _STOP:
+                    break
+                if message is _CRASH:
+                    crash, reply = reply, None
+                    raise crash  # what a tell handled inline raised
+                ref._busy = True
+                if reply is None:
+                    table[type(message)](actor, message)
+                else:
+                    try:
+                        reply.set(table[type(message)](actor, message))
+                    except _HANDLER_ERRORS as exc:
+                        reply.set_exception(exc)
+                ref._busy = False
+            ref._busy = True  # on_stop and after: nothing inline
         try:
             actor.on_stop()
         except _HANDLER_ERRORS:
@@ -311,6 +348,7 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
 
 
 def _crashed(ref: ActorRef, actor: Actor, exc: BaseException) -> None:
+    ref._inline = None  # until a restarted instance runs
     ref._log.error("actor_crashed", exc_info=exc)
     try:
         actor.on_failure(exc)

@@ -41,6 +41,17 @@ _log = structlog.get_logger("actors")
 # Queued behind the messages already in the mailbox by stop(): the loop ends
 # when it reaches it, so earlier messages are still handled.
 _STOP = object()
+# What a handler or hook may raise and still count as its own failure: an
+# ask's reply fails with it, a tell crashes the actor. gevent.Timeout is a
+# BaseException but is what a timed wait inside a handler raises (e.g.
+# ``AsyncResult.get(timeout=)``), so it is an ordinary handler error here.
+# GreenletExit (the actor is being killed) and the other BaseExceptions
+# (SystemExit, KeyboardInterrupt...) end the actor instead.
+_HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, gevent.Timeout)
+
+# Put at the head of the mailbox when a handler run inline on a sender's
+# greenlet raised on a tell: the actor's own greenlet then crashes with it.
+_CRASH = object()
 
 
 class ActorState(StrEnum):
@@ -104,9 +115,14 @@ class ActorRef:
         "__weakref__",
         "_actor_class",
         "_args",
+        "_busy",
         "_closed",
         "_done",
         "_greenlet",
+        "_hub",
+        "_inline",
+        "_inline_owner",
+        "_inline_waiter",
         "_kwargs",
         "_log",
         "_mailbox",
@@ -155,6 +171,14 @@ class ActorRef:
         self._supervisor = supervisor
         self._restart: Greenlet | None = None  # pending supervisor restart
         self._log = _log.bind(actor=name)
+        # Inline dispatch (``Actor.inline``): the running instance while its
+        # loop may be bypassed, whether a handler runs now, on which greenlet
+        # when inline, and an Event the loop waits on if that handler yielded.
+        self._inline: Actor | None = None
+        self._busy = False
+        self._inline_owner: Greenlet | None = None
+        self._inline_waiter: Event | None = None
+        self._hub = gevent.get_hub()
 
     # -- public API ---------------------------------------------------------
 
@@ -192,6 +216,12 @@ class ActorRef:
         """
         if self._closed:
             raise self._stopped_error()
+        actor = self._inline
+        if actor is not None and not self._busy and not self._mailbox.qsize():
+            current = getcurrent()
+            if current is not self._hub:
+                self._handle_inline(actor, message, None, current)
+                return
         self._post((message, None))
 
     def ask(self, message: object, timeout: float | None = None) -> AsyncResult:
@@ -211,10 +241,18 @@ class ActorRef:
         Cost: with the actor idle, one ask round trip is four greenlet
         switches (caller → hub → actor → hub → caller), the same as a bare
         queue-plus-AsyncResult ping-pong; allocations are the envelope tuple
-        and the AsyncResult.
+        and the AsyncResult. For an ``inline`` actor that is idle, none: the
+        handler runs on the caller's greenlet and the result is ready on return.
         """
         if self._closed:
             raise self._stopped_error()
+        actor = self._inline
+        if actor is not None and not self._busy and not self._mailbox.qsize():
+            current = getcurrent()
+            if current is not self._hub:
+                reply = AsyncResult()
+                self._handle_inline(actor, message, reply, current)
+                return reply
         reply = AsyncResult() if timeout is None else _TimedReply(self, timeout)
         self._post((message, reply))
         return reply
@@ -236,7 +274,10 @@ class ActorRef:
         if self._state is ActorState.STOPPED:
             return
         greenlet = self._greenlet
-        if greenlet is not None and getcurrent() is greenlet:
+        current = getcurrent()
+        if greenlet is not None and (
+            current is greenlet or (self._busy and current is self._inline_owner)
+        ):
             if not self._closed:
                 self._close()
                 gevent.spawn(self._await_stop, timeout, True)
@@ -256,6 +297,68 @@ class ActorRef:
         return f"<ActorRef {self._name!r} {self._actor_class.__name__} {self._state.value}>"
 
     # -- posting ------------------------------------------------------------
+
+    def _handle_inline(
+        self, actor: Actor, message: object, reply: AsyncResult | None, current: Greenlet
+    ) -> None:
+        """Run the handler of an idle ``inline`` actor on the sender's greenlet.
+
+        Same outcome as through the mailbox: the reply of an ask gets the
+        result or the handler's exception; a tell that raises crashes the
+        actor (its own greenlet runs ``on_failure`` and the supervisor's
+        restart, before anything queued meanwhile).
+        """
+        self._busy = True
+        self._inline_owner = current
+        try:
+            result = type(actor)._dispatch[type(message)](actor, message)
+        except _HANDLER_ERRORS as exc:
+            if reply is None:
+                self._crash_from_inline(exc)  # stays busy: nothing more runs inline
+                return
+            self._inline_done()
+            reply.set_exception(exc)
+            return
+        except BaseException as exc:
+            # The sender is being killed (a handler that yielded) or the
+            # process is exiting: answer the ask, leave the actor usable.
+            self._inline_done()
+            if reply is not None:
+                reply.set_exception(exc)
+            raise
+        self._inline_done()
+        if reply is not None:
+            reply.set(result)
+
+    def _inline_done(self) -> None:
+        self._busy = False
+        self._inline_owner = None
+        waiter = self._inline_waiter
+        if waiter is not None:
+            self._inline_waiter = None
+            waiter.set()
+
+    def _crash_from_inline(self, exc: BaseException) -> None:
+        self._inline_owner = None
+        mailbox = self._mailbox
+        if mailbox.qsize():
+            # Messages the handler sent to its own actor wait already; the
+            # actor's greenlet is woken for them and must take the crash first.
+            mailbox.queue.appendleft((_CRASH, exc))
+        else:
+            mailbox.put_nowait((_CRASH, exc))
+        waiter = self._inline_waiter
+        if waiter is not None:
+            self._inline_waiter = None
+            waiter.set()
+
+    def _await_inline(self) -> None:
+        """From the actor's greenlet: wait for a handler running inline that yielded."""
+        while self._busy and self._inline_owner is not None:
+            waiter = self._inline_waiter
+            if waiter is None:
+                waiter = self._inline_waiter = Event()
+            waiter.wait()
 
     def _post_or_fail(self, item: tuple[Any, AsyncResult | None]) -> None:
         try:
@@ -327,13 +430,14 @@ class ActorRef:
             return
         self._closed = True
         self._state = ActorState.STOPPED
+        self._inline = None
         dropped = 0
         while True:
             try:
                 message, reply = self._mailbox.get_nowait()
             except Empty:
                 break
-            if message is _STOP:
+            if message is _STOP or message is _CRASH:
                 continue
             dropped += 1
             if reply is not None:

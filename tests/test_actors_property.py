@@ -65,6 +65,12 @@ class Worker(Actor):
         AsyncResult().get(timeout=msg.seconds)
 
 
+class InlineWorker(Worker):
+    """The same handlers, run on the sender's greenlet when idle (Slow and Expire yield)."""
+
+    inline = True
+
+
 MESSAGES = st.one_of(
     st.builds(Work, st.integers(0, 9)),
     st.just(Fail()),
@@ -138,23 +144,24 @@ def check_settled(ref: ActorRef, replies: Asked) -> None:
     ops=OPS,
     mailbox=st.sampled_from([None, 1, 4]),
     overflow=st.sampled_from(["block", "fail"]),
+    kind=st.sampled_from([Worker, InlineWorker]),
 )
 def test_every_ask_is_answered_or_failed_unsupervised(
-    ops: list[tuple[str, object]], mailbox: int | None, overflow: str
+    ops: list[tuple[str, object]], mailbox: int | None, overflow: str, kind: type[Worker]
 ) -> None:
     with capture_logs():
-        ref = Worker.start(mailbox_size=mailbox, overflow=overflow, send_timeout=0.01)  # type: ignore[arg-type]
+        ref = kind.start(mailbox_size=mailbox, overflow=overflow, send_timeout=0.01)  # type: ignore[arg-type]
         check_settled(ref, run(ref, ops))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=OPS, max_restarts=st.integers(0, 3))
+@given(ops=OPS, max_restarts=st.integers(0, 3), kind=st.sampled_from([Worker, InlineWorker]))
 def test_every_ask_is_answered_or_failed_under_a_supervisor(
-    ops: list[tuple[str, object]], max_restarts: int
+    ops: list[tuple[str, object]], max_restarts: int, kind: type[Worker]
 ) -> None:
     with capture_logs():
         sup = Supervisor(max_restarts=max_restarts, backoff_initial=0.0, backoff_max=0.001)
-        ref = sup.spawn(Worker)
+        ref = sup.spawn(kind)
         replies = run(ref, ops)
         check_settled(ref, replies)
         sup.stop(timeout=BOUND)

@@ -1,0 +1,221 @@
+"""Inline dispatch (``Actor.inline``): same outcomes as the mailbox, no greenlet switch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import greenlet
+import pytest
+from _waits import wait_for
+from gevent.event import AsyncResult, Event
+from structlog.testing import capture_logs
+
+from actors import Actor, ActorRef, ActorState, Supervisor, handles
+
+WAIT = 2.0  # bound on every wait in these tests
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Answer with the greenlet the handler ran on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The handler waits for ``gate`` (an inline actor should never do this: tested anyway)."""
+
+    gate: Event
+    entered: Event = field(default_factory=Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Explode:
+    then_self: str = ""  # told to its own actor before raising
+
+
+@dataclass(frozen=True, slots=True)
+class StopSelf:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Ask: everything noted so far."""
+
+
+class Recorder(Actor):
+    inline = True
+    failures: list[tuple[str, Any]] = []  # class-level: survives restarts
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.running = 0
+        self.overlap = False
+
+    @handles(Where)
+    def where(self, msg: Where) -> Any:
+        return gevent.getcurrent()
+
+    @handles(Note)
+    def note(self, msg: Note) -> None:
+        self.notes.append(msg.text)
+
+    @handles(Hold)
+    def hold(self, msg: Hold) -> None:
+        self.running += 1
+        self.overlap |= self.running > 1
+        msg.entered.set()
+        msg.gate.wait(WAIT)
+        self.notes.append("held")
+        self.running -= 1
+
+    @handles(Explode)
+    def explode(self, msg: Explode) -> None:
+        if msg.then_self:
+            self.ref.tell(Note(msg.then_self))
+        raise RuntimeError("exploded")
+
+    @handles(StopSelf)
+    def stop_self(self, msg: StopSelf) -> None:
+        self.ref.stop()
+
+    @handles(Log)
+    def log(self, msg: Log) -> tuple[list[str], bool]:
+        return list(self.notes), self.overlap
+
+    def on_failure(self, exc: BaseException) -> None:
+        Recorder.failures.append((str(exc), gevent.getcurrent()))
+
+
+class Queued(Recorder):
+    inline = False
+
+
+def _switches_during(fn: Any) -> int:
+    count = 0
+
+    def trace(event: str, args: Any) -> None:
+        nonlocal count
+        if event in ("switch", "throw"):
+            count += 1
+
+    old = greenlet.settrace(trace)
+    try:
+        fn()
+    finally:
+        greenlet.settrace(old)
+    return count
+
+
+def test_idle_inline_actor_answers_an_ask_on_the_callers_greenlet_without_switching() -> None:
+    ref = Recorder.start()
+    try:
+        replies: list[AsyncResult] = []
+        assert _switches_during(lambda: replies.append(ref.ask(Where()))) == 0
+        assert replies[0].ready()
+        assert replies[0].get() is gevent.getcurrent()
+    finally:
+        ref.stop()
+
+
+def test_a_plain_actor_answers_on_its_own_greenlet() -> None:
+    ref = Queued.start()
+    try:
+        assert ref.ask(Where()).get(timeout=WAIT) is ref._greenlet
+    finally:
+        ref.stop()
+
+
+def test_sends_while_a_handler_runs_queue_in_order_and_never_overlap() -> None:
+    ref = Recorder.start()
+    gate = Event()
+    hold = Hold(gate)
+    try:
+        holder = gevent.spawn(ref.tell, hold)  # runs inline on `holder`, then waits
+        assert hold.entered.wait(WAIT)
+        ref.tell(Note("a"))  # busy: through the mailbox
+        ref.tell(Note("b"))
+        where = ref.ask(Where())
+        assert not where.ready()
+        gate.set()
+        holder.join(WAIT)
+        assert where.get(timeout=WAIT) is ref._greenlet  # handled by the actor's loop
+        notes, overlap = ref.ask(Log()).get(timeout=WAIT)
+        assert notes == ["held", "a", "b"]
+        assert not overlap
+        # Idle again: inline once more.
+        assert ref.ask(Where()).get(timeout=WAIT) is gevent.getcurrent()
+    finally:
+        ref.stop()
+
+
+def test_sends_from_the_hub_go_through_the_mailbox() -> None:
+    ref = Recorder.start()
+    try:
+        answered: AsyncResult = AsyncResult()
+        timer = gevent.get_hub().loop.timer(0.0)
+        timer.start(lambda: answered.set(ref.ask(Where())))
+        assert answered.get(timeout=WAIT).get(timeout=WAIT) is ref._greenlet
+        timer.close()
+    finally:
+        ref.stop()
+
+
+def test_a_tell_that_raises_inline_crashes_the_actor_in_its_own_greenlet() -> None:
+    Recorder.failures.clear()
+    sup = Supervisor(max_restarts=3, backoff_initial=0.0, backoff_max=0.001)
+    with capture_logs() as logs:
+        ref = sup.spawn(Recorder)
+        try:
+            old_greenlet = ref._greenlet
+            ref.tell(Explode(then_self="after"))  # returns: the crash is the actor's
+            assert wait_for(
+                lambda: ref._greenlet is not old_greenlet and ref.state is ActorState.RUNNING, WAIT
+            )
+            assert [text for text, _ in Recorder.failures] == ["exploded"]
+            assert Recorder.failures[0][1] is old_greenlet  # on_failure ran in the actor
+            # The note the crashing handler sent itself went to the new instance.
+            notes, _ = ref.ask(Log()).get(timeout=WAIT)
+            assert notes == ["after"]
+            assert ref.ask(Where()).get(timeout=WAIT) is gevent.getcurrent()
+        finally:
+            sup.stop(timeout=WAIT)
+    assert any(entry["event"] == "actor_crashed" for entry in logs)
+
+
+def test_an_ask_that_raises_inline_fails_its_reply_and_keeps_the_actor() -> None:
+    ref = Recorder.start()
+    try:
+        reply = ref.ask(Explode())
+        assert reply.ready()
+        with pytest.raises(RuntimeError, match="exploded"):
+            reply.get()
+        assert ref.state is ActorState.RUNNING
+        assert ref.ask(Where()).get(timeout=WAIT) is gevent.getcurrent()
+    finally:
+        ref.stop()
+
+
+def test_stop_from_a_handler_run_inline_begins_the_stop_and_returns() -> None:
+    ref = Recorder.start()
+    with gevent.Timeout(WAIT):
+        ref.tell(StopSelf())
+        ref._done.wait()
+    assert ref.state is ActorState.STOPPED
+
+
+def test_an_unsupervised_inline_actor_that_crashes_stops_and_refuses_sends() -> None:
+    ref: ActorRef = Recorder.start()
+    with capture_logs():
+        ref.tell(Explode())
+        assert ref._done.wait(WAIT)
+    assert ref.state is ActorState.STOPPED
+    with pytest.raises(Exception, match="stopping or stopped"):
+        ref.tell(Note("late"))
