@@ -56,8 +56,14 @@ class BridgePublisher(Actor):
     stops.
     """
 
-    def __init__(self, socket: zmq.Socket[bytes], channels: Sequence[str], source: str,
-                 bridge: str, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        socket: zmq.Socket[bytes],
+        channels: Sequence[str],
+        source: str,
+        bridge: str,
+        heartbeat_interval: float,
+    ) -> None:
         super().__init__()
         self._socket = socket
         self._source = source
@@ -65,8 +71,13 @@ class BridgePublisher(Actor):
         self._interval = heartbeat_interval
         self._seqs: dict[str, int] = dict.fromkeys(channels, 0)
         self._seen_dropped: dict[str, int] = dict.fromkeys(channels, 0)
-        self._counts = {"published": 0, "reconnected": 0, "heartbeats": 0,
-                        "dropped_in_bridge": 0, "send_failed": 0}
+        self._counts = {
+            "published": 0,
+            "reconnected": 0,
+            "heartbeats": 0,
+            "dropped_in_bridge": 0,
+            "send_failed": 0,
+        }
         self._log = get_logger("gdbpool.bridge", bridge=bridge, source=source)
 
     def on_stop(self) -> None:
@@ -86,15 +97,26 @@ class BridgePublisher(Actor):
         self._seqs[channel] = seq
         item = msg.item
         if hasattr(item, "payload"):
-            frames = encode_notify(channel, item.payload, source=self._source,
-                                   bridge=self._bridge, seq=seq, pid=item.pid,
-                                   ts=item.received_at)
+            frames = encode_notify(
+                channel,
+                item.payload,
+                source=self._source,
+                bridge=self._bridge,
+                seq=seq,
+                pid=item.pid,
+                ts=item.received_at,
+            )
             self._counts["published"] += 1
         else:
             reason = str(getattr(item, "reason", "listener reconnected"))
-            frames = encode_reconnected(channel, source=self._source, bridge=self._bridge,
-                                        seq=seq, ts=float(getattr(item, "at", time.time())),
-                                        reason=reason)
+            frames = encode_reconnected(
+                channel,
+                source=self._source,
+                bridge=self._bridge,
+                seq=seq,
+                ts=float(getattr(item, "at", time.time())),
+                reason=reason,
+            )
             self._counts["reconnected"] += 1
             self._log.warning("listener_reconnected_forwarded", channel=channel, reason=reason)
         self._send(frames)
@@ -109,8 +131,15 @@ class BridgePublisher(Actor):
         if not self._seqs:
             return  # nothing is bridged any more: let subscribers see the silence
         self._counts["heartbeats"] += 1
-        self._send(encode_heartbeat(source=self._source, bridge=self._bridge, ts=time.time(),
-                                    interval=self._interval, seqs=self._seqs))
+        self._send(
+            encode_heartbeat(
+                source=self._source,
+                bridge=self._bridge,
+                ts=time.time(),
+                interval=self._interval,
+                seqs=self._seqs,
+            )
+        )
 
     @handles(_Stats)
     def stats(self, msg: _Stats) -> dict[str, int]:

@@ -54,8 +54,12 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     configure_logging(json=args.json_logs, stream=sys.stderr)
     if not is_loopback(bind):
-        print(f"gdbpool bridge: warning: publishing on {bind}, beyond loopback, in plaintext: "
-              "anyone who can reach it can read these notifications", file=sys.stderr, flush=True)
+        print(
+            f"gdbpool bridge: warning: publishing on {bind}, beyond loopback, in plaintext: "
+            "anyone who can reach it can read these notifications",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = StopFlag(green=True)
     try:
         wait_for_server(dsn, args.wait, application_name="gdbpool-cli", pause=stop.pause)
@@ -64,17 +68,24 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         hub: Any = NotificationHub(dsn, application_name="gdbpool-bridge")
         try:
             try:
-                bridge = ZmqNotifyBridge(hub, channels, bind=bind, sndhwm=args.sndhwm,
-                                         heartbeat_interval=args.heartbeat)
+                bridge = ZmqNotifyBridge(
+                    hub, channels, bind=bind, sndhwm=args.sndhwm, heartbeat_interval=args.heartbeat
+                )
             except ConfigurationError as exc:  # the address is taken or not ours
                 raise GDBPoolError(str(exc)) from None
             try:
-                print(f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
-                      f"source={bridge.source_id}", flush=True)
+                print(
+                    f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
+                    f"source={bridge.source_id}",
+                    flush=True,
+                )
                 while not stop.wait(1.0):
                     if hub.closed:
-                        print("gdbpool bridge: error: the listener gave up; see the log above",
-                              file=sys.stderr, flush=True)
+                        print(
+                            "gdbpool bridge: error: the listener gave up; see the log above",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                         return 1
             finally:
                 bridge.close()
@@ -94,21 +105,45 @@ def _event_record(event: Any) -> dict[str, Any]:
     from gdbpool.zmq_subscriber import BridgeRestarted, BridgeSilent, Gap
 
     if isinstance(event, Notification):
-        return {"type": "notify", "channel": event.channel, "payload": event.payload,
-                "seq": event.seq, "source": event.source, "pid": event.pid,
-                "ts": event.received_at}
+        return {
+            "type": "notify",
+            "channel": event.channel,
+            "payload": event.payload,
+            "seq": event.seq,
+            "source": event.source,
+            "pid": event.pid,
+            "ts": event.received_at,
+        }
     if isinstance(event, Gap):
-        return {"type": "gap", "channel": event.channel, "source": event.source,
-                "expected": event.expected, "got": event.got, "missed": event.missed}
+        return {
+            "type": "gap",
+            "channel": event.channel,
+            "source": event.source,
+            "expected": event.expected,
+            "got": event.got,
+            "missed": event.missed,
+        }
     if isinstance(event, Reconnected):
-        return {"type": "reconnected", "channels": list(event.channels), "reason": event.reason,
-                "ts": event.at}
+        return {
+            "type": "reconnected",
+            "channels": list(event.channels),
+            "reason": event.reason,
+            "ts": event.at,
+        }
     if isinstance(event, BridgeRestarted):
-        return {"type": "bridge_restarted", "bridge": event.bridge,
-                "old_source": event.old_source, "source": event.new_source}
+        return {
+            "type": "bridge_restarted",
+            "bridge": event.bridge,
+            "old_source": event.old_source,
+            "source": event.new_source,
+        }
     if isinstance(event, BridgeSilent):
-        return {"type": "bridge_silent", "bridge": event.bridge, "source": event.source,
-                "last_seen": event.last_seen}
+        return {
+            "type": "bridge_silent",
+            "bridge": event.bridge,
+            "source": event.source,
+            "last_seen": event.last_seen,
+        }
     return {"type": "unknown", "repr": repr(event)}
 
 
@@ -116,17 +151,22 @@ def _event_line(record: dict[str, Any]) -> str:
     """A readable one-line rendering of :func:`_event_record`'s dict."""
     kind = record["type"]
     if kind == "notify":
-        return (f"[{record['channel']}] #{record['seq']} pid={record['pid']} "
-                f"src={record['source']}: {record['payload']}")
+        return (
+            f"[{record['channel']}] #{record['seq']} pid={record['pid']} "
+            f"src={record['source']}: {record['payload']}"
+        )
     if kind == "gap":
-        return (f"[{record['channel']}] GAP: {record['missed']} missed "
-                f"(seq {record['expected']}..{record['got'] - 1}) src={record['source']}")
+        return (
+            f"[{record['channel']}] GAP: {record['missed']} missed "
+            f"(seq {record['expected']}..{record['got'] - 1}) src={record['source']}"
+        )
     if kind == "reconnected":
         channels = ",".join(record["channels"])
         return f"[{channels}] RECONNECTED: {record['reason']} (some may be lost)"
     if kind == "bridge_restarted":
-        return (f"BRIDGE RESTARTED: {record['bridge']} "
-                f"src={record['old_source']}->{record['source']}")
+        return (
+            f"BRIDGE RESTARTED: {record['bridge']} src={record['old_source']}->{record['source']}"
+        )
     if kind == "bridge_silent":
         return f"BRIDGE SILENT: {record['bridge']} src={record['source']}"
     return repr(record)
@@ -152,8 +192,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     seen = 0
     announced: set[str] = set()
     try:
-        with NotifySubscriber(connects, channels, green=True,
-                              heartbeat_timeout=args.heartbeat_timeout) as sub:
+        with NotifySubscriber(
+            connects, channels, green=True, heartbeat_timeout=args.heartbeat_timeout
+        ) as sub:
             idle_since = time.monotonic()
             while not stop.is_set():
                 try:
@@ -163,8 +204,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 for src, bridge in sub.sources.items():
                     if src not in announced:
                         announced.add(src)
-                        print(f"gdbpool subscribe: connected to {bridge} (source {src})",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"gdbpool subscribe: connected to {bridge} (source {src})",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 if event is not None:
                     record = _event_record(event)
                     out.write((json.dumps(record) if args.json else _event_line(record)) + "\n")
@@ -175,8 +219,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                         if args.count is not None and seen >= args.count:
                             return 0
                 elif args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
-                    print(f"gdbpool subscribe: error: no notification within {args.timeout:g} s "
-                          f"({seen} received)", file=sys.stderr, flush=True)
+                    print(
+                        f"gdbpool subscribe: error: no notification within {args.timeout:g} s "
+                        f"({seen} received)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return 1
     except BrokenPipeError:  # e.g. piped into `head`: the reader is done
         return 0
@@ -206,12 +254,18 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
     stop = StopFlag(green=True)
     try:
-        conn = connect_when_ready(dsn, args.wait, application_name="gdbpool-notify",
-                                  attempt_timeout=ATTEMPT_TIMEOUT, pause=stop.pause)
+        conn = connect_when_ready(
+            dsn,
+            args.wait,
+            application_name="gdbpool-notify",
+            attempt_timeout=ATTEMPT_TIMEOUT,
+            pause=stop.pause,
+        )
         try:
             conn.autocommit = True
             silent = GDBPoolError(
-                f"NOTIFY on {describe(dsn)} got no answer within {NOTIFY_TIMEOUT:g} s")
+                f"NOTIFY on {describe(dsn)} got no answer within {NOTIFY_TIMEOUT:g} s"
+            )
             with gevent.Timeout(NOTIFY_TIMEOUT, silent), conn.cursor() as cur:
                 cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
         except psycopg2.Error as exc:

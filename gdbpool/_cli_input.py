@@ -14,8 +14,15 @@ from typing import Any
 
 from gdbpool.errors import GDBPoolError
 
-__all__ = ["BadInput", "check_channels", "check_dsn", "check_endpoint", "describe",
-           "is_loopback", "positive"]
+__all__ = [
+    "BadInput",
+    "check_channels",
+    "check_dsn",
+    "check_endpoint",
+    "describe",
+    "is_loopback",
+    "positive",
+]
 
 _TCP = re.compile(r"^tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\*|\d{1,5})$")
 

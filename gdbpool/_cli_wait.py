@@ -19,16 +19,26 @@ import psycopg2
 from gdbpool.errors import GDBPoolError
 from gdbpool.logging import describe_dsn, redact
 
-__all__ = ["ATTEMPT_TIMEOUT", "PERMANENT", "STEP_MAX", "connect_when_ready", "one_line",
-           "wait_for_server"]
+__all__ = [
+    "ATTEMPT_TIMEOUT",
+    "PERMANENT",
+    "STEP_MAX",
+    "connect_when_ready",
+    "one_line",
+    "wait_for_server",
+]
 
 #: Longest one connection attempt may take (seconds), however long the wait.
 ATTEMPT_TIMEOUT = 5.0
 #: Longest a backoff step between attempts gets (seconds); the first is 0.1 s.
 STEP_MAX = 2.0
 #: Fragments of libpq errors that waiting will not fix: they fail at once.
-PERMANENT = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
-             "authentication")
+PERMANENT = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "authentication",
+)
 
 
 def one_line(exc: BaseException) -> str:
@@ -92,5 +102,6 @@ def wait_for_server(
     :class:`GDBPoolError` after ``wait`` seconds, or at once for errors that
     waiting will not fix (wrong password, missing database).
     """
-    connect_when_ready(dsn, wait, application_name=application_name,
-                       attempt_timeout=attempt_timeout, pause=pause).close()
+    connect_when_ready(
+        dsn, wait, application_name=application_name, attempt_timeout=attempt_timeout, pause=pause
+    ).close()

@@ -61,6 +61,11 @@ class _Tick:
 
 
 @dataclass(frozen=True, slots=True)
+class _Spawn:
+    """Start one more connection worker (see ``_PoolActor._spawn_worker``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Ready:
     """Ask: an Event set once ``min_size`` connections are open."""
 
@@ -101,7 +106,16 @@ class _PoolActor(Actor):
     Waiting requests have one libev timer between them, armed for the
     earliest deadline (not one timer per request): when it fires, the pool
     fails every request past its deadline and re-arms for the next one.
+
+    An ``inline`` actor (see :class:`~actors.Actor`): its handlers never wait,
+    so when it is idle a ``get()``, ``put()`` or a worker's :class:`Idle` is
+    handled on the sender's greenlet, without the two greenlet switches of a
+    mailbox round trip. The one thing that waits, starting a worker (the
+    supervisor waits for its ``on_start``), is posted to itself as
+    :class:`_Spawn` and done in its own greenlet.
     """
+
+    inline = True
 
     def __init__(
         self,
@@ -131,6 +145,7 @@ class _PoolActor(Actor):
         self.conns: dict[ActorRef, Any] = {}
         self.expires_at: dict[ActorRef, float] = {}  # each connection's max_lifetime deadline
         self.workers: set[ActorRef] = set()  # every live worker, whatever its state
+        self.spawning = 0  # _Spawn posted, worker not started yet (counts as a worker)
         self.connecting = 0
         self.busy_since: dict[ActorRef, float] = {}  # running interactions, or lent
         self.lent: set[ActorRef] = set()
@@ -159,7 +174,8 @@ class _PoolActor(Actor):
     def on_start(self) -> None:
         first, self.first_conn = self.first_conn, None
         for _ in range(self.min_size):
-            self._spawn_worker(first)
+            self.connecting += 1
+            self._start_worker(first)  # in our own greenlet already: no _Spawn needed
             first = None
         period = max(0.05, min(self.max_idle, self.settings.max_lifetime, 60.0) / 2)
         self.ticker = gevent.spawn(self._tick_forever, period)
@@ -284,7 +300,7 @@ class _PoolActor(Actor):
         waiting.append(request, now, deadline)
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline, now)
-        if len(self.workers) < self.max_size:
+        if self._size() < self.max_size:
             self._grow()
 
     def _arm(self, deadline: float, now: float) -> None:
@@ -326,21 +342,44 @@ class _PoolActor(Actor):
         return text
 
     def _grow(self) -> None:
-        size = len(self.workers)
-        if size < self.max_size and self.connecting < len(self.waiting):
-            self._spawn_worker(None)
+        if self._size() < self.max_size and self.connecting < len(self.waiting):
+            self._spawn_worker()
 
-    def _spawn_worker(self, conn: Any) -> None:
+    def _size(self) -> int:
+        """Workers, counting those about to start."""
+        return len(self.workers) + self.spawning
+
+    def _spawn_worker(self) -> None:
+        """Count one more worker now; start it from our own greenlet (:class:`_Spawn`)."""
+        try:
+            self.ref.tell(_Spawn())  # always queued: we are handling a message
+        except ActorStopped:
+            return  # stopping: no new workers
+        self.spawning += 1
+        self.connecting += 1
+        self._workers_changed()
+
+    @handles(_Spawn)
+    def spawn(self, msg: _Spawn) -> None:
+        self.spawning -= 1
+        if self.status.closed:
+            self.connecting -= 1
+            self._workers_changed()
+            return
+        self._start_worker(None)
+
+    def _start_worker(self, conn: Any) -> None:
+        """Start a worker (waits for its ``on_start``); ``connecting`` already counts it."""
         name = f"{self.settings.name}.worker-{next(self.numbers)}"
         try:
             worker = self.supervisor.spawn(
                 ConnectionWorker, self.settings, self.ref, self.waiting, conn, name=name
             )
         except ActorError as exc:  # the supervisor gave up: no worker can start any more
+            self.connecting -= 1
             if not self.status.closed:
                 self._break(f"cannot start a connection worker: {exc}")
             return
-        self.connecting += 1
         self.workers.add(worker)
         self._workers_changed()
 
@@ -376,13 +415,14 @@ class _PoolActor(Actor):
         self.settings.log.warning("worker_vanished", worker=worker.name)
         if self.status.closed:
             self._check_drained()
-        elif len(self.workers) < self.min_size:
-            self._spawn_worker(None)
+        elif self._size() < self.min_size:
+            self._spawn_worker()
 
     # -- worker reports ----------------------------------------------------------
 
     @handles(Idle)
     def idle_worker(self, msg: Idle) -> None:
+        """A worker is done, or ``put()`` gave its clean connection back itself."""
         worker = msg.worker
         if self.lent:
             self.lent.discard(worker)
@@ -390,6 +430,9 @@ class _PoolActor(Actor):
         now = time.monotonic()
         if since is not None:
             self.counters["usage_ms"] += int((now - since) * 1000)
+        if self.expires_at.get(worker, now) < now and not self.status.closed:
+            self._recycle(worker)  # past max_lifetime (a worker checks too; put() does not)
+            return
         self._serve(worker, now)
 
     @handles(Opened)
@@ -435,8 +478,8 @@ class _PoolActor(Actor):
         self.settings.log.warning("worker_killed", worker=worker.name)
         if self.status.closed:
             self._check_drained()
-        elif len(self.workers) < self.min_size or self.connecting < len(self.waiting):
-            self._spawn_worker(None)
+        elif self._size() < self.min_size or self.connecting < len(self.waiting):
+            self._spawn_worker()
 
     def _serve(self, worker: ActorRef, now: float) -> None:
         if self.status.closed:
@@ -470,7 +513,7 @@ class _PoolActor(Actor):
         self._check_drained()
 
     def _workers_changed(self) -> None:
-        self.waiting.grown = len(self.workers) >= self.max_size
+        self.waiting.grown = self._size() >= self.max_size
 
     def _check_drained(self) -> None:
         # Lent connections do not hold the close up: put() closes them.
@@ -490,7 +533,7 @@ class _PoolActor(Actor):
     def tick(self, msg: _Tick) -> None:
         now = time.monotonic()
         # The bottom of the LIFO stack has been idle longest.
-        while self.idle and len(self.workers) > self.min_size:
+        while self.idle and self._size() > self.min_size:
             oldest = self.idle[0]
             if now - self.idle_since.get(oldest, now) <= self.max_idle:
                 break
@@ -499,11 +542,14 @@ class _PoolActor(Actor):
         # An idle connection past its lifetime is replaced now, not after one more use.
         for worker in [w for w in self.idle if self.expires_at.get(w, now) < now]:
             self.idle.remove(worker)
-            self.settings.log.debug("connection_expired", worker=worker.name)
-            try:
-                worker.tell(Recycle())  # it reconnects and reports Lost, then Opened
-            except ActorStopped:
-                self._forget(worker)
+            self._recycle(worker)
+
+    def _recycle(self, worker: ActorRef) -> None:
+        self.settings.log.debug("connection_expired", worker=worker.name)
+        try:
+            worker.tell(Recycle())  # it reconnects and reports Lost, then Opened
+        except ActorStopped:
+            self._forget(worker)
 
     @handles(_Ready)
     def when_ready(self, msg: _Ready) -> Event:
@@ -521,7 +567,7 @@ class _PoolActor(Actor):
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,
-            "pool_size": len(self.workers),
+            "pool_size": self._size(),
             "pool_available": len(self.idle),
             "requests_waiting": len(self.waiting),
             **counters,

@@ -31,7 +31,10 @@ __all__ = [
     "check_connection",
     "open_connection",
     "ping",
+    "reset_session_here",
 ]
+
+_STATUS_READY = extensions.STATUS_READY
 
 
 class PooledConnection(extensions.connection):  # type: ignore[misc]
@@ -46,6 +49,8 @@ class PooledConnection(extensions.connection):  # type: ignore[misc]
     gdbpool_lent: bool = False
     gdbpool_poll: Any = None  # select.poll on the socket, made once (check_connection)
     gdbpool_cursor: Any = None  # the worker's cursor for plain SQL strings (run_interaction)
+    gdbpool_idle: Any = None  # the worker's Idle message, which put() tells the pool actor
+    gdbpool_idle_since: float = 0.0  # monotonic time of the last use (deep check after check_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,30 @@ def check_connection(conn: Any) -> bool:
             conn.close()
         return False
     return not conn.closed
+
+
+def reset_session_here(conn: Any) -> bool:
+    """Put ``conn`` back in the pool's default session if that needs no round trip.
+
+    True when done: the connection is open, not in a transaction, and
+    psycopg2 would send nothing to the server (it sends ``SET
+    default_transaction_*`` only when resetting isolation, read-only or
+    deferrable while in autocommit). False when a rollback or those SETs are
+    needed: the connection's worker does that, in its own greenlet.
+    """
+    if conn.closed or conn.status != _STATUS_READY:
+        return False
+    custom = (
+        conn.isolation_level is not None or conn.readonly is not None or conn.deferrable is not None
+    )
+    if conn.autocommit:
+        if custom:
+            return False
+        conn.autocommit = False
+    elif custom:
+        conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT", deferrable="DEFAULT")
+    conn.cursor_factory = None
+    return True
 
 
 def ping(conn: Any, timeout: float) -> bool:

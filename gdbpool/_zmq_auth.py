@@ -23,9 +23,12 @@ __all__ = ["authenticate", "bind_zap", "curve_key"]
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
-def bind_zap(ctx: zmq.Context[Any], secret: str | bytes | None, public: str | bytes | None,
-             allowed: Iterable[str | bytes] | None
-             ) -> tuple[zmq.Socket[bytes], set[bytes] | None] | None:
+def bind_zap(
+    ctx: zmq.Context[Any],
+    secret: str | bytes | None,
+    public: str | bytes | None,
+    allowed: Iterable[str | bytes] | None,
+) -> tuple[zmq.Socket[bytes], set[bytes] | None] | None:
     """Check the CURVE options; bind the ZAP socket in ``ctx`` when CURVE is on.
 
     Returns the socket and the allowed client keys (None: any client) for
@@ -36,8 +39,7 @@ def bind_zap(ctx: zmq.Context[Any], secret: str | bytes | None, public: str | by
     if secret is None and public is None:
         if allowed is not None:
             raise ConfigurationError(
-                "allowed_client_keys needs CURVE: "
-                "give curve_secret_key and curve_public_key too"
+                "allowed_client_keys needs CURVE: give curve_secret_key and curve_public_key too"
             )
         return None
     if not zmq.has("curve"):
@@ -65,9 +67,12 @@ def authenticate(zap: zmq.Socket[bytes], allowed: set[bytes] | None) -> None:
         if key and (allowed is None or key in allowed):
             zap.send_multipart([b"1.0", request_id, b"200", b"OK", key, b""])
         else:
-            log.warning("subscriber_refused", address=address.decode(errors="replace"),
-                        mechanism=mechanism.decode(errors="replace"),
-                        key=key.decode()[:8] + "..." if key else None)
+            log.warning(
+                "subscriber_refused",
+                address=address.decode(errors="replace"),
+                mechanism=mechanism.decode(errors="replace"),
+                key=key.decode()[:8] + "..." if key else None,
+            )
             zap.send_multipart([b"1.0", request_id, b"400", b"key not allowed", b"", b""])
 
 

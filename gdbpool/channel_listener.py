@@ -140,7 +140,9 @@ class NotificationHub:
         self._connection: ActorRef | None = None
         try:
             self._connection = self._supervisor.spawn(
-                ListenConnection, self._state, name=f"{self.name}-connection",
+                ListenConnection,
+                self._state,
+                name=f"{self.name}-connection",
                 start_timeout=connect_timeout + 5.0,
             )
         except ActorError as exc:
@@ -169,7 +171,10 @@ class NotificationHub:
         check_channel(channel)
         check_subscription_options(maxsize, overflow)
         sub = Subscription(
-            channel, maxsize=maxsize, overflow=overflow, on_close=self._unsubscribe,
+            channel,
+            maxsize=maxsize,
+            overflow=overflow,
+            on_close=self._unsubscribe,
             log_context={"hub": self.source},
         )
         self._register(sub)
@@ -188,7 +193,9 @@ class NotificationHub:
         """
         check_channel(channel_name)
         sub = QueueSubscription(
-            channel_name, result_queue, on_close=self._unsubscribe,
+            channel_name,
+            result_queue,
+            on_close=self._unsubscribe,
             log_context={"hub": self.source},
         )
         self._register(sub)
@@ -334,10 +341,13 @@ class NotificationHub:
     def _notify_connection(self) -> Any:
         if self._notify_conn is None:
             try:
-                with gevent.Timeout(self._connect_timeout, PoolConnectionError(
-                    f"notify connection to {describe_dsn(self._dsn)} not established within "
-                    f"{self._connect_timeout} s"
-                )):
+                with gevent.Timeout(
+                    self._connect_timeout,
+                    PoolConnectionError(
+                        f"notify connection to {describe_dsn(self._dsn)} not established within "
+                        f"{self._connect_timeout} s"
+                    ),
+                ):
                     conn = psycopg2.connect(
                         self._dsn, application_name=f"{self._application_name}/notify"
                     )

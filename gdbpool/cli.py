@@ -66,8 +66,10 @@ def cmd_postgres(args: argparse.Namespace) -> int:
         if replica_of is None:
             _ensure_postgres_role(server)
         role = "replica" if replica_of is not None else "primary"
-        print(f"gdbpool postgres: {role} ready on {server.host}:{server.port} "
-              f"data={server.data_dir}", flush=True)
+        print(
+            f"gdbpool postgres: {role} ready on {server.host}:{server.port} data={server.data_dir}",
+            flush=True,
+        )
         print(f"gdbpool postgres: dsn: {redact(server.dsn())}", flush=True)
         while not stop.wait(0.5):
             if not server.is_running:
@@ -119,8 +121,11 @@ def _ensure_postgres_role(server: Any) -> None:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'")
             if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE ROLE postgres SUPERUSER LOGIN PASSWORD {}").format(
-                    sql.Literal(server.password)))
+                cur.execute(
+                    sql.SQL("CREATE ROLE postgres SUPERUSER LOGIN PASSWORD {}").format(
+                        sql.Literal(server.password)
+                    )
+                )
     finally:
         conn.close()
 
@@ -152,68 +157,143 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     pg = sub.add_parser("postgres", help="run an embedded PostgreSQL server in the foreground")
-    pg.add_argument("--data", type=Path, default=None,
-                    help="data directory (kept; initialised when empty). Default: throwaway")
+    pg.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data directory (kept; initialised when empty). Default: throwaway",
+    )
     pg.add_argument("--port", type=int, default=5432, help="TCP port on 127.0.0.1 (default 5432)")
-    pg.add_argument("--password-env", metavar="VAR", default=None,
-                    help=f"read the superuser password of a new cluster from environment "
-                         f"variable VAR (default {_PASSWORD_ENV} when set, else random; "
-                         f"printed masked). Also used with --replica-of when DSN has none")
-    pg.add_argument("--password", default=None,
-                    help="the password itself (visible to local users in ps: prefer "
-                         "--password-env)")
-    pg.add_argument("--replica-of", metavar="DSN", default=None,
-                    help="start as a streaming replica of the primary at DSN")
-    pg.add_argument("--wait", type=positive(float, zero=True), default=None, metavar="SECONDS",
-                    help=f"with --replica-of: wait up to SECONDS for the primary to accept "
-                         f"connections (default {_REPLICA_WAIT:g})")
-    pg.add_argument("--fast", action="store_true",
-                    help="fsync off etc. (unsafe; for tests and demos only)")
+    pg.add_argument(
+        "--password-env",
+        metavar="VAR",
+        default=None,
+        help=f"read the superuser password of a new cluster from environment "
+        f"variable VAR (default {_PASSWORD_ENV} when set, else random; "
+        f"printed masked). Also used with --replica-of when DSN has none",
+    )
+    pg.add_argument(
+        "--password",
+        default=None,
+        help="the password itself (visible to local users in ps: prefer --password-env)",
+    )
+    pg.add_argument(
+        "--replica-of",
+        metavar="DSN",
+        default=None,
+        help="start as a streaming replica of the primary at DSN",
+    )
+    pg.add_argument(
+        "--wait",
+        type=positive(float, zero=True),
+        default=None,
+        metavar="SECONDS",
+        help=f"with --replica-of: wait up to SECONDS for the primary to accept "
+        f"connections (default {_REPLICA_WAIT:g})",
+    )
+    pg.add_argument(
+        "--fast", action="store_true", help="fsync off etc. (unsafe; for tests and demos only)"
+    )
     pg.set_defaults(func=cmd_postgres)
 
     dsn_help = "without password=, libpq reads PGPASSWORD (keeps it out of ps)"
-    wait_help = ("wait up to SECONDS for the server to accept connections, retrying with a "
-                 "bounded backoff (default 0: fail at once)")
+    wait_help = (
+        "wait up to SECONDS for the server to accept connections, retrying with a "
+        "bounded backoff (default 0: fail at once)"
+    )
     br = sub.add_parser("bridge", help="publish NOTIFY events on a ZeroMQ PUB socket")
     br.add_argument("--dsn", required=True, help="the primary (LISTEN needs it); " + dsn_help)
-    br.add_argument("--channel", action="append", required=True, metavar="C",
-                    help="a channel to LISTEN on and publish (repeat for more)")
-    br.add_argument("--bind", default="tcp://127.0.0.1:0", metavar="ENDPOINT",
-                    help="where to publish (default tcp://127.0.0.1:0: loopback, a free port; "
-                         "any other address only when given here)")
-    br.add_argument("--sndhwm", type=positive(int, zero=True), default=10_000, metavar="N",
-                    help="messages queued per subscriber before ZeroMQ drops (default 10000)")
-    br.add_argument("--heartbeat", type=positive(float), default=1.0, metavar="SECONDS",
-                    help="heartbeat interval (default 1.0)")
-    br.add_argument("--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS",
-                    help=wait_help)
+    br.add_argument(
+        "--channel",
+        action="append",
+        required=True,
+        metavar="C",
+        help="a channel to LISTEN on and publish (repeat for more)",
+    )
+    br.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:0",
+        metavar="ENDPOINT",
+        help="where to publish (default tcp://127.0.0.1:0: loopback, a free port; "
+        "any other address only when given here)",
+    )
+    br.add_argument(
+        "--sndhwm",
+        type=positive(int, zero=True),
+        default=10_000,
+        metavar="N",
+        help="messages queued per subscriber before ZeroMQ drops (default 10000)",
+    )
+    br.add_argument(
+        "--heartbeat",
+        type=positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="heartbeat interval (default 1.0)",
+    )
+    br.add_argument(
+        "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
+    )
     br.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
     br.set_defaults(func=cmd_bridge)
 
     su = sub.add_parser("subscribe", help="print events from one or more bridges")
-    su.add_argument("--connect", action="append", required=True, metavar="ENDPOINT",
-                    help="a bridge endpoint, e.g. tcp://127.0.0.1:55555 (repeat for more)")
-    su.add_argument("--channel", action="append", required=True, metavar="C",
-                    help="a channel name prefix to follow (repeat for more)")
-    su.add_argument("--json", action="store_true",
-                    help="one JSON object per line (type, channel, payload, seq, source, pid...)")
-    su.add_argument("--count", type=positive(int), default=None, metavar="N",
-                    help="exit 0 after N notifications")
-    su.add_argument("--timeout", type=positive(float), default=None, metavar="SECONDS",
-                    help="exit 1 when no notification arrives for SECONDS")
-    su.add_argument("--heartbeat-timeout", type=positive(float), default=3.0, metavar="SECONDS",
-                    help="report a bridge silent after SECONDS without a message (default 3)")
+    su.add_argument(
+        "--connect",
+        action="append",
+        required=True,
+        metavar="ENDPOINT",
+        help="a bridge endpoint, e.g. tcp://127.0.0.1:55555 (repeat for more)",
+    )
+    su.add_argument(
+        "--channel",
+        action="append",
+        required=True,
+        metavar="C",
+        help="a channel name prefix to follow (repeat for more)",
+    )
+    su.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (type, channel, payload, seq, source, pid...)",
+    )
+    su.add_argument(
+        "--count",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="exit 0 after N notifications",
+    )
+    su.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="exit 1 when no notification arrives for SECONDS",
+    )
+    su.add_argument(
+        "--heartbeat-timeout",
+        type=positive(float),
+        default=3.0,
+        metavar="SECONDS",
+        help="report a bridge silent after SECONDS without a message (default 3)",
+    )
     su.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
     su.set_defaults(func=cmd_subscribe)
 
     no = sub.add_parser("notify", help="send one NOTIFY")
     no.add_argument("--dsn", required=True, help=dsn_help)
     no.add_argument("--channel", required=True, metavar="C")
-    no.add_argument("--payload", required=True, metavar="P",
-                    help="the payload (at most 7999 bytes of UTF-8); '-' reads it from stdin "
-                         "(trailing newlines removed)")
-    no.add_argument("--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS",
-                    help=wait_help)
+    no.add_argument(
+        "--payload",
+        required=True,
+        metavar="P",
+        help="the payload (at most 7999 bytes of UTF-8); '-' reads it from stdin "
+        "(trailing newlines removed)",
+    )
+    no.add_argument(
+        "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
+    )
     no.set_defaults(func=cmd_notify)
     return parser
 

@@ -25,10 +25,14 @@ Decisions:
   the server is unreachable). With ``max_waiting > 0`` a request arriving
   when that many already wait fails at once with
   :class:`~gdbpool.errors.TooManyRequests`.
-* **Returning.** :meth:`~DBConnectionPool.put` never blocks: the worker
-  rolls back an open transaction and resets the session (autocommit off,
-  default isolation and read-only) in its own greenlet; a connection that is
-  closed, or whose reset fails, is discarded and replaced.
+* **Returning.** :meth:`~DBConnectionPool.put` never blocks. A connection
+  that needs no round trip to be reset (no transaction open; psycopg2 sends
+  nothing to leave autocommit or to reset isolation/read-only outside it) is
+  reset by ``put()`` itself and is idle again at once, like psycopg_pool's
+  ``putconn``. Otherwise its worker rolls back the open transaction and
+  resets the session (autocommit off, default isolation and read-only) in
+  its own greenlet; a connection that is closed, or whose reset fails, is
+  discarded and replaced.
 * **Unreachable server.** Each worker reconnects on its own, with exponential
   backoff (``reconnect_initial`` doubling up to ``reconnect_max`` seconds,
   +-25% jitter); waiting requests time out meanwhile; the pool recovers by
@@ -65,7 +69,13 @@ from psycopg2 import extensions
 from actors import ActorStopped, Supervisor, SupervisorGaveUp
 from gdbpool._pool_actor import _Close, _PoolActor, _Ready, _Stats, _Status
 from gdbpool._pool_config import _check_tunables, _parse_dsn
-from gdbpool._pooled_connection import PoolSettings, check_connection, open_connection, ping
+from gdbpool._pooled_connection import (
+    PoolSettings,
+    check_connection,
+    open_connection,
+    ping,
+    reset_session_here,
+)
 from gdbpool._wait_queue import WaitQueue, _Checkout
 from gdbpool.connection_worker import Return
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
@@ -247,7 +257,11 @@ class DBConnectionPool:
             )
         conn.gdbpool_lent = False
         try:
-            conn.gdbpool_worker.tell(Return(conn))
+            if reset_session_here(conn):
+                conn.gdbpool_idle_since = time.monotonic()
+                self._ref.tell(conn.gdbpool_idle)  # idle again: no worker wake-up
+            else:
+                conn.gdbpool_worker.tell(Return(conn))  # its worker rolls back / resets
         except ActorStopped:
             conn.close()  # the pool was closed while it was out
 
@@ -374,22 +388,26 @@ class DBConnectionPool:
 
     # -- internals -------------------------------------------------------------------
 
-    def _tell(self, message: object) -> None:
-        if self._status.closed:
-            raise self._status.closed_error(self.name)
-        try:
-            self._ref.tell(message)
-        except ActorStopped:
-            raise self._status.closed_error(self.name) from None
-
     def _checkout(self, timeout: float) -> tuple[Any, float]:
         """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to us."""
+        if self._status.closed:
+            raise self._status.closed_error(self.name)
         request = _Checkout(timeout)
-        self._tell(request)
-        self._waiting.sent()  # until the pool actor has it, submit() does not offer: FIFO
-        reply = request.reply
+        waiting = self._waiting
+        waiting.sent()  # until the pool actor has it, submit() does not offer: FIFO
         try:
-            reply.wait(timeout + ANSWER_MARGIN)
+            handled = self._ref.ask(request)
+        except ActorStopped:
+            waiting.received()
+            raise self._status.closed_error(self.name) from None
+        reply = request.reply
+        # Handled already (the pool actor was idle and ran it on this greenlet):
+        # the request is lent, or waits where the pool's deadline timer, close()
+        # or the pool actor's failure answers it. Otherwise it sits in the
+        # mailbox: bound the wait, should the pool actor die before reading it.
+        bound = None if handled.ready() else timeout + ANSWER_MARGIN
+        try:
+            reply.wait(bound)
         except BaseException:
             self._abandon(request)  # killed or timed out from outside: leak nothing
             raise

@@ -167,7 +167,6 @@ class ConnectionWorker(Actor):
         self.waiting = waiting
         self.conn: Any = None
         self.expires_at = 0.0
-        self.idle_since = 0.0
         self.failures = 0
         self._initial = conn
         self._idle_msg: Idle | None = None
@@ -254,7 +253,7 @@ class ConnectionWorker(Actor):
                 return
             if conn.gdbpool_cursor.rowcount > _CURSOR_KEEP_ROWS:
                 self._fresh_cursor(conn)  # do not keep a large result with an idle connection
-            self.idle_since = now
+            conn.gdbpool_idle_since = now
             # Then the interactions that queued meanwhile, taken from the pool's
             # wait queue, until none waits: only then report Idle. A chained
             # interaction skips alive(): see "Checks" in the module docstring.
@@ -303,14 +302,14 @@ class ConnectionWorker(Actor):
         """Cheap check, plus ``SELECT 1`` after ``check_after`` idle seconds (module docstring)."""
         if not check_connection(conn):
             return False
-        if time.monotonic() - self.idle_since > self.settings.check_after:
+        if time.monotonic() - conn.gdbpool_idle_since > self.settings.check_after:
             return ping(conn, self.settings.connect_timeout)
         return True
 
     def _after_use(self, conn: Any) -> None:
         now = time.monotonic()
         if self._still_usable(conn, now):
-            self.idle_since = now
+            conn.gdbpool_idle_since = now
             self.pool.tell(self._idle_msg)
 
     def _still_usable(self, conn: Any, now: float) -> bool:
@@ -333,9 +332,10 @@ class ConnectionWorker(Actor):
         self._fresh_cursor(conn)
         self.failures = 0
         conn.gdbpool_worker = self.ref
+        conn.gdbpool_idle = self._idle_msg
         # +-5% so connections opened together are not all recycled together.
         self.expires_at = time.monotonic() + self.settings.max_lifetime * random.uniform(0.95, 1.0)
-        self.idle_since = time.monotonic()
+        conn.gdbpool_idle_since = time.monotonic()
         self.settings.log.debug("connection_opened", worker=self.ref.name, connect_ms=connect_ms)
         self.pool.tell(Opened(self.ref, conn, connect_ms, self.expires_at))
 

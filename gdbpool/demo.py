@@ -130,6 +130,7 @@ def _private_schema(dsn: str) -> Iterator[str]:
         def interaction(conn: Any) -> None:
             with conn.cursor() as cur:
                 cur.execute(statement)
+
         return interaction
 
     with DBInteractionPool(dsn, pool_size=1) as admin:
@@ -138,8 +139,9 @@ def _private_schema(dsn: str) -> Iterator[str]:
             # make_dsn keeps URI and key=value DSNs alike valid, quoting as needed.
             yield make_dsn(dsn, options=f"-c search_path={schema.string}")
         finally:
-            admin.run(execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema)),
-                      is_write=True).get(30)
+            admin.run(execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema)), is_write=True).get(
+                30
+            )
 
 
 def _examples(
@@ -162,8 +164,9 @@ def _examples(
 
     def interaction(conn: Any) -> Any:
         curs = conn.cursor()
-        curs.execute("SELECT val1, val2, count(id) FROM test_values GROUP BY val1, val2 "
-                     "ORDER BY val1, val2")
+        curs.execute(
+            "SELECT val1, val2, count(id) FROM test_values GROUP BY val1, val2 ORDER BY val1, val2"
+        )
         res = curs.fetchall()
         curs.close()
         return res
@@ -174,8 +177,11 @@ def _examples(
     with _step("a write on the primary, then a read-your-writes read"):
         session = ipool.session()
         ipool.run("UPDATE test_values SET val2 = 1000 WHERE id = %s", (1,), session=session).get(30)
-        seen = ipool.run("SELECT val2, pg_is_in_recovery() FROM test_values WHERE id = 1",
-                         read_only=True, session=session).get(30)
+        seen = ipool.run(
+            "SELECT val2, pg_is_in_recovery() FROM test_values WHERE id = 1",
+            read_only=True,
+            session=session,
+        ).get(30)
     where = "replica" if seen[0][1] else "primary"
     out["read-your-writes"] = f"read val2={seen[0][0]} right after writing it, on the {where}"
     with _step("four queries in parallel with run_many"):
@@ -193,8 +199,9 @@ def _notifications(ipool: DBInteractionPool) -> dict[str, Any]:
     try:
         with _step(f"inserting {_EVENTS} rows: the rules NOTIFY, the bridge publishes"):
             for i in range(_EVENTS):
-                ipool.run("INSERT INTO test_values (val1, val2) VALUES (%s, %s)",
-                          (i % 9 + 1, i)).get(timeout=30)
+                ipool.run(
+                    "INSERT INTO test_values (val1, val2) VALUES (%s, %s)", (i % 9 + 1, i)
+                ).get(timeout=30)
             received: list[Notification] = []
             other = 0
             while len(received) < _EVENTS:

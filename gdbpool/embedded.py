@@ -166,9 +166,7 @@ class EmbeddedPostgres:
             for attempt in range(3):
                 self._write_config()
                 try:
-                    self._pg_ctl(
-                        "start", "-w", "-t", str(_START_TIMEOUT), "-l", str(self._logfile)
-                    )
+                    self._pg_ctl("start", "-w", "-t", str(_START_TIMEOUT), "-l", str(self._logfile))
                     break
                 except EmbeddedPostgresError as exc:
                     if not (self._port_chosen and "already in use" in str(exc)) or attempt == 2:

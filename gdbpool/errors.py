@@ -75,8 +75,9 @@ class DBInteractionException(GDBPoolError):
     the original exception is the ``__cause__`` (also kept as ``original``).
     """
 
-    def __init__(self, message: str, *, pgcode: str | None = None,
-                 original: BaseException | None = None) -> None:
+    def __init__(
+        self, message: str, *, pgcode: str | None = None, original: BaseException | None = None
+    ) -> None:
         super().__init__(message)
         self.pgcode = pgcode
         self.original = original
@@ -104,5 +105,3 @@ class SubscriptionClosed(NotificationError):
 
 class BridgeClosed(GDBPoolError):
     """The ZeroMQ bridge or subscriber is closed."""
-
-

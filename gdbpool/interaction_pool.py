@@ -126,7 +126,10 @@ class DBInteractionPool:
         self._hub_lock = Semaphore()
         self._closed = False
         self._router: ActorRef = _Router.start(
-            pool_name, replica_fallback, max_replica_lag, max_replica_lag_bytes,
+            pool_name,
+            replica_fallback,
+            max_replica_lag,
+            max_replica_lag_bytes,
             name=f"router:{pool_name}",
         )
         try:
@@ -330,11 +333,16 @@ class DBInteractionPool:
         ``timeout`` bounds the wait for a connection.
         """
         self._check_open()
-        tx = Transaction(None, read_only=read_only, isolation_level=isolation_level,
-                         timeout=timeout, session=session)  # validates before checkout
-        tx.pool = self._router.ask(
-            _Route(read_only=read_only, pool=pool, session=session)
-        ).get(timeout=10)
+        tx = Transaction(
+            None,
+            read_only=read_only,
+            isolation_level=isolation_level,
+            timeout=timeout,
+            session=session,
+        )  # validates before checkout
+        tx.pool = self._router.ask(_Route(read_only=read_only, pool=pool, session=session)).get(
+            timeout=10
+        )
         with tx:
             yield tx
 

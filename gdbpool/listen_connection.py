@@ -69,8 +69,12 @@ __all__ = ["ListenConnection", "keepalive_options"]
 
 # libpq TCP keepalives on the LISTEN connection (a DSN's own values win): the
 # kernel gives up on a silent peer after about idle + interval * count seconds.
-_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
-               "keepalives_count": "3"}
+_KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
 # Channels per LISTEN round trip when (re)connecting.
 _LISTEN_CHUNK = 500
 _LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -244,11 +248,17 @@ class ListenConnection(Actor):
         where = describe_dsn(state.dsn)
         conn: Any = None
         try:
-            with gevent.Timeout(state.connect_timeout, PoolConnectionError(
-                f"LISTEN connection to {where} not established within {state.connect_timeout} s"
-            )):
-                conn = psycopg2.connect(state.dsn, application_name=state.application_name,
-                                        **keepalive_options(state.dsn))
+            with gevent.Timeout(
+                state.connect_timeout,
+                PoolConnectionError(
+                    f"LISTEN connection to {where} not established within {state.connect_timeout} s"
+                ),
+            ):
+                conn = psycopg2.connect(
+                    state.dsn,
+                    application_name=state.application_name,
+                    **keepalive_options(state.dsn),
+                )
                 conn.autocommit = True
                 with conn.cursor() as cur:
                     cur.execute("SELECT pg_is_in_recovery(), pg_backend_pid()")
@@ -333,8 +343,10 @@ class ListenConnection(Actor):
         now = time.time()
         source = state.source
         make = make_notification
-        items = [make(n.channel, n.payload, n.pid, now, seq, source)
-                 for seq, n in enumerate(batch, first)]
+        items = [
+            make(n.channel, n.payload, n.pid, now, seq, source)
+            for seq, n in enumerate(batch, first)
+        ]
         routes = state.routes
         channels = {n.channel for n in batch}
         if len(channels) == 1:
@@ -346,8 +358,9 @@ class ListenConnection(Actor):
         for channel, group in groups.items():
             self._deliver(routes, channel, tuple(group))
 
-    def _deliver(self, routes: dict[str, Route], channel: str,
-                 batch: tuple[Notification, ...]) -> None:
+    def _deliver(
+        self, routes: dict[str, Route], channel: str, batch: tuple[Notification, ...]
+    ) -> None:
         route = routes.get(channel)
         if route is None:  # arrived while its UNLISTEN was on the way
             return
@@ -369,7 +382,9 @@ class ListenConnection(Actor):
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
         if error is not None:
             self._log.warning(
-                "reconnect_failed", attempt=self._attempt, retry_in=round(delay, 3),
+                "reconnect_failed",
+                attempt=self._attempt,
+                retry_in=round(delay, 3),
                 error=_oneline(error),
             )
         self._timer = gevent.get_hub().loop.timer(delay)

@@ -62,8 +62,11 @@ def describe_dsn(dsn: str | Mapping[str, str]) -> str:
             if "://" in dsn:
                 try:
                     url = urlsplit(dsn)
-                    found = {"host": url.hostname or "", "port": str(url.port or ""),
-                             "dbname": url.path.lstrip("/")}
+                    found = {
+                        "host": url.hostname or "",
+                        "port": str(url.port or ""),
+                        "dbname": url.path.lstrip("/"),
+                    }
                 except ValueError:
                     return "unknown host"
             if found:

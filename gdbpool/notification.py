@@ -106,8 +106,9 @@ def _fast_constructor() -> Any:
         for name in ("channel", "payload", "pid", "received_at", "seq", "source")
     )
 
-    def make(channel: str, payload: str, pid: int, received_at: float, seq: int,
-             source: str) -> Notification:
+    def make(
+        channel: str, payload: str, pid: int, received_at: float, seq: int, source: str
+    ) -> Notification:
         n = new(Notification)
         set_channel(n, channel)
         set_payload(n, payload)

@@ -131,8 +131,12 @@ class ReplicaProbe:
             return ReplicaStatus(self.name, False, checked_at=now, error=str(exc))
         if not in_recovery:
             # Promoted, or a primary configured as a replica: its data may have forked.
-            return ReplicaStatus(self.name, False, checked_at=now,
-                                 error="not in recovery: this server is not a replica")
+            return ReplicaStatus(
+                self.name,
+                False,
+                checked_at=now,
+                error="not in recovery: this server is not a replica",
+            )
         replay_lsn = lsn_to_int(replay) if replay else None
         lag_bytes = None
         try:
@@ -142,9 +146,12 @@ class ReplicaProbe:
         except (Exception, gevent.Timeout):  # noqa: S110 - unknown lag: a bytes bound refuses it
             pass
         return ReplicaStatus(
-            self.name, True, replay_lsn=replay_lsn,
+            self.name,
+            True,
+            replay_lsn=replay_lsn,
             lag_seconds=None if lag_s is None else float(lag_s),
-            lag_bytes=lag_bytes, checked_at=now,
+            lag_bytes=lag_bytes,
+            checked_at=now,
         )
 
     def _loop(self) -> None:

@@ -233,9 +233,7 @@ class Subscription:
     def _count_drops(self, n: int) -> None:
         self.dropped += n
         if not self._burst:
-            self._log.warning(
-                "subscription_overflow", maxsize=self.maxsize, overflow=self.overflow
-            )
+            self._log.warning("subscription_overflow", maxsize=self.maxsize, overflow=self.overflow)
         self._burst += n
 
     def _end_burst(self) -> None:

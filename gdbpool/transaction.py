@@ -89,8 +89,9 @@ class Transaction:
         """
         if self._conn is None:
             raise ConfigurationError("Transaction.run() outside its with-block")
-        msg = Interaction(interaction, args, timeout=timeout, cursor_factory=cursor_factory,
-                          dec2float=dec2float)
+        msg = Interaction(
+            interaction, args, timeout=timeout, cursor_factory=cursor_factory, dec2float=dec2float
+        )
         return run_in_transaction(self._conn, msg)
 
     def __exit__(

@@ -180,7 +180,11 @@ class ZmqNotifyBridge:
         self.name = name or self.endpoint
         self._log = get_logger("gdbpool.bridge", bridge=self.name, source=self.source_id)
         self._ref: ActorRef = BridgePublisher.start(
-            socket, self.channels, self.source_id, self.name, heartbeat_interval,
+            socket,
+            self.channels,
+            self.source_id,
+            self.name,
+            heartbeat_interval,
             name=f"bridge[{self.name}]",
         )
         try:
@@ -192,8 +196,9 @@ class ZmqNotifyBridge:
             self.close()
             raise
         self._spawn(self._heartbeat, heartbeat_interval)
-        self._log.info("bridge_started", endpoint=self.endpoint, channels=list(self.channels),
-                       curve=zap)
+        self._log.info(
+            "bridge_started", endpoint=self.endpoint, channels=list(self.channels), curve=zap
+        )
 
     # -- public API ---------------------------------------------------------
 
@@ -260,8 +265,11 @@ class ZmqNotifyBridge:
                     return
                 sub = renewed
                 self._log.warning("channel_resubscribed", channel=channel)
-                gap = Reconnected((channel,), time.time(),
-                                  f"bridge resubscribed: its hub subscription ended ({reason})")
+                gap = Reconnected(
+                    (channel,),
+                    time.time(),
+                    f"bridge resubscribed: its hub subscription ended ({reason})",
+                )
                 tell(_Forward(channel, gap, lost_before))
         except ActorError:
             if not self._closed:
@@ -293,8 +301,9 @@ class ZmqNotifyBridge:
                 self._log.error("resubscribe_impossible", channel=channel, error=str(exc))
                 return None
             except GDBPoolError as exc:
-                self._log.warning("resubscribe_failed", channel=channel, error=str(exc),
-                                  retry_in=delay)
+                self._log.warning(
+                    "resubscribe_failed", channel=channel, error=str(exc), retry_in=delay
+                )
                 if self._stop.wait(delay):
                     return None
                 delay = min(ceiling, delay * 2)
@@ -308,8 +317,12 @@ class ZmqNotifyBridge:
         while not self._stop.wait(interval):
             tell(_Beat())
 
-    def _start_curve(self, secret: str | bytes | None, public: str | bytes | None,
-                     allowed: Iterable[str | bytes] | None) -> bool:
+    def _start_curve(
+        self,
+        secret: str | bytes | None,
+        public: str | bytes | None,
+        allowed: Iterable[str | bytes] | None,
+    ) -> bool:
         zap = bind_zap(self._ctx, secret, public, allowed)
         if zap is None:
             return False

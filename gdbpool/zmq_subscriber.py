@@ -166,8 +166,13 @@ class NotifySubscriber:
             self._ctx.destroy(linger=0)
             raise
 
-    def _configure(self, rcvhwm: int, server_key: str | bytes | None,
-                   public_key: str | bytes | None, secret_key: str | bytes | None) -> None:
+    def _configure(
+        self,
+        rcvhwm: int,
+        server_key: str | bytes | None,
+        public_key: str | bytes | None,
+        secret_key: str | bytes | None,
+    ) -> None:
         sock = self._socket
         sock.rcvhwm = rcvhwm
         sock.linger = 0
@@ -287,8 +292,9 @@ class NotifySubscriber:
             if old is not None and old != src:
                 self._forget(old)
                 self._pending.append(BridgeRestarted(old, src, m.bridge))
-                self._log.warning("bridge_restarted", bridge=m.bridge, old_source=old,
-                                  new_source=src)
+                self._log.warning(
+                    "bridge_restarted", bridge=m.bridge, old_source=old, new_source=src
+                )
             state = self._sources[src] = _Source(m.bridge)
             self._by_bridge[m.bridge] = src
         else:
@@ -302,8 +308,16 @@ class NotifySubscriber:
             return
         self._advance(src, m.channel, m.seq, heartbeat=False)
         if m.kind == "notify":
-            self._pending.append(Notification(channel=m.channel, payload=m.payload, pid=m.pid,
-                                              received_at=m.ts, seq=m.seq, source=src))
+            self._pending.append(
+                Notification(
+                    channel=m.channel,
+                    payload=m.payload,
+                    pid=m.pid,
+                    received_at=m.ts,
+                    seq=m.seq,
+                    source=src,
+                )
+            )
         else:
             self._pending.append(Reconnected(channels=(m.channel,), at=m.ts, reason=m.reason))
 
@@ -315,8 +329,9 @@ class NotifySubscriber:
         if last is not None and expected_last > last:
             got = seq + 1 if heartbeat else seq
             self._pending.append(Gap(src, channel, last + 1, got, expected_last - last))
-            self._log.warning("gap_detected", source=src, channel=channel,
-                              missed=expected_last - last)
+            self._log.warning(
+                "gap_detected", source=src, channel=channel, missed=expected_last - last
+            )
         if last is None or seq > last or not heartbeat:
             self._last_seq[key] = seq
 
@@ -336,8 +351,9 @@ class NotifySubscriber:
                 self._log.warning("bridge_silent", source=src, bridge=state.bridge)
 
     def _next_silence(self, now: float) -> float | None:
-        due = [s.heard + self.heartbeat_timeout - now for s in self._sources.values()
-               if not s.silent]
+        due = [
+            s.heard + self.heartbeat_timeout - now for s in self._sources.values() if not s.silent
+        ]
         return max(0.0, min(due)) if due else None
 
 

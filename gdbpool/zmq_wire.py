@@ -76,8 +76,15 @@ def encode_notify(
     channel: str, payload: str, *, source: str, bridge: str, seq: int, pid: int, ts: float
 ) -> list[bytes]:
     """Frames of one notification."""
-    header = {"v": WIRE_VERSION, "type": "notify", "src": source, "bridge": bridge,
-              "seq": seq, "pid": pid, "ts": ts}
+    header = {
+        "v": WIRE_VERSION,
+        "type": "notify",
+        "src": source,
+        "bridge": bridge,
+        "seq": seq,
+        "pid": pid,
+        "ts": ts,
+    }
     return [channel.encode(), _header(header), payload.encode()]
 
 
@@ -85,8 +92,15 @@ def encode_reconnected(
     channel: str, *, source: str, bridge: str, seq: int, ts: float, reason: str
 ) -> list[bytes]:
     """Frames telling subscribers of ``channel`` that notifications may have been lost."""
-    header = {"v": WIRE_VERSION, "type": "reconnected", "src": source, "bridge": bridge,
-              "seq": seq, "ts": ts, "reason": reason}
+    header = {
+        "v": WIRE_VERSION,
+        "type": "reconnected",
+        "src": source,
+        "bridge": bridge,
+        "seq": seq,
+        "ts": ts,
+        "reason": reason,
+    }
     return [channel.encode(), _header(header), _EMPTY]
 
 
@@ -94,8 +108,15 @@ def encode_heartbeat(
     *, source: str, bridge: str, ts: float, interval: float, seqs: Mapping[str, int]
 ) -> list[bytes]:
     """Frames of one heartbeat; ``seqs`` maps each channel to its last sequence number."""
-    header = {"v": WIRE_VERSION, "type": "heartbeat", "src": source, "bridge": bridge,
-              "ts": ts, "interval": interval, "seqs": dict(seqs)}
+    header = {
+        "v": WIRE_VERSION,
+        "type": "heartbeat",
+        "src": source,
+        "bridge": bridge,
+        "ts": ts,
+        "interval": interval,
+        "seqs": dict(seqs),
+    }
     return [HEARTBEAT_TOPIC, _header(header), _EMPTY]
 
 
@@ -151,14 +172,35 @@ def decode(frames: list[bytes]) -> WireMessage | None:
         ts = float(header["ts"])
         if kind == "heartbeat":
             seqs = {str(k): int(v) for k, v in header["seqs"].items()}
-            return WireMessage("heartbeat", source, bridge, ts, seqs=seqs,
-                               interval=float(header.get("interval", 0.0)))
+            return WireMessage(
+                "heartbeat",
+                source,
+                bridge,
+                ts,
+                seqs=seqs,
+                interval=float(header.get("interval", 0.0)),
+            )
         channel = topic.decode()
         seq = int(header["seq"])
         if kind == "reconnected":
-            return WireMessage("reconnected", source, bridge, ts, channel=channel, seq=seq,
-                               reason=str(header.get("reason", "")))
-        return WireMessage("notify", source, bridge, ts, channel=channel, seq=seq,
-                           pid=int(header.get("pid", 0)), payload=payload.decode())
+            return WireMessage(
+                "reconnected",
+                source,
+                bridge,
+                ts,
+                channel=channel,
+                seq=seq,
+                reason=str(header.get("reason", "")),
+            )
+        return WireMessage(
+            "notify",
+            source,
+            bridge,
+            ts,
+            channel=channel,
+            seq=seq,
+            pid=int(header.get("pid", 0)),
+            payload=payload.decode(),
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireFormatError(f"malformed {kind} header {raw_header[:120]!r}: {exc}") from exc

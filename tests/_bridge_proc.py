@@ -43,9 +43,15 @@ def main() -> int:
     hub = NotificationHub(args.dsn)
     try:
         bridge = ZmqNotifyBridge(
-            hub, args.channel, bind=args.bind, sndhwm=args.sndhwm, queue_size=args.queue_size,
-            heartbeat_interval=args.heartbeat, curve_secret_key=args.curve_secret,
-            curve_public_key=args.curve_public, allowed_client_keys=args.allow,
+            hub,
+            args.channel,
+            bind=args.bind,
+            sndhwm=args.sndhwm,
+            queue_size=args.queue_size,
+            heartbeat_interval=args.heartbeat,
+            curve_secret_key=args.curve_secret,
+            curve_public_key=args.curve_public,
+            allowed_client_keys=args.allow,
         )
     except GDBPoolError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,11 +29,22 @@ GDBPOOL = [sys.executable, "-m", "gdbpool.cli"]
 class ChildProcess:
     """``subprocess.Popen`` in its own session, with its output lines queued."""
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 stdin: int | None = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+    ) -> None:
         self.proc = subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=stdin, text=True,
-            cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True,
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=stdin,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
         self.seen: list[tuple[str, str]] = []

@@ -51,6 +51,7 @@ def listening_on(hub: NotificationHub, channel: str, subscribers: int = 1) -> No
     ``subscribers`` for ``channel`` (the actor has handled listen_on's
     Subscribe), then asks the server.
     """
+
     def counted() -> bool:
         route = hub._state.routes.get(channel)
         return route is not None and route.count == subscribers

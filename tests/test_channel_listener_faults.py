@@ -208,8 +208,13 @@ def proxy(pg_primary: EmbeddedPostgres) -> Iterator[TcpProxy]:
 def test_a_blackholed_listen_connection_is_detected_by_the_idle_check_and_reconnected(
     dsn: str, proxy: TcpProxy
 ) -> None:
-    with NotificationHub(proxy.dsn(dsn), idle_check=0.3, connect_timeout=1.0,
-                         reconnect_initial=0.05, reconnect_max=0.3) as hub:
+    with NotificationHub(
+        proxy.dsn(dsn),
+        idle_check=0.3,
+        connect_timeout=1.0,
+        reconnect_initial=0.05,
+        reconnect_max=0.3,
+    ) as hub:
         sub = hub.subscribe("feed")
         hub.notify("feed", "before")
         assert sub.get(timeout=WAIT).payload == "before"  # type: ignore[union-attr]
@@ -275,7 +280,9 @@ def test_the_listen_connection_has_tcp_keepalives(dsn: str) -> None:
 
 def test_keepalive_settings_in_the_dsn_win() -> None:
     assert keepalive_options("host=db keepalives_idle=7") == {
-        "keepalives": "1", "keepalives_interval": "10", "keepalives_count": "3",
+        "keepalives": "1",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
     }
 
 
@@ -305,8 +312,7 @@ def client_socket(port: int) -> socket.socket:
         except OSError:
             continue
         try:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and \
-                    sock.getsockname()[1] == port:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getsockname()[1] == port:
                 return sock
         except OSError:
             pass

@@ -24,8 +24,13 @@ GDBPOOL = [sys.executable, "-m", "gdbpool.cli"]
 def _run(
     *args: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GDBPOOL, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*GDBPOOL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_help_lists_the_subcommands() -> None:
@@ -45,7 +50,9 @@ def test_postgres_runs_in_the_foreground_and_stops_on_sigterm() -> None:
     port = free_port()
     proc = subprocess.Popen(
         [*GDBPOOL, "postgres", "--port", str(port), "--password", "pw-cli", "--fast"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -53,11 +60,14 @@ def test_postgres_runs_in_the_foreground_and_stops_on_sigterm() -> None:
         assert "ready on 127.0.0.1" in ready, proc.stderr.read() if proc.stderr else ready
         dsnline = proc.stdout.readline()
         assert "pw-cli" not in dsnline and "password=***" in dsnline
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password="pw-cli",
-                                dbname="postgres")
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=port, user="postgres", password="pw-cli", dbname="postgres"
+        )
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid(), (SELECT pid FROM pg_stat_activity "
-                        "WHERE backend_type = 'checkpointer')")
+            cur.execute(
+                "SELECT pg_backend_pid(), (SELECT pid FROM pg_stat_activity "
+                "WHERE backend_type = 'checkpointer')"
+            )
             _, checkpointer = cur.fetchone()
         conn.close()
         proc.send_signal(signal.SIGTERM)
@@ -76,14 +86,17 @@ def test_postgres_reads_its_password_from_the_environment_not_the_command_line()
     port = free_port()
     proc = subprocess.Popen(
         [*GDBPOOL, "postgres", "--port", str(port), "--fast", "--password-env", "GDBPOOL_T_PW"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "GDBPOOL_T_PW": "pw-from-env"},
     )
     try:
         assert proc.stdout is not None
         assert "ready on 127.0.0.1" in proc.stdout.readline()
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres",
-                                password="pw-from-env", dbname="postgres")
+        conn = psycopg2.connect(
+            host="127.0.0.1", port=port, user="postgres", password="pw-from-env", dbname="postgres"
+        )
         conn.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -143,8 +156,10 @@ def _postgres_pids_on(ports: list[int]) -> set[int]:
             conf = (cwd / "postgresql.auto.conf").read_text()
         except OSError:
             continue
-        if comm == "postgres" and pid_alive(int(entry)) and any(
-            f"port = {port}\n" in conf for port in ports
+        if (
+            comm == "postgres"
+            and pid_alive(int(entry))
+            and any(f"port = {port}\n" in conf for port in ports)
         ):
             pids.add(int(entry))
     return pids
@@ -165,8 +180,10 @@ def test_demo_on_a_users_server_drops_its_schema_and_can_run_again_with_a_uri_ds
     dsn: str,
 ) -> None:
     parts = parse_dsn(dsn)
-    uri = (f"postgresql://{quote(parts['user'], safe='')}:{quote(parts['password'], safe='')}"
-           f"@{parts['host']}:{parts['port']}/{parts['dbname']}")
+    uri = (
+        f"postgresql://{quote(parts['user'], safe='')}:{quote(parts['password'], safe='')}"
+        f"@{parts['host']}:{parts['port']}/{parts['dbname']}"
+    )
     for given in (dsn, uri):  # the second run would fail on a schema the first left behind
         proc = _run("demo", "--dsn", given, timeout=60)
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -19,8 +19,9 @@ from gdbpool.embedded import free_port
 def _run(
     *args: str, stdin: str | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GDBPOOL, *args], input=stdin, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*GDBPOOL, *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Bridge:
@@ -34,11 +35,26 @@ class Bridge:
 
 @pytest.fixture
 def bridge(dsn: str) -> Iterator[Bridge]:
-    child = ChildProcess([*GDBPOOL, "bridge", "--dsn", dsn, "--channel", "cli_ev",
-                          "--channel", "cli_other", "--heartbeat", "0.2"])
+    child = ChildProcess(
+        [
+            *GDBPOOL,
+            "bridge",
+            "--dsn",
+            dsn,
+            "--channel",
+            "cli_ev",
+            "--channel",
+            "cli_other",
+            "--heartbeat",
+            "0.2",
+        ]
+    )
     try:
-        match = child.wait_for(r"^gdbpool bridge: endpoint (tcp://\S+) channels=\S+ source=(\w+)",
-                               timeout=20, stream="out")
+        match = child.wait_for(
+            r"^gdbpool bridge: endpoint (tcp://\S+) channels=\S+ source=(\w+)",
+            timeout=20,
+            stream="out",
+        )
         yield Bridge(child, match[1], match[2])
     finally:
         child.stop(signal.SIGTERM)
@@ -48,8 +64,9 @@ def bridge(dsn: str) -> Iterator[Bridge]:
 def _subscriber(bridge: Bridge, *args: str) -> ChildProcess:
     """A ``gdbpool subscribe`` child that has heard the bridge (past ZeroMQ's slow joiner)."""
     child = ChildProcess([*GDBPOOL, "subscribe", "--connect", bridge.endpoint, *args])
-    child.wait_for(rf"connected to {bridge.endpoint} \(source {bridge.source}\)", timeout=15,
-                   stream="err")
+    child.wait_for(
+        rf"connected to {bridge.endpoint} \(source {bridge.source}\)", timeout=15, stream="err"
+    )
     return child
 
 
@@ -65,8 +82,9 @@ def test_help_lists_every_subcommand() -> None:
 def test_notifications_reach_json_and_readable_subscribers_through_the_bridge(
     dsn: str, bridge: Bridge
 ) -> None:
-    as_json = _subscriber(bridge, "--channel", "cli_ev", "--json", "--count", "3",
-                          "--timeout", "20")
+    as_json = _subscriber(
+        bridge, "--channel", "cli_ev", "--json", "--count", "3", "--timeout", "20"
+    )
     readable = _subscriber(bridge, "--channel", "cli_ev", "--count", "3", "--timeout", "20")
     try:
         for payload in ('{"n": 1}', "two"):
@@ -76,8 +94,9 @@ def test_notifications_reach_json_and_readable_subscribers_through_the_bridge(
         # not subscribed to this one: the subscribers must not count it
         other = _run("notify", "--dsn", dsn, "--channel", "cli_other", "--payload", "x")
         assert other.returncode == 0
-        sent = _run("notify", "--dsn", dsn, "--channel", "cli_ev", "--payload", "-",
-                    stdin="from stdin\n")
+        sent = _run(
+            "notify", "--dsn", dsn, "--channel", "cli_ev", "--payload", "-", stdin="from stdin\n"
+        )
         assert sent.returncode == 0, sent.stderr
 
         assert as_json.proc.wait(timeout=20) == 0, as_json.transcript()
@@ -113,8 +132,15 @@ def test_bridge_and_subscriber_stop_cleanly_on_a_signal(
 
 
 def test_subscribe_times_out_with_exit_1_when_nothing_arrives() -> None:
-    proc = _run("subscribe", "--connect", f"tcp://127.0.0.1:{free_port()}", "--channel", "x",
-                "--timeout", "1")
+    proc = _run(
+        "subscribe",
+        "--connect",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--channel",
+        "x",
+        "--timeout",
+        "1",
+    )
     assert proc.returncode == 1
     assert "no notification within 1 s" in proc.stderr
 
@@ -126,8 +152,9 @@ def test_bridge_refuses_an_address_in_use_with_exit_1(dsn: str, bridge: Bridge) 
 
 
 def test_bridge_warns_when_publishing_beyond_loopback(dsn: str) -> None:
-    child = ChildProcess([*GDBPOOL, "bridge", "--dsn", dsn, "--channel", "x", "--bind",
-                          "tcp://0.0.0.0:0"])
+    child = ChildProcess(
+        [*GDBPOOL, "bridge", "--dsn", dsn, "--channel", "x", "--bind", "tcp://0.0.0.0:0"]
+    )
     try:
         child.wait_for(r"warning: publishing on tcp://0\.0\.0\.0:0, beyond loopback", 20, "err")
         child.wait_for(r"^gdbpool bridge: endpoint tcp://0\.0\.0\.0:\d+", 20, "out")
@@ -139,29 +166,47 @@ def test_bridge_warns_when_publishing_beyond_loopback(dsn: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["notify", "--dsn", "garbage", "--channel", "c", "--payload", "p"],
-         "--dsn is not a valid libpq connection string"),
+        (
+            ["notify", "--dsn", "garbage", "--channel", "c", "--payload", "p"],
+            "--dsn is not a valid libpq connection string",
+        ),
         (["bridge", "--dsn", "host='unterminated", "--channel", "c"], "not a valid libpq"),
-        (["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--bind", "127.0.0.1:5555"],
-         "--bind '127.0.0.1:5555' is not a ZeroMQ endpoint"),
-        (["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--bind", "tcp://h:99999"],
-         "is not a ZeroMQ endpoint"),
-        (["subscribe", "--connect", "tcp://127.0.0.1", "--channel", "c"],
-         "--connect 'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
+        (
+            ["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--bind", "127.0.0.1:5555"],
+            "--bind '127.0.0.1:5555' is not a ZeroMQ endpoint",
+        ),
+        (
+            ["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--bind", "tcp://h:99999"],
+            "is not a ZeroMQ endpoint",
+        ),
+        (
+            ["subscribe", "--connect", "tcp://127.0.0.1", "--channel", "c"],
+            "--connect 'tcp://127.0.0.1' is not a ZeroMQ endpoint",
+        ),
         (["subscribe", "--connect", "tcp://*:5555", "--channel", "c"], "is not a ZeroMQ endpoint"),
         (["bridge", "--dsn", "host=127.0.0.1"], "the following arguments are required: --channel"),
         (["subscribe", "--connect", "tcp://127.0.0.1:5555"], "required: --channel"),
         (["notify", "--dsn", "host=127.0.0.1", "--payload", "p"], "required: --channel"),
-        (["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--chanel", "d"],
-         "unrecognized arguments: --chanel"),
-        (["notify", "--dsn", "host=127.0.0.1", "--channel", "c", "--payload", "x" * 8000],
-         "--payload: NOTIFY payload is 8000 bytes"),
-        (["notify", "--dsn", "host=127.0.0.1", "--channel", "", "--payload", "p"],
-         "--channel: channel name must not be empty"),
-        (["subscribe", "--connect", "tcp://127.0.0.1:5555", "--channel", "c", "--count", "0"],
-         "must be > 0"),
-        (["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--heartbeat", "soon"],
-         "not a number"),
+        (
+            ["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--chanel", "d"],
+            "unrecognized arguments: --chanel",
+        ),
+        (
+            ["notify", "--dsn", "host=127.0.0.1", "--channel", "c", "--payload", "x" * 8000],
+            "--payload: NOTIFY payload is 8000 bytes",
+        ),
+        (
+            ["notify", "--dsn", "host=127.0.0.1", "--channel", "", "--payload", "p"],
+            "--channel: channel name must not be empty",
+        ),
+        (
+            ["subscribe", "--connect", "tcp://127.0.0.1:5555", "--channel", "c", "--count", "0"],
+            "must be > 0",
+        ),
+        (
+            ["bridge", "--dsn", "host=127.0.0.1", "--channel", "c", "--heartbeat", "soon"],
+            "not a number",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_one_line_reason(args: list[str], message: str) -> None:
@@ -203,8 +248,20 @@ def test_notify_waits_for_a_server_that_comes_up() -> None:
 
     port = free_port()
     server = EmbeddedPostgres(port=port, password="pw-wait")
-    child = ChildProcess([*GDBPOOL, "notify", "--dsn", server.dsn(), "--channel", "c",
-                          "--payload", "p", "--wait", "30"])
+    child = ChildProcess(
+        [
+            *GDBPOOL,
+            "notify",
+            "--dsn",
+            server.dsn(),
+            "--channel",
+            "c",
+            "--payload",
+            "p",
+            "--wait",
+            "30",
+        ]
+    )
     try:
         server.start()
         assert child.proc.wait(timeout=30) == 0, child.transcript()

@@ -204,6 +204,34 @@ def test_an_autocommit_checkout_commits_each_statement(make_pool: MakePool, dsn:
     pool.put(conn)
 
 
+def test_a_read_only_autocommit_checkout_leaves_no_session_setting_behind(
+    make_pool: MakePool,
+) -> None:
+    # psycopg2 applies these with SET default_transaction_* in autocommit: put()
+    # cannot reset them without a round trip, so the worker does.
+    pool = make_pool(1)
+    conn = pool.get(auto_commit=True, read_only=True, isolation_level="serializable")
+    assert query(conn, "SHOW default_transaction_read_only") == [("on",)]
+    pool.put(conn)
+    for options in ({}, {"auto_commit": True}):
+        with pool.connection(**options) as conn:  # type: ignore[arg-type]
+            assert query(conn, "SHOW default_transaction_read_only") == [("off",)]
+            assert query(conn, "SHOW default_transaction_isolation") == [("read committed",)]
+            assert query(conn, "SHOW transaction_read_only") == [("off",)]
+
+
+def test_a_clean_connection_is_idle_again_as_soon_as_put_returns(make_pool: MakePool) -> None:
+    pool = make_pool(2)
+    for options in ({}, {"auto_commit": True}, {"isolation_level": "serializable"}):
+        conn = pool.get(**options)  # type: ignore[arg-type]
+        query(conn, "SELECT 1")
+        conn.commit()
+        assert pool.stats()["pool_available"] == 1
+        pool.put(conn)  # nothing to roll back: reset here, no worker round trip
+        assert pool.stats()["pool_available"] == 2
+        assert conn.autocommit is False and conn.isolation_level is None
+
+
 def test_uncommitted_work_is_rolled_back_on_put(make_pool: MakePool) -> None:
     pool = make_pool(1)
     with pool.connection() as conn:

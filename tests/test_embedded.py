@@ -38,7 +38,10 @@ def test_primary_requires_the_password(pg_primary: EmbeddedPostgres) -> None:
 
 
 def test_replica_is_in_recovery_and_replicates_a_committed_row(
-    pg_primary: EmbeddedPostgres, pg_replica: EmbeddedPostgres, dsn: str, replica_dsn: str,
+    pg_primary: EmbeddedPostgres,
+    pg_replica: EmbeddedPostgres,
+    dsn: str,
+    replica_dsn: str,
     wait_replay: object,
 ) -> None:
     assert _query(replica_dsn, "SELECT pg_is_in_recovery()") == [(True,)]

@@ -36,8 +36,9 @@ def _load(name: str) -> ModuleType:
 
 @pytest.fixture
 def bridge_endpoint(dsn: str) -> Iterator[str]:
-    child = ChildProcess([*GDBPOOL, "bridge", "--dsn", dsn, "--channel", "ex_ev",
-                          "--heartbeat", "0.2"])
+    child = ChildProcess(
+        [*GDBPOOL, "bridge", "--dsn", dsn, "--channel", "ex_ev", "--heartbeat", "0.2"]
+    )
     try:
         yield child.wait_for(r"endpoint (tcp://\S+)", timeout=20, stream="out")[1]
     finally:
@@ -50,9 +51,21 @@ def test_the_plain_pyzmq_subscriber_reads_the_wire_format_without_gdbpool(
 ) -> None:
     source = (EXAMPLES / "plain_pyzmq_subscriber.py").read_text()
     assert "import gdbpool" not in source and "from gdbpool" not in source
-    sub = ChildProcess([PYTHON, str(EXAMPLES / "plain_pyzmq_subscriber.py"), "--connect",
-                        bridge_endpoint, "--channel", "ex_ev", "--json", "--count", "3",
-                        "--timeout", "20"])
+    sub = ChildProcess(
+        [
+            PYTHON,
+            str(EXAMPLES / "plain_pyzmq_subscriber.py"),
+            "--connect",
+            bridge_endpoint,
+            "--channel",
+            "ex_ev",
+            "--json",
+            "--count",
+            "3",
+            "--timeout",
+            "20",
+        ]
+    )
     try:
         sub.wait_for(r"heard from bridge", timeout=15, stream="err")
         conn = psycopg2.connect(dsn)
@@ -64,7 +77,10 @@ def test_the_plain_pyzmq_subscriber_reads_the_wire_format_without_gdbpool(
         assert sub.proc.wait(timeout=20) == 0, sub.transcript()
         records = [json.loads(line) for name, line in sub.drain() if name == "out"]
         assert [(r["type"], r["payload"], r["seq"]) for r in records] == [
-            ("notify", "p0", 1), ("notify", "p1", 2), ("notify", "p2", 3)]
+            ("notify", "p0", 1),
+            ("notify", "p1", 2),
+            ("notify", "p2", 3),
+        ]
     finally:
         sub.kill()
 
@@ -72,12 +88,12 @@ def test_the_plain_pyzmq_subscriber_reads_the_wire_format_without_gdbpool(
 def test_the_plain_subscribers_sequence_tracker_reports_gaps_and_restarts() -> None:
     tracker: Any = _load("plain_pyzmq_subscriber").SequenceTracker()
     assert tracker.source("tcp://b", "s1") is None
-    assert tracker.missed("s1", "c", 5, is_last=False) == 0   # a late start is no gap
+    assert tracker.missed("s1", "c", 5, is_last=False) == 0  # a late start is no gap
     assert tracker.missed("s1", "c", 6, is_last=False) == 0
-    assert tracker.missed("s1", "c", 9, is_last=False) == 2   # 7 and 8 lost
-    assert tracker.missed("s1", "c", 11, is_last=True) == 2   # heartbeat: 10 and 11 lost
+    assert tracker.missed("s1", "c", 9, is_last=False) == 2  # 7 and 8 lost
+    assert tracker.missed("s1", "c", 11, is_last=True) == 2  # heartbeat: 10 and 11 lost
     assert tracker.missed("s1", "c", 11, is_last=True) == 0
-    assert tracker.source("tcp://b", "s2") == "s1"            # restarted: counters reset
+    assert tracker.source("tcp://b", "s2") == "s1"  # restarted: counters reset
     assert tracker.missed("s2", "c", 1, is_last=False) == 0
 
 
@@ -87,8 +103,22 @@ def test_the_writer_inserts_rows_that_notify_at_a_steady_rate(dsn: str) -> None:
     with listener.cursor() as cur:
         cur.execute('LISTEN "ex_a"; LISTEN "ex_b"')
     try:
-        proc = ChildProcess([PYTHON, str(EXAMPLES / "writer.py"), "--dsn", dsn, "--channel",
-                             "ex_a", "--channel", "ex_b", "--rate", "20", "--count", "4"])
+        proc = ChildProcess(
+            [
+                PYTHON,
+                str(EXAMPLES / "writer.py"),
+                "--dsn",
+                dsn,
+                "--channel",
+                "ex_a",
+                "--channel",
+                "ex_b",
+                "--rate",
+                "20",
+                "--count",
+                "4",
+            ]
+        )
         assert proc.proc.wait(timeout=30) == 0, proc.transcript()
         got: list[Any] = []
         while len(got) < 4:
@@ -124,8 +154,20 @@ def test_the_wsgi_app_writes_on_the_primary_and_reads_on_the_replica(
     dsn: str, replica_dsn: str, wait_replay: Callable[[str, str], None]
 ) -> None:
     port = free_port()
-    app = ChildProcess([PYTHON, str(EXAMPLES / "wsgi_app.py"), "--primary", dsn, "--replica",
-                        replica_dsn, "--port", str(port), "--wait", "20"])
+    app = ChildProcess(
+        [
+            PYTHON,
+            str(EXAMPLES / "wsgi_app.py"),
+            "--primary",
+            dsn,
+            "--replica",
+            replica_dsn,
+            "--port",
+            str(port),
+            "--wait",
+            "20",
+        ]
+    )
     try:
         app.wait_for(rf"listening on http://127.0.0.1:{port}/events", timeout=40, stream="out")
         base = f"http://127.0.0.1:{port}"

@@ -82,8 +82,12 @@ def test_the_original_readme_function_example_runs(ipool: DBInteractionPool) -> 
 
 
 def test_original_keyword_names_and_call_syntax_work(ipool: DBInteractionPool) -> None:
-    res = ipool("SELECT count(*) FROM test_values WHERE val1 = %s",
-                interaction_args=(3,), is_write=False, get_result=True).get(timeout=10)
+    res = ipool(
+        "SELECT count(*) FROM test_values WHERE val1 = %s",
+        interaction_args=(3,),
+        is_write=False,
+        get_result=True,
+    ).get(timeout=10)
     assert res == [(100,)]
 
 
@@ -149,9 +153,7 @@ def test_rows_come_back_as_dicts_with_realdictcursor(ipool: DBInteractionPool) -
     assert rows == [{"a": 1, "b": "x"}]
 
 
-@pytest.mark.parametrize(
-    "level", ["read committed", "repeatable read", "serializable"]
-)
+@pytest.mark.parametrize("level", ["read committed", "repeatable read", "serializable"])
 def test_each_isolation_level_is_applied(ipool: DBInteractionPool, level: str) -> None:
     assert ipool.run("SHOW transaction_isolation", isolation_level=level).get(10) == [(level,)]
 
@@ -278,8 +280,9 @@ def test_close_stops_every_pool_and_leaves_no_backend(schema_dsn: str) -> None:
     conn = psycopg2.connect(schema_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = 'ipool-close-test'")
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ipool-close-test'"
+        )
         assert cur.fetchone() == (0,)
     conn.close()
     assert set(_live_greenlets()) - baseline == set()
@@ -303,10 +306,14 @@ def test_a_transaction_refuses_bad_options_before_taking_a_connection(
     ipool: DBInteractionPool,
 ) -> None:
     requests = ipool.stats()["default"]["requests_num"]
-    with pytest.raises(ConfigurationError, match="unknown isolation_level 'dirty read'"), \
-            ipool.transaction(isolation_level="dirty read"):
+    with (
+        pytest.raises(ConfigurationError, match="unknown isolation_level 'dirty read'"),
+        ipool.transaction(isolation_level="dirty read"),
+    ):
         pass
-    with pytest.raises(ConfigurationError, match="autocommit"), \
-            ipool.transaction(isolation_level="autocommit"):
+    with (
+        pytest.raises(ConfigurationError, match="autocommit"),
+        ipool.transaction(isolation_level="autocommit"),
+    ):
         pass
     assert ipool.stats()["default"]["requests_num"] == requests

@@ -32,8 +32,9 @@ def test_the_original_listen_on_example_receives_rule_notifications(
     """).get(timeout=10)
     rq: gevent.queue.Queue[Notification] = gevent.queue.Queue(maxsize=None)
     stop_event = gevent.event.Event()
-    listener = gevent.spawn(ipool.listen_on, result_queue=rq,
-                            channel_name="notify_test_values", cancel_event=stop_event)
+    listener = gevent.spawn(
+        ipool.listen_on, result_queue=rq, channel_name="notify_test_values", cancel_event=stop_event
+    )
     hub = ipool.notification_hub()
     deadline = gevent.Timeout(10)
     with deadline:  # listen_on returns control once LISTEN is confirmed by the server

@@ -28,8 +28,10 @@ def log_stream() -> io.StringIO:
         (f"host=db PASSWORD = {SECRET}", "host=db PASSWORD = ***"),
         (f"postgresql://app:{SECRET}@db:5432/x", "postgresql://app:***@db:5432/x"),
         ("postgresql://app:p@ss@db/x", "postgresql://app:***@db/x"),
-        (f"postgres://db/x?user=a&password={SECRET}&sslmode=off",
-         "postgres://db/x?user=a&password=***&sslmode=off"),
+        (
+            f"postgres://db/x?user=a&password={SECRET}&sslmode=off",
+            "postgres://db/x?user=a&password=***&sslmode=off",
+        ),
         ("host=db user=app dbname=x", "host=db user=app dbname=x"),
     ],
 )
@@ -40,9 +42,11 @@ def test_redact_masks_passwords_in_every_dsn_form(text: str, expected: str) -> N
 def test_console_output_redacts_messages_fields_and_nested_values(log_stream: io.StringIO) -> None:
     configure_logging(stream=log_stream)
     log = get_logger("test", pool="default")
-    log.info(f"connecting to host=db password={SECRET}",
-             dsn=f"postgresql://u:{SECRET}@h/db",
-             nested={"conninfo": [f"password={SECRET}"], "password": SECRET})
+    log.info(
+        f"connecting to host=db password={SECRET}",
+        dsn=f"postgresql://u:{SECRET}@h/db",
+        nested={"conninfo": [f"password={SECRET}"], "password": SECRET},
+    )
     out = log_stream.getvalue()
     assert SECRET not in out
     assert "pool=default" in out

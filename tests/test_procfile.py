@@ -33,8 +33,9 @@ def _cluster_pids(data_dir: Path) -> set[int]:
     pids = {postmaster}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
-                          if ":\t" in line)
+            fields = dict(
+                line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+            )
         except OSError:
             continue
         if fields.get("PPid", "").strip() == str(postmaster):
@@ -124,8 +125,12 @@ def test_the_procfile_topology_carries_events_to_both_subscribers_and_stops_clea
 
 @pytest.mark.timeout(90)
 def test_the_two_bridges_topology_lets_one_subscriber_follow_both() -> None:
-    top = Topology("examples/Procfile.two-bridges", GDBPOOL_PG_PORT=free_port(),
-                   GDBPOOL_BRIDGE_PORT=free_port(), GDBPOOL_BRIDGE2_PORT=free_port())
+    top = Topology(
+        "examples/Procfile.two-bridges",
+        GDBPOOL_PG_PORT=free_port(),
+        GDBPOOL_BRIDGE_PORT=free_port(),
+        GDBPOOL_BRIDGE2_PORT=free_port(),
+    )
     try:
         top.note_server()
         sources: dict[str, str] = {}
@@ -145,8 +150,12 @@ def test_the_two_bridges_topology_lets_one_subscriber_follow_both() -> None:
 @pytest.mark.timeout(120)
 def test_the_replica_topology_serves_reads_from_the_replica() -> None:
     app_port = free_port()
-    top = Topology("examples/Procfile.replica", GDBPOOL_PG_PORT=free_port(),
-                   GDBPOOL_REPLICA_PORT=free_port(), GDBPOOL_APP_PORT=app_port)
+    top = Topology(
+        "examples/Procfile.replica",
+        GDBPOOL_PG_PORT=free_port(),
+        GDBPOOL_REPLICA_PORT=free_port(),
+        GDBPOOL_APP_PORT=app_port,
+    )
     try:
         top.note_server()  # the primary
         top.note_server(60)  # the replica (pg_basebackup of the primary)

@@ -59,8 +59,9 @@ def test_reads_fall_back_to_the_primary_while_the_replica_is_down_and_return_aft
     private_pair: tuple[EmbeddedPostgres, EmbeddedPostgres],
 ) -> None:
     primary, replica = private_pair
-    with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.2,
-                           probe_timeout=1.0, timeout=2.0) as ipool:
+    with DBInteractionPool(
+        primary.dsn(), pool_size=2, health_interval=0.2, probe_timeout=1.0, timeout=2.0
+    ) as ipool:
         ipool.add_pool("replica", replica.dsn(), 2)
         ipool.wait_for_replica("replica", timeout=10)
         assert ipool.run(IN_RECOVERY, read_only=True).get(10) == [(True,)]
@@ -78,8 +79,14 @@ def test_with_fallback_fail_a_read_without_replica_is_an_error(
     private_pair: tuple[EmbeddedPostgres, EmbeddedPostgres],
 ) -> None:
     primary, replica = private_pair
-    with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.2, probe_timeout=1.0,
-                           replica_fallback="fail", timeout=2.0) as ipool:
+    with DBInteractionPool(
+        primary.dsn(),
+        pool_size=2,
+        health_interval=0.2,
+        probe_timeout=1.0,
+        replica_fallback="fail",
+        timeout=2.0,
+    ) as ipool:
         ipool.add_pool("replica", replica.dsn(), 2)
         ipool.wait_for_replica("replica", timeout=10)
         replica.halt()
@@ -112,22 +119,25 @@ def test_a_lagging_replica_is_skipped_and_used_again_when_it_catches_up(
     private_pair: tuple[EmbeddedPostgres, EmbeddedPostgres],
 ) -> None:
     primary, replica = private_pair
-    with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.1,
-                           max_replica_lag_bytes=1024) as ipool:
+    with DBInteractionPool(
+        primary.dsn(), pool_size=2, health_interval=0.1, max_replica_lag_bytes=1024
+    ) as ipool:
         ipool.add_pool("replica", replica.dsn(), 2)
         ipool.wait_for_replica("replica", timeout=10)
         with paused_replay(replica):
             session = ipool.session()
-            ipool.run("CREATE TABLE lag AS SELECT generate_series(1, 10000) AS v",
-                      session=session).get(10)
+            ipool.run(
+                "CREATE TABLE lag AS SELECT generate_series(1, 10000) AS v", session=session
+            ).get(10)
             status = ipool.wait_for_replica("replica", acceptable=False, timeout=10)
             assert status.healthy and (status.lag_bytes or 0) > 1024
             assert ipool.run(IN_RECOVERY, read_only=True).get(10) == [(False,)]
         status = ipool.wait_for_replica("replica", timeout=10)
         assert (status.lag_bytes or 0) <= 1024
         # Within the bound is not "caught up": the session token guarantees the row.
-        assert ipool.run("SELECT count(*) FROM lag", read_only=True,
-                         session=session).get(10) == [(10000,)]
+        assert ipool.run("SELECT count(*) FROM lag", read_only=True, session=session).get(10) == [
+            (10000,)
+        ]
 
 
 @pytest.mark.timeout(60)
@@ -135,8 +145,9 @@ def test_a_lag_bound_in_seconds_skips_a_paused_replica(
     private_pair: tuple[EmbeddedPostgres, EmbeddedPostgres],
 ) -> None:
     primary, replica = private_pair
-    with DBInteractionPool(primary.dsn(), pool_size=2, health_interval=0.1,
-                           max_replica_lag=0.5) as ipool:
+    with DBInteractionPool(
+        primary.dsn(), pool_size=2, health_interval=0.1, max_replica_lag=0.5
+    ) as ipool:
         ipool.add_pool("replica", replica.dsn(), 2)
         session = ipool.session()  # one replayed transaction: the lag clock has a start
         ipool.run("CREATE TABLE t0 (v int)", session=session).get(10)
@@ -161,8 +172,12 @@ def test_read_your_writes_reads_see_the_write_every_time(
             session = ipool.session()
             ipool.run("INSERT INTO ryw VALUES (%s)", (i,), session=session).get(10)
             assert session.lsn is not None
-            rows = ipool.run("SELECT count(*), pg_is_in_recovery() FROM ryw WHERE v = %s", (i,),
-                             read_only=True, session=session).get(10)
+            rows = ipool.run(
+                "SELECT count(*), pg_is_in_recovery() FROM ryw WHERE v = %s",
+                (i,),
+                read_only=True,
+                session=session,
+            ).get(10)
             assert rows[0][0] == 1, f"read {i} did not see its write"
         # The token is not a way to avoid the replica: once it caught up, reads go there.
         session = ipool.session()
@@ -177,9 +192,12 @@ def test_an_unknown_lag_counts_as_too_far_behind_for_a_seconds_bound(
 ) -> None:
     # A fresh replica has replayed no transaction yet: with WAL waiting, its lag is unknown.
     primary, replica = private_pair
-    with paused_replay(replica), DBInteractionPool(
-        primary.dsn(), pool_size=2, health_interval=0.1, max_replica_lag=60
-    ) as ipool:
+    with (
+        paused_replay(replica),
+        DBInteractionPool(
+            primary.dsn(), pool_size=2, health_interval=0.1, max_replica_lag=60
+        ) as ipool,
+    ):
         ipool.run("CREATE TABLE t1 (v int)").get(10)
         ipool.add_pool("replica", replica.dsn(), 2)
         status = ipool.wait_for_replica("replica", acceptable=False, timeout=10)
@@ -220,8 +238,9 @@ def test_a_probe_survives_a_primary_that_does_not_answer() -> None:
         if len(reports) == 3:
             enough.set()
 
-    probe = ReplicaProbe("r", replica_answers, primary_never_answers, report,
-                         interval=0.01, timeout=0.05)
+    probe = ReplicaProbe(
+        "r", replica_answers, primary_never_answers, report, interval=0.01, timeout=0.05
+    )
     probe.start()
     try:
         assert enough.wait(timeout=10), "the probe stopped reporting"

@@ -41,8 +41,14 @@ class BridgeProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         # a file, not a pipe: a chatty child never blocks; closed in stop()
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            cwd=ROOT,
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 15)
         line = self.proc.stdout.readline() if ready else b""
@@ -94,15 +100,19 @@ def notifier(dsn: str) -> Iterator[Callable[[str, list[str]], None]]:
     def send(channel: str, payloads: list[str]) -> None:
         """All payloads in one transaction (delivered together at commit)."""
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, i)"
-                        " ORDER BY i", (channel, payloads))
+            cur.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, i)"
+                " ORDER BY i",
+                (channel, payloads),
+            )
 
     yield send
     conn.close()
 
 
-def handshake(sub: NotifySubscriber, send: Callable[[str, list[str]], None],
-              channel: str) -> Notification:
+def handshake(
+    sub: NotifySubscriber, send: Callable[[str, list[str]], None], channel: str
+) -> Notification:
     """Probe until a notification gets through (bounded); return the last probe sent.
 
     Waiting for the last probe (not just any) leaves no stray probe behind to
@@ -127,8 +137,9 @@ def handshake(sub: NotifySubscriber, send: Callable[[str, list[str]], None],
     raise AssertionError("no notification reached the subscriber within 10 s")
 
 
-def events_until(sub: NotifySubscriber, done: Callable[[object], bool],
-                 timeout: float = 10) -> list[object]:
+def events_until(
+    sub: NotifySubscriber, done: Callable[[object], bool], timeout: float = 10
+) -> list[object]:
     deadline = time.monotonic() + timeout
     events: list[object] = []
     while True:
@@ -138,7 +149,8 @@ def events_until(sub: NotifySubscriber, done: Callable[[object], bool],
 
 
 def test_thousand_notifications_arrive_in_order_with_contiguous_seqs(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bridge = start_bridge(dsn, ["orders"])
@@ -155,7 +167,8 @@ def test_thousand_notifications_arrive_in_order_with_contiguous_seqs(
 
 
 def test_raw_pyzmq_sub_with_a_topic_filter_gets_only_its_channel(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bridge = start_bridge(dsn, ["alpha", "beta"])
@@ -187,7 +200,8 @@ def test_raw_pyzmq_sub_with_a_topic_filter_gets_only_its_channel(
 
 
 def test_a_subscriber_that_starts_late_sees_no_false_gap(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bridge = start_bridge(dsn, ["orders"])
@@ -198,14 +212,16 @@ def test_a_subscriber_that_starts_late_sees_no_false_gap(
     with NotifySubscriber(bridge.endpoint, ["orders"]) as late:
         handshake(late, notifier, "orders")
         notifier("orders", [f"after{i}" for i in range(50)])
-        events = events_until(late, lambda e: isinstance(e, Notification)
-                              and e.payload == "after49")
+        events = events_until(
+            late, lambda e: isinstance(e, Notification) and e.payload == "after49"
+        )
     assert not [e for e in events if isinstance(e, Gap)]
     assert len([e for e in events if isinstance(e, Notification)]) == 50
 
 
 def test_a_gap_is_reported_when_the_subscriber_stalls_past_the_high_water_mark(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bridge = start_bridge(dsn, ["orders"], "--sndhwm", "10")
@@ -231,7 +247,8 @@ def test_a_gap_is_reported_when_the_subscriber_stalls_past_the_high_water_mark(
 
 
 def test_a_killed_and_restarted_bridge_is_reported_and_followed(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bind = f"tcp://127.0.0.1:{free_port()}"
@@ -252,7 +269,8 @@ def test_a_killed_and_restarted_bridge_is_reported_and_followed(
 
 
 def test_a_bridge_that_stops_heartbeating_is_reported_silent(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bridge = start_bridge(dsn, ["orders"])
@@ -270,20 +288,37 @@ def test_a_bridge_that_stops_heartbeating_is_reported_silent(
 
 
 def test_curve_admits_an_allowed_key_and_refuses_another(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     server_public, server_secret = zmq.curve_keypair()
     good_public, good_secret = zmq.curve_keypair()
     bad_public, bad_secret = zmq.curve_keypair()
     # "--opt=KEY": a z85 key may start with "-", which argparse would take for an option.
-    bridge = start_bridge(dsn, ["orders"], f"--curve-secret={server_secret.decode()}",
-                          f"--curve-public={server_public.decode()}",
-                          f"--allow={good_public.decode()}")
-    with NotifySubscriber(bridge.endpoint, ["orders"], curve_server_key=server_public,
-                          curve_public_key=good_public, curve_secret_key=good_secret) as good, \
-         NotifySubscriber(bridge.endpoint, ["orders"], curve_server_key=server_public,
-                          curve_public_key=bad_public, curve_secret_key=bad_secret) as bad:
+    bridge = start_bridge(
+        dsn,
+        ["orders"],
+        f"--curve-secret={server_secret.decode()}",
+        f"--curve-public={server_public.decode()}",
+        f"--allow={good_public.decode()}",
+    )
+    with (
+        NotifySubscriber(
+            bridge.endpoint,
+            ["orders"],
+            curve_server_key=server_public,
+            curve_public_key=good_public,
+            curve_secret_key=good_secret,
+        ) as good,
+        NotifySubscriber(
+            bridge.endpoint,
+            ["orders"],
+            curve_server_key=server_public,
+            curve_public_key=bad_public,
+            curve_secret_key=bad_secret,
+        ) as bad,
+    ):
         handshake(good, notifier, "orders")
         notifier("orders", ["secret"])
         got = events_until(good, lambda e: isinstance(e, Notification))[-1]
@@ -296,16 +331,31 @@ def test_curve_admits_an_allowed_key_and_refuses_another(
 
 
 def test_a_bridge_given_a_bad_address_exits_with_a_clear_error(dsn: str) -> None:
-    argv = [sys.executable, str(SCRIPT), "--dsn", dsn, "--channel", "orders",
-            "--bind", "tcp://no-such-interface:99999"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    argv = [
+        sys.executable,
+        str(SCRIPT),
+        "--dsn",
+        dsn,
+        "--channel",
+        "orders",
+        "--bind",
+        "tcp://no-such-interface:99999",
+    ]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
     assert proc.returncode == 2
     assert "cannot bind the bridge's PUB socket to 'tcp://no-such-interface:99999'" in proc.stderr
 
 
 def test_a_terminated_listen_backend_in_the_bridge_gives_reconnected_then_notifications(
-    start_bridge: Callable[..., BridgeProcess], notifier: Callable[[str, list[str]], None],
+    start_bridge: Callable[..., BridgeProcess],
+    notifier: Callable[[str, list[str]], None],
     dsn: str,
 ) -> None:
     bridge = start_bridge(dsn, ["orders"])
@@ -315,9 +365,11 @@ def test_a_terminated_listen_backend_in_the_bridge_gives_reconnected_then_notifi
         conn.autocommit = True
         try:
             with conn.cursor() as cur:  # the child's hub: the only LISTEN backend on this db
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = current_database()"
-                            " AND application_name = 'gdbpool-listener'")
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    " AND application_name = 'gdbpool-listener'"
+                )
                 assert [row[0] for row in cur.fetchall()] == [True]
         finally:
             conn.close()

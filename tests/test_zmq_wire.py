@@ -35,8 +35,9 @@ SRC = "aaaaaaaaaaaaaaaa"
 
 
 def notify(seq: int, channel: str = "orders", src: str = SRC, bridge: str = "b1") -> list[bytes]:
-    return encode_notify(channel, f"p{seq}", source=src, bridge=bridge, seq=seq, pid=42,
-                         ts=time.time())
+    return encode_notify(
+        channel, f"p{seq}", source=src, bridge=bridge, seq=seq, pid=42, ts=time.time()
+    )
 
 
 def heartbeat(seqs: dict[str, int], src: str = SRC, bridge: str = "b1") -> list[bytes]:
@@ -51,12 +52,23 @@ def test_notify_frames_are_topic_compact_json_header_and_payload() -> None:
     assert frames[0] == b"orders"
     assert frames[2] == "é{}".encode()
     assert b" " not in frames[1]
-    assert json.loads(frames[1]) == {"v": 1, "type": "notify", "src": SRC, "bridge": "b",
-                                     "seq": 7, "pid": 9, "ts": 1.5}
+    assert json.loads(frames[1]) == {
+        "v": 1,
+        "type": "notify",
+        "src": SRC,
+        "bridge": "b",
+        "seq": 7,
+        "pid": 9,
+        "ts": 1.5,
+    }
     message = decode(frames)
     assert message is not None
-    assert (message.kind, message.channel, message.payload, message.seq) == ("notify", "orders",
-                                                                            "é{}", 7)
+    assert (message.kind, message.channel, message.payload, message.seq) == (
+        "notify",
+        "orders",
+        "é{}",
+        7,
+    )
 
 
 def test_heartbeat_and_reconnected_round_trip() -> None:
@@ -189,10 +201,12 @@ def test_two_bridges_with_their_own_sources_are_not_restarts(feed: Feed) -> None
 
 
 def test_reconnected_messages_become_reconnected_events(feed: Feed) -> None:
-    feed.send(encode_reconnected("orders", source=SRC, bridge="b1", seq=1, ts=3.0,
-                                 reason="server closed the connection"))
-    assert feed.sub.get(timeout=5) == Reconnected(("orders",), 3.0,
-                                                  "server closed the connection")
+    feed.send(
+        encode_reconnected(
+            "orders", source=SRC, bridge="b1", seq=1, ts=3.0, reason="server closed the connection"
+        )
+    )
+    assert feed.sub.get(timeout=5) == Reconnected(("orders",), 3.0, "server closed the connection")
 
 
 def test_a_source_that_stops_talking_is_reported_silent_once() -> None:
@@ -245,8 +259,9 @@ class FakeHub:
         self.subs: dict[str, FakeSubscription] = {}
         self.options: dict[str, tuple[int, str]] = {}
 
-    def subscribe(self, channel: str, maxsize: int = 1000,
-                  overflow: str = "drop_oldest") -> FakeSubscription:
+    def subscribe(
+        self, channel: str, maxsize: int = 1000, overflow: str = "drop_oldest"
+    ) -> FakeSubscription:
         self.options[channel] = (maxsize, overflow)
         self.subs[channel] = FakeSubscription()
         return self.subs[channel]
@@ -310,8 +325,9 @@ def test_heartbeats_consume_no_sequence_numbers() -> None:
 def test_bridge_refuses_a_bad_bind_address_with_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="cannot bind"):
         ZmqNotifyBridge(FakeHub(), ["a"], bind="tcp://127.0.0.1")
-    with ZmqNotifyBridge(FakeHub(), ["a"]) as bridge, pytest.raises(
-        ConfigurationError, match="Address already in use"
+    with (
+        ZmqNotifyBridge(FakeHub(), ["a"]) as bridge,
+        pytest.raises(ConfigurationError, match="Address already in use"),
     ):
         ZmqNotifyBridge(FakeHub(), ["a"], bind=bridge.endpoint)
 
@@ -357,9 +373,11 @@ def until(sub: NotifySubscriber, kind: type, timeout: float = 5.0) -> list[objec
 def test_a_channel_whose_hub_subscription_ends_is_resubscribed_and_reported(
     dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with NotificationHub(dsn) as hub, \
-            ZmqNotifyBridge(hub, ["orders"], heartbeat_interval=0.05) as bridge, \
-            NotifySubscriber(bridge.endpoint, ["orders"]) as sub:
+    with (
+        NotificationHub(dsn) as hub,
+        ZmqNotifyBridge(hub, ["orders"], heartbeat_interval=0.05) as bridge,
+        NotifySubscriber(bridge.endpoint, ["orders"]) as sub,
+    ):
         probe = probe_until_through(sub, hub, "orders")
         mine = bridge._subscriptions["orders"]
 
@@ -390,8 +408,10 @@ def test_channels_of_a_closed_hub_are_no_longer_advertised_so_the_bridge_goes_si
 ) -> None:
     hub = NotificationHub(dsn)
     try:
-        with ZmqNotifyBridge(hub, ["orders"], heartbeat_interval=0.05) as bridge, \
-                NotifySubscriber(bridge.endpoint, ["orders"], heartbeat_timeout=0.5) as sub:
+        with (
+            ZmqNotifyBridge(hub, ["orders"], heartbeat_interval=0.05) as bridge,
+            NotifySubscriber(bridge.endpoint, ["orders"], heartbeat_timeout=0.5) as sub,
+        ):
             probe_until_through(sub, hub, "orders")
             hub.close()  # the bridge's subscription ends and cannot be renewed
             silent = until(sub, BridgeSilent, timeout=5)[-1]
