@@ -202,8 +202,12 @@ class ActorRef:
         """True until the actor has stopped (while stopping or restarting too)."""
         return self._state is not ActorState.STOPPED
 
-    def tell(self, message: object) -> None:
+    def tell(self, message: object) -> bool:
         """Post ``message`` and return at once.
+
+        Returns True when an ``inline`` actor handled it on this greenlet
+        before returning (see :class:`~actors.Actor`), False when it was
+        queued.
 
         If the handler raises, the actor crashes: ``on_failure`` runs, the
         crash is logged and reported to the supervisor (which may restart
@@ -221,8 +225,9 @@ class ActorRef:
             current = getcurrent()
             if current is not self._hub:
                 self._handle_inline(actor, message, None, current)
-                return
+                return True
         self._post((message, None))
+        return False
 
     def ask(self, message: object, timeout: float | None = None) -> AsyncResult:
         """Post ``message`` and return an AsyncResult for the handler's reply.

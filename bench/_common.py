@@ -8,11 +8,13 @@ threads, a plain asyncio loop).
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +67,66 @@ def run_threads(op: Callable[[int], None], threads: int, seconds: float) -> floa
 
 def run_greenlets(op: Callable[[int], None], greenlets: int, seconds: float) -> float:
     """Rate of ``op(i)`` calls by ``greenlets`` greenlets (``i`` = the greenlet's index)."""
+    return measure_greenlets(op, greenlets, seconds).rate
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measurement: calls per second, and this process's CPU microseconds per call."""
+
+    rate: float
+    cpu_us: float
+
+
+def measure_greenlets(op: Callable[[int], None], greenlets: int, seconds: float) -> Measured:
+    """Like :func:`run_greenlets`, with the client CPU spent per call.
+
+    CPU per call is the robust number on a shared machine: it does not move
+    with what the server or the neighbours do with the cores.
+    """
     import gevent
 
     counts = [0] * greenlets
     loop = _counting_loop(op, seconds, counts)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     gevent.joinall([gevent.spawn(loop, i) for i in range(greenlets)], raise_error=True)
-    return sum(counts) / (time.monotonic() - started)
+    calls = max(1, sum(counts))
+    return Measured(calls / (time.monotonic() - started), (time.process_time() - cpu) / calls * 1e6)
+
+
+def alternate(
+    ceiling: tuple[Callable[[int], None], int],
+    candidates: dict[str, tuple[Callable[[int], None], int]],
+    seconds: float,
+    rounds: int,
+) -> dict[str, list[Measured]]:
+    """Measure the ceiling, then each candidate, ``rounds`` times over.
+
+    Each value is ``(op, greenlets)``. Alternating puts every candidate next
+    to a ceiling measured under the same machine load; :func:`report` turns
+    each round into a ratio to that round's ceiling.
+    """
+    results: dict[str, list[Measured]] = {"ceiling": [], **{name: [] for name in candidates}}
+    for _ in range(rounds):
+        results["ceiling"].append(measure_greenlets(*ceiling, seconds))
+        for name, (op, greenlets) in candidates.items():
+            results[name].append(measure_greenlets(op, greenlets, seconds))
+    return results
+
+
+def report(label: str, runs: list[Measured], ceiling: list[Measured] | None) -> str:
+    """One line: median rate, median ratio to the same rounds' ceiling [range], CPU per call."""
+    rate = statistics.median(m.rate for m in runs)
+    cpu = statistics.median(m.cpu_us for m in runs)
+    line = f"{label:46} {rate:10.0f}/s {cpu:7.1f} us cpu"
+    if ceiling is not None:
+        ratios = [m.rate / c.rate for m, c in zip(runs, ceiling, strict=True)]
+        cpu_ratio = statistics.median(c.cpu_us for c in ceiling) / cpu
+        line += (
+            f"   {statistics.median(ratios):5.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+            f"   cpu {cpu_ratio:.2f}x"
+        )
+    return line
 
 
 def raw_cursors(dsn: str, n: int = CONNECTIONS) -> list[Any]:

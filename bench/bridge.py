@@ -55,7 +55,9 @@ def payload(i: int, size: int) -> str:
 def summary(latencies: list[float], count: int, expected: int, elapsed: float) -> dict[str, Any]:
     lat = sorted(latencies)
     return {
-        "received": count, "expected": expected, "rate": count / elapsed if elapsed else 0.0,
+        "received": count,
+        "expected": expected,
+        "rate": count / elapsed if elapsed else 0.0,
         "p50_ms": 1000 * statistics.median(lat) if lat else None,
         "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))] if lat else None,
     }
@@ -153,8 +155,13 @@ def role_send(args: argparse.Namespace) -> None:
 
 def child(*argv: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, __file__, *argv], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, __file__, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
@@ -188,8 +195,16 @@ def run_bridge(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
         with conn.cursor() as cur:
             warm_until_ready(sub, lambda: cur.execute("SELECT pg_notify('bench', 'warm')"))
         conn.close()
-        sender = child("send", "--dsn", dsn, "--n", str(n), "--size", str(size),
-                       *(["--paced"] if paced else []))
+        sender = child(
+            "send",
+            "--dsn",
+            dsn,
+            "--n",
+            str(n),
+            "--size",
+            str(size),
+            *(["--paced"] if paced else []),
+        )
         result: dict[str, Any] = json.loads(read_line(sub, 120))
         sender.wait(60)
         return result
@@ -208,12 +223,14 @@ def run_raw(n: int, size: int, paced: bool) -> dict[str, Any]:
     pub = ctx.socket(zmq.PUB)
     pub.sndhwm = 100_000
     pub.bind("tcp://127.0.0.1:0")
-    sub = child("sub", "--raw", "--connect", pub.getsockopt_string(zmq.LAST_ENDPOINT),
-                "--n", str(n))
+    sub = child(
+        "sub", "--raw", "--connect", pub.getsockopt_string(zmq.LAST_ENDPOINT), "--n", str(n)
+    )
 
     def frames(text: str, seq: int) -> list[bytes]:
-        return encode_notify("bench", text, source="0" * 16, bridge="raw", seq=seq, pid=1,
-                             ts=time.time())
+        return encode_notify(
+            "bench", text, source="0" * 16, bridge="raw", seq=seq, pid=1, ts=time.time()
+        )
 
     warm_until_ready(sub, lambda: pub.send_multipart(frames("warm", 0)))
     for i in range(n):
@@ -230,8 +247,9 @@ def run_in_process(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
 
     hub = _hub_class()(dsn)
     subscription = hub.subscribe("bench", maxsize=max(n, 1000))
-    sender = child("send", "--dsn", dsn, "--n", str(n), "--size", str(size),
-                   *(["--paced"] if paced else []))
+    sender = child(
+        "send", "--dsn", dsn, "--n", str(n), "--size", str(size), *(["--paced"] if paced else [])
+    )
     lat: list[float] = []
     first = last = 0.0
     try:
@@ -255,8 +273,9 @@ def run_in_process(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("role", nargs="?", default="main",
-                        choices=["main", "bridge", "sub", "send"])
+    parser.add_argument(
+        "role", nargs="?", default="main", choices=["main", "bridge", "sub", "send"]
+    )
     parser.add_argument("--dsn")
     parser.add_argument("--connect")
     parser.add_argument("--raw", action="store_true")
@@ -284,21 +303,27 @@ def main() -> None:
             rows.append(("raw zmq PUB/SUB", mode, run_raw(n, args.size, paced)))
             rows.append(("in-process subscribe", mode, run_in_process(dsn, n, args.size, paced)))
             rows.append(("bridge (3 processes)", mode, run_bridge(dsn, n, args.size, paced)))
-    print(f"\npayload {args.size} bytes; burst n={args.n}, paced n={args.latency_n} "
-          f"(one every {PACE * 1000:.1f} ms)")
+    print(
+        f"\npayload {args.size} bytes; burst n={args.n}, paced n={args.latency_n} "
+        f"(one every {PACE * 1000:.1f} ms)"
+    )
     print(f"{'path':24} {'mode':6} {'recv':>11} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for path, mode, r in rows:
-        print(f"{path:24} {mode:6} {r['received']:>5}/{r['expected']:<5} {r['rate']:>10.0f} "
-              f"{r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f}")
+        print(
+            f"{path:24} {mode:6} {r['received']:>5}/{r['expected']:<5} {r['rate']:>10.0f} "
+            f"{r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f}"
+        )
     by = {(p, m): r for p, m, r in rows}
     for mode in ("burst", "paced"):
         bridge = by[("bridge (3 processes)", mode)]
         raw = by[("raw zmq PUB/SUB", mode)]
         local = by[("in-process subscribe", mode)]
-        print(f"{mode}: bridge/raw rate {bridge['rate'] / raw['rate']:.2f}, "
-              f"bridge/in-process rate {bridge['rate'] / max(local['rate'], 1e-9):.2f}, "
-              f"bridge p50 - in-process p50 = "
-              f"{(bridge['p50_ms'] or 0) - (local['p50_ms'] or 0):.2f} ms")
+        print(
+            f"{mode}: bridge/raw rate {bridge['rate'] / raw['rate']:.2f}, "
+            f"bridge/in-process rate {bridge['rate'] / max(local['rate'], 1e-9):.2f}, "
+            f"bridge p50 - in-process p50 = "
+            f"{(bridge['p50_ms'] or 0) - (local['p50_ms'] or 0):.2f} ms"
+        )
 
 
 if __name__ == "__main__":

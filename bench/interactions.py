@@ -21,25 +21,30 @@ Side by side, 16 connections each:
   pool resets every connection it takes back (a second round trip per call),
   which is what a user picking it gets.
 
-Client and server share the machine's CPUs, so compare the ratios to the
-ceiling measured in the same run rather than absolute numbers.
+Ceiling and gdbpool alternate for ``--rounds`` rounds (default 3), each
+ratio taken against the ceiling of its own round; the client CPU per call is
+printed too. Client and server share the machine's CPUs, so compare the
+ratios to the ceiling rather than absolute numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 from collections.abc import Callable
 from typing import Any
 
 from _common import (
     CALLERS,
     CONNECTIONS,
+    Measured,
+    alternate,
     close_raw,
     print_child_result,
     raw_cursors,
+    report,
     run_child,
-    run_greenlets,
     run_threads,
     use_repository_packages,
 )
@@ -143,7 +148,8 @@ def _create_table(dsn: str) -> None:
     conn.close()
 
 
-def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
+def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
+    use_repository_packages()
 
     from gdbpool.green import make_psycopg_green
     from gdbpool.interaction_pool import DBInteractionPool
@@ -151,7 +157,6 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
 
     make_psycopg_green()
     configure_logging(level="WARNING")
-    results: dict[str, float] = {}
 
     cursors = raw_cursors(dsn)
 
@@ -175,11 +180,14 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
     def run_point(i: int) -> None:
         run(POINT, (_key(),)).get()
 
-    # Alternate ceiling and gdbpool so both see the same machine load.
-    results["raw_select1"] = run_greenlets(raw_select1, CONNECTIONS, seconds)
-    results["gdbpool_select1"] = run_greenlets(run_select1, CALLERS, seconds)
-    results["raw_point"] = run_greenlets(raw_point, CONNECTIONS, seconds)
-    results["gdbpool_point"] = run_greenlets(run_point, CALLERS, seconds)
+    results: dict[str, list[Measured]] = {}
+    for query, raw_op, run_op in (
+        ("select1", raw_select1, run_select1),
+        ("point", raw_point, run_point),
+    ):
+        pair = alternate((raw_op, CONNECTIONS), {"gdbpool": (run_op, CALLERS)}, seconds, rounds)
+        results["raw_" + query] = pair["ceiling"]
+        results["gdbpool_" + query] = pair["gdbpool"]
     ipool.close()
     close_raw(cursors)
     return results
@@ -188,6 +196,7 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of ceiling and pool")
     parser.add_argument("--child", choices=("psycopg_pool", "asyncpg"), help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,31 +214,24 @@ def main() -> None:
     with EmbeddedPostgres() as server:
         dsn = server.dsn()
         _create_table(dsn)
-        ours = _bench_gevent_side(dsn, args.seconds)
+        ours = _bench_gevent_side(dsn, args.seconds, args.rounds)
         child_args = ("--seconds", str(args.seconds), "--dsn", dsn)
         psycopg_pool = run_child(__file__, "--child", "psycopg_pool", *child_args)
         asyncpg = run_child(__file__, "--child", "asyncpg", *child_args)
 
     labels = {"select1": "SELECT 1", "point": f"point query ({ROWS:,} rows)"}
-    print(f"{'queries/s, 16 connections':44} {'SELECT 1':>10} {'point':>10}")
-    rows = [
-        ("raw psycopg2, 16 greenlets x own conn", "raw_", ours),
-        ("gdbpool run(), 64 greenlets", "gdbpool_", ours),
-        ("psycopg_pool, 16 threads", "", psycopg_pool),
-        ("asyncpg pool, 64 tasks", "", asyncpg),
-    ]
-    for label, prefix, source in rows:
-        print(f"{label:44} " + " ".join(f"{source[prefix + q]:10.0f}" for q in QUERIES))
-    print()
-    print(f"{'ratio to the ceiling':44} {'SELECT 1':>10} {'point':>10}")
-    for label, prefix, source in rows[1:]:
-        ratios = " ".join(f"{source[prefix + q] / ours['raw_' + q]:9.2f}x" for q in QUERIES)
-        print(f"{label:44} {ratios}")
-    print()
+    print(f"{args.rounds} rounds of {args.seconds:g} s; medians; ratio to the same round's ceiling")
+    peers = (("psycopg_pool, 16 threads", psycopg_pool), ("asyncpg, 64 tasks", asyncpg))
     for q in QUERIES:
-        mine = ours["gdbpool_" + q]
+        print(f"-- {labels[q]}")
+        print(report("raw psycopg2, 16 greenlets x own conn", ours["raw_" + q], None))
+        print(report("gdbpool run(), 64 greenlets", ours["gdbpool_" + q], ours["raw_" + q]))
+        ceiling = statistics.median(m.rate for m in ours["raw_" + q])
+        mine = statistics.median(m.rate for m in ours["gdbpool_" + q])
+        for label, peer in peers:
+            print(f"{label:46} {peer[q]:10.0f}/s   {peer[q] / ceiling:5.2f}x of the ceiling median")
         print(
-            f"gdbpool run() / psycopg_pool, {labels[q]:28}: {mine / psycopg_pool[q]:.2f}x; "
+            f"gdbpool run() / psycopg_pool: {mine / psycopg_pool[q]:.2f}x; "
             f"/ asyncpg: {mine / asyncpg[q]:.2f}x"
         )
 

@@ -79,8 +79,18 @@ def send(dsn: str, mode: str, count: int, rate: float) -> None:
 
 
 def run_sender(dsn: str, mode: str, count: int, rate: float = 0.0) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--send", mode, "--dsn", dsn,
-            "--count", str(count), "--send-rate", str(rate)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--send",
+        mode,
+        "--dsn",
+        dsn,
+        "--count",
+        str(count),
+        "--send-rate",
+        str(rate),
+    ]
     return subprocess.Popen(argv)
 
 
@@ -211,8 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     n, fan_n, subs, r = args.notifications, args.fanout_notifications, args.subscribers, args.repeat
     with EmbeddedPostgres() as pg:
         dsn = pg.dsn()
-        print(f"PostgreSQL {pg.psql('SHOW server_version')}, python {sys.version.split()[0]}, "
-              f"median of {r} runs")
+        print(
+            f"PostgreSQL {pg.psql('SHOW server_version')}, python {sys.version.split()[0]}, "
+            f"median of {r} runs"
+        )
         raw = median_of(r, lambda: raw_throughput(dsn, n))
         drops: list[int] = []
 
@@ -227,8 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         one = median_of(r, lambda: hub_run(n, 1))
         raw_fan = median_of(r, lambda: raw_throughput(dsn, fan_n))
         many = median_of(r, lambda: hub_run(fan_n, subs))
-        print(f"\nthroughput, live stream of {n:,} ({_LIVE_BATCH} per transaction, "
-              "sender running; notifications/s reaching the subscriber)")
+        print(
+            f"\nthroughput, live stream of {n:,} ({_LIVE_BATCH} per transaction, "
+            "sender running; notifications/s reaching the subscriber)"
+        )
         print(f"  raw psycopg2 loop            {raw_live:>12,.0f}")
         print(f"  hub, 1 subscriber            {one_live:>12,.0f}   {one_live / raw_live:.2f}x raw")
         print(f"throughput, drain of a backlog of {n:,} (client-bound: the receiver's own cost)")
@@ -236,18 +250,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  hub, 1 subscriber            {one:>12,.0f}   {one / raw:.2f}x raw")
         print(f"throughput, drain of a backlog of {fan_n:,} to {subs} subscribers")
         print(f"  raw psycopg2 loop (1 reader) {raw_fan:>12,.0f}")
-        print(f"  hub, {subs} subscribers       {many:>12,.0f}   {many / raw_fan:.2f}x raw "
-              f"({many * subs:,.0f} deliveries/s)")
+        print(
+            f"  hub, {subs} subscribers       {many:>12,.0f}   {many / raw_fan:.2f}x raw "
+            f"({many * subs:,.0f} deliveries/s)"
+        )
         print(f"  dropped: {sum(drops)}")
 
         raw_lat = raw_latency(dsn, args.rate, args.seconds)
         hub_lat = hub_latency(dsn, args.rate, args.seconds)
         (rp50, rp99), (hp50, hp99) = percentiles(raw_lat), percentiles(hub_lat)
-        print(f"\nlatency pg_notify -> subscriber at {args.rate:,.0f}/s "
-              f"for {args.seconds:g} s (ms)")
+        print(
+            f"\nlatency pg_notify -> subscriber at {args.rate:,.0f}/s for {args.seconds:g} s (ms)"
+        )
         print(f"  raw psycopg2 loop            p50 {rp50:6.3f}   p99 {rp99:6.3f}")
-        print(f"  hub, 1 subscriber            p50 {hp50:6.3f}   p99 {hp99:6.3f}   "
-              f"(+{hp50 - rp50:.3f} / +{hp99 - rp99:.3f})")
+        print(
+            f"  hub, 1 subscriber            p50 {hp50:6.3f}   p99 {hp99:6.3f}   "
+            f"(+{hp50 - rp50:.3f} / +{hp99 - rp99:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -15,22 +15,28 @@ starts its own EmbeddedPostgres and measures, one after the other:
   gevent or gdbpool, so its threads are real threads and nothing is patched.
 
 All queries are single round trips (autocommit), so the comparison is about
-pool overhead, not transaction handling. Numbers depend on the machine: the
-client and the server share its CPUs.
+pool overhead, not transaction handling. Ceiling and gdbpool alternate for
+``--rounds`` rounds (default 3); each ratio compares a measurement with the
+ceiling of its own round, and the client CPU per call (``time.process_time``)
+is printed as the number that does not move with machine load. Numbers
+depend on the machine: the client and the server share its CPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from _common import (
     CALLERS,
     CONNECTIONS,
+    Measured,
+    alternate,
     close_raw,
     print_child_result,
     raw_cursors,
+    report,
     run_child,
-    run_greenlets,
     run_threads,
     use_repository_packages,
 )
@@ -59,7 +65,7 @@ def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
     return results
 
 
-def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
+def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
     use_repository_packages()
 
     from gdbpool.connection_pool import DBConnectionPool
@@ -69,7 +75,6 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
 
     make_psycopg_green()
     configure_logging(level="WARNING")
-    results: dict[str, float] = {}
 
     # (a) the ceiling: one raw connection per greenlet.
     cursors = raw_cursors(dsn)
@@ -78,9 +83,6 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
         cur = cursors[i]
         cur.execute("SELECT 1")
         cur.fetchall()
-
-    results["raw_select1"] = run_greenlets(raw_select1, CONNECTIONS, seconds)
-    close_raw(cursors)
 
     pool = DBConnectionPool(dsn, CONNECTIONS, name="bench")
     pool.wait(30)
@@ -100,16 +102,25 @@ def _bench_gevent_side(dsn: str, seconds: float) -> dict[str, float]:
             cur.fetchall()
         pool.put(conn)
 
-    results["gdbpool_checkouts"] = run_greenlets(checkout, CALLERS, seconds)
-    results["gdbpool_submit_select1"] = run_greenlets(submit_select1, CALLERS, seconds)
-    results["gdbpool_get_put_select1"] = run_greenlets(get_put_select1, CALLERS, seconds)
+    results = alternate(
+        (raw_select1, CONNECTIONS),
+        {
+            "submit": (submit_select1, CALLERS),
+            "get_put": (get_put_select1, CALLERS),
+            "checkouts": (checkout, CALLERS),
+        },
+        seconds,
+        rounds,
+    )
     pool.close()
+    close_raw(cursors)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of ceiling and pool")
     parser.add_argument("--psycopg-pool-child", metavar="DSN", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -122,30 +133,24 @@ def main() -> None:
 
     with EmbeddedPostgres() as server:
         dsn = server.dsn()
-        ours = _bench_gevent_side(dsn, args.seconds)
+        ours = _bench_gevent_side(dsn, args.seconds, args.rounds)
         theirs = run_child(__file__, "--seconds", str(args.seconds), "--psycopg-pool-child", dsn)
 
-    ceiling = ours["raw_select1"]
-    rows = [
-        ("raw psycopg2, 16 greenlets x own conn", "SELECT 1/s", ceiling),
-        ("gdbpool submit(Interaction), 64 greenlets", "SELECT 1/s", ours["gdbpool_submit_select1"]),
-        ("gdbpool get/put + cursor, 64 greenlets", "SELECT 1/s", ours["gdbpool_get_put_select1"]),
-        ("psycopg_pool, 16 threads", "SELECT 1/s", theirs["select1"]),
-        ("gdbpool get()+put(), 64 greenlets", "checkouts/s", ours["gdbpool_checkouts"]),
-        ("psycopg_pool connection(), 16 threads", "checkouts/s", theirs["checkouts"]),
-    ]
-    print(f"{'':46} {'what':>12} {'rate':>10}")
-    for label, what, rate in rows:
-        print(f"{label:46} {what:>12} {rate:10.0f}")
+    ceiling = ours["ceiling"]
+    print(f"{args.rounds} rounds of {args.seconds:g} s; medians; ratio to the same round's ceiling")
+    print(report("raw psycopg2, 16 greenlets x own conn: SELECT 1", ceiling, None))
+    print(report("gdbpool submit(Interaction), 64 greenlets", ours["submit"], ceiling))
+    print(report("gdbpool get/put + cursor, 64 greenlets", ours["get_put"], ceiling))
+    print(report("gdbpool get()+put() only (checkouts)", ours["checkouts"], None))
     print()
-    submit_rate, get_put_rate = ours["gdbpool_submit_select1"], ours["gdbpool_get_put_select1"]
-    print(f"gdbpool submit  / ceiling       : {submit_rate / ceiling:.2f}x")
-    print(f"gdbpool get/put / ceiling       : {get_put_rate / ceiling:.2f}x")
-    print(f"gdbpool submit  / psycopg_pool  : {submit_rate / theirs['select1']:.2f}x")
-    print(f"gdbpool get/put / psycopg_pool  : {get_put_rate / theirs['select1']:.2f}x")
-    print(
-        f"checkouts gdbpool / psycopg_pool: {ours['gdbpool_checkouts'] / theirs['checkouts']:.2f}x"
-    )
+    select1, checkouts = theirs["select1"], theirs["checkouts"]
+    print(f"{'psycopg_pool, 16 threads: SELECT 1':46} {select1:10.0f}/s")
+    print(f"{'psycopg_pool connection() only (checkouts)':46} {checkouts:10.0f}/s")
+    for label, key in (("submit", "submit"), ("get/put", "get_put")):
+        rate = statistics.median(m.rate for m in ours[key])
+        print(f"gdbpool {label:8} / psycopg_pool : {rate / select1:.2f}x")
+    rate = statistics.median(m.rate for m in ours["checkouts"])
+    print(f"checkouts gdbpool / psycopg_pool: {rate / checkouts:.2f}x")
 
 
 if __name__ == "__main__":

@@ -271,13 +271,21 @@ class _PoolActor(Actor):
             return True
         return False
 
-    def _lend(self, worker: ActorRef, request: _Checkout) -> bool:
+    def _lend(self, worker: ActorRef, request: _Checkout, handed: bool = False) -> bool:
+        """Lend ``worker``'s connection; ``handed``: it comes straight from its last use.
+
+        A connection handed from its last use to a waiting ``get()`` was never
+        idle, so ``get()`` skips the socket check (see "Checks" in
+        :mod:`gdbpool.connection_worker`): the reply carries None for its
+        idle time.
+        """
         if not worker.is_alive:  # stopped by its supervisor giving up: its connection is gone
             self._forget(worker)
             return False
         self.busy_since[worker] = time.monotonic()
         self.lent.add(worker)
-        request.reply.set((self.conns[worker], self.idle_since.get(worker, 0.0)))
+        since = None if handed else self.idle_since.get(worker, 0.0)
+        request.reply.set((self.conns[worker], since))
         return True
 
     def _wait(self, request: Interaction | _Checkout, timeout: float) -> None:
@@ -490,7 +498,7 @@ class _PoolActor(Actor):
         if request is None:
             self.idle.append(worker)
         elif isinstance(request, _Checkout):
-            if not self._lend(worker, request):
+            if not self._lend(worker, request, handed=True):
                 self._requeue(request)
         else:
             try:

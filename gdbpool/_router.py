@@ -75,7 +75,14 @@ class _RouterState:
 
 
 class _Router(Actor):
-    """Owns the pool table and replica health; routes every interaction."""
+    """Owns the pool table and replica health; routes every interaction.
+
+    ``inline`` (see :class:`~actors.Actor`): routing never waits (a pool's
+    ``submit()`` never blocks), so an idle router routes on the caller's
+    greenlet.
+    """
+
+    inline = True
 
     def __init__(
         self,

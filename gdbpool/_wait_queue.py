@@ -24,7 +24,7 @@ __all__ = ["WaitQueue"]
 
 @dataclass(frozen=True, slots=True)
 class _Checkout:
-    """``get()``: lend an idle connection; the reply gets ``(conn, idle_since)``."""
+    """``get()``: lend a connection; the reply gets ``(conn, idle_since or None)``."""
 
     timeout: float
     reply: AsyncResult = field(default_factory=AsyncResult)

@@ -388,15 +388,18 @@ class DBConnectionPool:
 
     # -- internals -------------------------------------------------------------------
 
-    def _checkout(self, timeout: float) -> tuple[Any, float]:
-        """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to us."""
+    def _checkout(self, timeout: float) -> tuple[Any, float | None]:
+        """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to us.
+
+        ``idle_since`` is None for a connection handed over from its last use.
+        """
         if self._status.closed:
             raise self._status.closed_error(self.name)
         request = _Checkout(timeout)
         waiting = self._waiting
         waiting.sent()  # until the pool actor has it, submit() does not offer: FIFO
         try:
-            handled = self._ref.ask(request)
+            handled = self._ref.tell(request)
         except ActorStopped:
             waiting.received()
             raise self._status.closed_error(self.name) from None
@@ -405,7 +408,7 @@ class DBConnectionPool:
         # the request is lent, or waits where the pool's deadline timer, close()
         # or the pool actor's failure answers it. Otherwise it sits in the
         # mailbox: bound the wait, should the pool actor die before reading it.
-        bound = None if handled.ready() else timeout + ANSWER_MARGIN
+        bound = None if handled else timeout + ANSWER_MARGIN
         try:
             reply.wait(bound)
         except BaseException:
@@ -435,7 +438,9 @@ class DBConnectionPool:
             conn.gdbpool_lent = True
             self.put(conn)
 
-    def _usable(self, conn: Any, idle_since: float) -> bool:
+    def _usable(self, conn: Any, idle_since: float | None) -> bool:
+        if idle_since is None:  # handed over straight from its last use: never idle
+            return not conn.closed
         if not check_connection(conn):
             return False
         if time.monotonic() - idle_since > self._settings.check_after:

@@ -19,7 +19,9 @@ Checks (why a connection handed out is alive):
   the next statement, a few microseconds), the result just read proved it
   alive, and a termination landing in that gap is the same race every check
   has with a termination landing just after it. ``conn.closed`` is still
-  checked after every interaction.
+  checked after every interaction. For the same reason a connection handed
+  from its last use (an interaction, or a clean ``put()``) straight to a
+  waiting ``get()`` skips it too; ``get()`` checks ``conn.closed`` only.
 * Deep, when the connection sat idle longer than ``check_after`` seconds
   (default 30): ``SELECT 1``, bounded by ``connect_timeout`` (the socket is shut
   down if the server does not answer), for half-open connections after a

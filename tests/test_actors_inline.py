@@ -129,6 +129,7 @@ def test_a_plain_actor_answers_on_its_own_greenlet() -> None:
     ref = Queued.start()
     try:
         assert ref.ask(Where()).get(timeout=WAIT) is ref._greenlet
+        assert ref.tell(Note("queued")) is False
     finally:
         ref.stop()
 
@@ -140,8 +141,8 @@ def test_sends_while_a_handler_runs_queue_in_order_and_never_overlap() -> None:
     try:
         holder = gevent.spawn(ref.tell, hold)  # runs inline on `holder`, then waits
         assert hold.entered.wait(WAIT)
-        ref.tell(Note("a"))  # busy: through the mailbox
-        ref.tell(Note("b"))
+        assert ref.tell(Note("a")) is False  # busy: through the mailbox
+        assert ref.tell(Note("b")) is False
         where = ref.ask(Where())
         assert not where.ready()
         gate.set()
@@ -152,6 +153,8 @@ def test_sends_while_a_handler_runs_queue_in_order_and_never_overlap() -> None:
         assert not overlap
         # Idle again: inline once more.
         assert ref.ask(Where()).get(timeout=WAIT) is gevent.getcurrent()
+        assert ref.tell(Note("c")) is True
+        assert ref.ask(Log()).get(timeout=WAIT)[0][-1] == "c"
     finally:
         ref.stop()
 
