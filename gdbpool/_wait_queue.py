@@ -54,8 +54,8 @@ class WaitQueue:
     workers (nothing to grow), ``max_waiting`` is not reached, the armed
     deadline timer fires no later than the new request's deadline, and no
     request is on its way through the pool actor's mailbox (so FIFO order
-    holds). That saves the pool actor hop: a message, its handler (0.55 us
-    together) and a wake-up shared by a few requests.
+    holds). That saves the pool actor's handler and its bookkeeping (the
+    pool actor is ``inline``, so no wake-up is saved any more, only work).
 
     Once the queue is closed (the pool is closing), workers read :attr:`closed`
     and no longer reconnect, and :meth:`offer` refuses.

@@ -148,16 +148,18 @@ class ConnectionWorker(Actor):
     Greenlet switches, measured with ``greenlet.settrace``:
 
     * One submitted interaction on an idle pool, from ``submit()`` to the
-      caller holding the result: 8 — caller → hub → pool actor (2), pool →
-      hub → worker (2), worker ⇄ hub while the server answers (2), worker →
-      hub → caller with the reply (2); the worker's :class:`Idle` to the pool
-      is handled after the caller has its result. A caller that owns its
-      connection needs 2; ``get()`` + ``put()`` need 4 (an ask round trip;
-      ``put`` only posts).
+      caller holding the result: 6 — the pool actor is ``inline``, so it hands
+      the interaction over on the caller's greenlet; caller → hub → worker
+      (2), worker ⇄ hub while the server answers (2), worker → hub → caller
+      with the reply (2); the worker's :class:`Idle` is handled inline on the
+      worker's greenlet. A caller that owns its connection needs 2, and so
+      does ``get()`` + a query + ``put()`` on an idle pool (``get()`` and a
+      clean ``put()`` are handled inline).
     * Under load (16 connections, 64 greenlets submitting ``SELECT 1``):
-      4.0 per interaction (6.3 before workers took from the wait queue, 4.2
-      before ``submit()`` offered to it directly): the caller's 2 and the
-      worker's 2 around the server's answer; the pool actor is hardly woken.
+      4.0 per interaction (6.3 before workers took from the wait queue): the
+      caller's 2 and the worker's 2 around the server's answer. A
+      ``get()``/query/``put()`` caller under the same load also needs 4: its
+      own 2 around the server's answer, and 2 when it waits for a connection.
     """
 
     def __init__(

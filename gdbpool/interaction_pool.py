@@ -21,12 +21,13 @@ Routing, in order:
    reached always goes to the primary: that is correctness, not fallback.
 
 Cost of one ``run()``, in greenlet switches measured with ``greenlet.settrace``:
-on an idle pool 10 from ``run()`` to the caller holding the result — caller →
-hub → router (2), router → hub → pool actor (2), pool → hub → worker (2), the
-worker's wait for the server (2, which any cooperative query has), worker → hub
-→ caller with the reply (2).  Under load (16 connections, 64 callers) 4.2 per
-interaction: the router drains several messages per wake-up, it appends to the
-pool's wait queue without the pool actor while requests wait, and a worker
+on an idle pool 6 from ``run()`` to the caller holding the result: the router
+and the pool actor are ``inline`` actors (see :class:`~actors.Actor`), so an
+idle router routes and an idle pool actor hands the interaction to a worker on
+the caller's greenlet; then caller → hub → worker (2), the worker's wait for
+the server (2, which any cooperative query has), worker → hub → caller with
+the reply (2).  Under load (16 connections, 64 callers) 4.0 per interaction:
+``submit()`` appends to the pool's wait queue while requests wait, and a worker
 takes the next waiting interaction without a hop (see
 :class:`~gdbpool.connection_worker.ConnectionWorker`), so what is left is the
 caller's 2 and the worker's 2 around the server's answer.  A write goes to the
