@@ -101,8 +101,8 @@ class Actor:
 
     Only the reply that ``ask`` created is covered: a message that carries
     its own reply channel (an AsyncResult or Queue inside the message) and
-    is told, or dropped unhandled when the actor stops, is the
-    application's to settle.
+    is told is the application's to settle; if the actor ends before
+    handling it, ``on_dropped`` gets it for that.
 
     Hooks, all run in the actor's greenlet:
 
@@ -173,6 +173,16 @@ class Actor:
 
     def on_failure(self, exc: BaseException) -> None:
         """Called in the actor's greenlet when a told message raised ``exc``."""
+
+    def on_dropped(self, message: object) -> None:
+        """Called for each told message left unhandled in the mailbox when the actor ends.
+
+        That is: it crashed and is not restarted, its supervisor gave up, or a
+        stop timed out and killed it (asked messages fail with
+        :class:`ActorStopped` instead). Runs in whatever greenlet ended the
+        actor, after ``on_failure``; an exception in it is logged. Override it
+        to settle a reply channel a message carries (the default drops it).
+        """
 
     @classmethod
     def start(
@@ -253,6 +263,7 @@ def _launch(ref: ActorRef, start_timeout: float = DEFAULT_START_TIMEOUT) -> None
             f"actor {ref.name!r}: {cls.__name__}() raised {type(exc).__name__}: {exc}"
         ) from exc
     actor._ref = ref
+    ref._instance = actor
     started = AsyncResult()
     greenlet = gevent.spawn(_serve, ref, actor, started)
     greenlet.name = ref.name

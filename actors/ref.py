@@ -108,7 +108,9 @@ class ActorRef:
     whatever happens to the actor. That promise covers only those results:
     a message that carries its own reply channel (an AsyncResult, a Queue)
     inside it is the application's to settle if the actor stops before
-    handling it; the ref drops such messages with the rest of the mailbox.
+    handling it: the ref hands each told message left in the mailbox to the
+    actor's ``on_dropped`` hook (Akka's dead letters), which does nothing
+    unless the actor overrides it.
     """
 
     __slots__ = (
@@ -123,6 +125,7 @@ class ActorRef:
         "_inline",
         "_inline_owner",
         "_inline_waiter",
+        "_instance",
         "_kwargs",
         "_log",
         "_mailbox",
@@ -175,6 +178,7 @@ class ActorRef:
         # loop may be bypassed, whether a handler runs now, on which greenlet
         # when inline, and an Event the loop waits on if that handler yielded.
         self._inline: Actor | None = None
+        self._instance: Actor | None = None  # the running instance, for on_dropped
         self._busy = False
         self._inline_owner: Greenlet | None = None
         self._inline_waiter: Event | None = None
@@ -425,17 +429,19 @@ class ActorRef:
             restart.kill(block=False)
 
     def _finish(self, cause: BaseException | None, why: str = "stopped") -> None:
-        """Mark stopped, fail asks left in the mailbox, wake stop() waiters.
+        """Mark stopped, settle what is left in the mailbox, wake stop() waiters.
 
-        Only the envelope's reply (the one ``ask`` created) is failed; a reply
-        channel inside a message is not ours to know about (see the class
-        docstring). The ask being handled, if any, is the loop's to fail.
+        An ask's reply (the one ``ask`` created) is failed with ActorStopped;
+        a told message goes to the last instance's ``on_dropped``, which may
+        settle a reply channel inside it (see the class docstring). The ask
+        being handled, if any, is the loop's to fail.
         """
         if self._state is ActorState.STOPPED:
             return
         self._closed = True
         self._state = ActorState.STOPPED
         self._inline = None
+        instance, self._instance = self._instance, None
         dropped = 0
         while True:
             try:
@@ -449,6 +455,11 @@ class ActorRef:
                 error = self._stopped_error(f"{why} before handling {type(message).__name__}")
                 error.__cause__ = cause
                 reply.set_exception(error)
+            elif instance is not None:
+                try:
+                    instance.on_dropped(message)
+                except _HANDLER_ERRORS:
+                    self._log.exception("actor_on_dropped_failed")
         self._done.set()
         self._log.debug("actor_stopped", reason=why, dropped=dropped)
         if self._supervisor is not None:

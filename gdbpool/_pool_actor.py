@@ -12,7 +12,8 @@ itself (:meth:`WaitQueue.offer`): the pool actor would decide nothing but that.
 Every request the pool actor accepts is answered: served, or failed with
 PoolTimeout, TooManyRequests or PoolClosed, also when the pool closes while it
 waits or is being retried, and when the pool actor itself breaks
-(``on_failure``: everything waiting fails with PoolClosed saying why). A
+(``on_failure``: everything waiting fails with PoolClosed saying why, and
+``on_dropped`` fails the requests it had not read yet). A
 request abandoned by its caller (its reply already set) is skipped. A worker
 found stopped when handed a request (its supervisor gave up) is forgotten and
 the request goes back to the head of the queue.
@@ -190,9 +191,15 @@ class _PoolActor(Actor):
     def on_failure(self, exc: BaseException) -> None:
         # A bug in a handler ends this actor (it is not supervised: its state
         # cannot be rebuilt). Fail what waits, stop the workers, and make the
-        # facade refuse new requests; the messages still in the mailbox are
-        # dropped by the actor kit, so the facade bounds its own waits.
+        # facade refuse new requests; the requests still in the mailbox fail
+        # in on_dropped.
         self._break(f"its pool actor crashed ({type(exc).__name__}: {exc})")
+
+    def on_dropped(self, message: object) -> None:
+        # A request the pool actor never read (it broke, or was killed by a
+        # stop that timed out): nobody else would ever answer it.
+        if isinstance(message, Interaction | _Checkout) and not message.reply.ready():
+            message.reply.set_exception(self.status.closed_error(self.settings.name))
 
     def _break(self, reason: str) -> None:
         """Close the pool at once for ``reason``: every waiting request fails with PoolClosed."""

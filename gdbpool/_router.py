@@ -15,7 +15,7 @@ from gevent.event import AsyncResult
 
 from actors import Actor, handles
 from gdbpool.connection_pool import DBConnectionPool
-from gdbpool.errors import ConfigurationError, NoReplicaAvailable
+from gdbpool.errors import ConfigurationError, NoReplicaAvailable, PoolClosed
 from gdbpool.interaction import Interaction
 from gdbpool.logging import get_logger
 from gdbpool.read_your_writes import ReadYourWrites
@@ -98,6 +98,11 @@ class _Router(Actor):
         self._max_lag_bytes = max_lag_bytes
         self._state = _RouterState()
         self._turn = itertools.count()
+
+    def on_dropped(self, message: object) -> None:
+        # Unread when the router ended (a stop that timed out): answer it.
+        if isinstance(message, Interaction) and not message.reply.ready():
+            message.reply.set_exception(PoolClosed("the interaction pool is closed"))
 
     @handles(Interaction)
     def route_interaction(self, interaction: Interaction) -> None:

@@ -182,9 +182,9 @@ class DBInteractionPool:
         self._log.info("pool_added", name=name, role=role, dsn=redact(dsn))
         return pool
 
-
     def _report_replica(self, status: ReplicaStatus) -> None:
         self._router.tell(_ReplicaReport(status))
+
     def pool(self, name: str | None = None) -> DBConnectionPool:
         """The named pool (default: the primary), e.g. for ``get()``/``put()``."""
         name = self._primary_name if name is None else name

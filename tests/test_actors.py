@@ -535,6 +535,65 @@ def test_crash_on_tell_unsupervised_stops_the_actor_and_fails_queued_asks() -> N
         ref.tell(Ping(1))
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A told message carrying its own reply channel."""
+
+    n: int
+    reply: AsyncResult = field(default_factory=AsyncResult)
+
+
+class DeadLetters(Actor):
+    """Settles the Jobs it never read; cannot settle n == 13."""
+
+    @handles(Boom)
+    def boom(self, msg: Boom) -> None:
+        raise ValueError(msg.text)
+
+    @handles(Wait)
+    def wait(self, msg: Wait) -> str:
+        msg.entered.set()
+        msg.gate.wait()
+        return "released"
+
+    def on_dropped(self, message: object) -> None:
+        assert isinstance(message, Job)
+        if message.n == 13:
+            raise RuntimeError("unlucky")
+        message.reply.set_exception(ActorStopped(f"job {message.n} dropped"))
+
+
+def test_told_messages_left_by_a_crash_go_to_on_dropped_and_asks_fail() -> None:
+    with capture_logs() as logs:
+        ref = DeadLetters.start(name="letters")
+        ref.tell(Boom("bad"))
+        jobs = [Job(1), Job(13), Job(2)]
+        for job in jobs:
+            ref.tell(job)
+        asked = ref.ask(Wait(Event()))
+        assert ref._done.wait(WAIT)
+    for job in (jobs[0], jobs[2]):
+        with pytest.raises(ActorStopped, match=f"job {job.n} dropped"):
+            job.reply.get(timeout=WAIT)
+    assert not jobs[1].reply.ready()  # on_dropped raised: logged, the others still settled
+    with pytest.raises(ActorStopped, match="'letters' crashed"):
+        asked.get(timeout=WAIT)
+    assert [e["event"] for e in logs].count("actor_on_dropped_failed") == 1
+
+
+def test_told_messages_left_by_a_stop_that_timed_out_go_to_on_dropped() -> None:
+    with capture_logs():
+        ref = DeadLetters.start()
+        stuck = Wait(Event())
+        ref.tell(stuck)
+        assert stuck.entered.wait(WAIT)
+        job = Job(7)
+        ref.tell(job)
+        ref.stop(timeout=0.05)  # the handler never returns: killed
+    with pytest.raises(ActorStopped, match="job 7 dropped"):
+        job.reply.get(timeout=WAIT)
+
+
 def test_events_are_logged_with_the_actor_name() -> None:
     with capture_logs() as logs:
         events: Queue = Queue()

@@ -310,3 +310,18 @@ def test_a_pool_whose_actor_crashed_fails_every_request_instead_of_hanging(
     pool.put(held)
     pool.close(timeout=2)
     assert wait_for(lambda: not pids(pg_primary, "gdbpool:crashed"))
+
+
+def test_requests_unread_when_the_pool_actor_crashed_fail_instead_of_hanging(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="unread", timeout=30)
+    interaction = Interaction("SELECT 1")
+    # White box: queue a crash and a request behind it, as happens when requests
+    # arrive while the pool actor is busy in its own greenlet (starting a worker).
+    pool._ref._post((object(), None))
+    pool._ref._post((interaction, None))
+    with pytest.raises(PoolClosed, match="broke"):
+        interaction.reply.get(timeout=5)  # answered by on_dropped, long before 30 s
+    pool.close(timeout=2)
+    assert wait_for(lambda: not pids(pg_primary, "gdbpool:unread"))
