@@ -12,7 +12,6 @@ from gevent.event import AsyncResult
 
 from actors.errors import ActorError, ActorStartError, UnhandledMessage
 from actors.ref import (
-    _CRASH,
     _HANDLER_ERRORS,
     _STOP,
     DEFAULT_SEND_TIMEOUT,
@@ -129,7 +128,9 @@ class Actor:
     restart before any message queued meanwhile. It is for actors whose
     handlers never wait: if one does yield, the actor's greenlet waits for it
     before the next message, but a kill or ``gevent.Timeout`` aimed at the
-    sender lands inside that handler.
+    sender lands inside that handler, where a Timeout counts as the handler's
+    own error (a tell crashes the actor; the sender's ``with Timeout`` does
+    not see it).
     """
 
     #: Run handlers on the sender's greenlet when the actor is idle (see
@@ -175,13 +176,15 @@ class Actor:
         """Called in the actor's greenlet when a told message raised ``exc``."""
 
     def on_dropped(self, message: object) -> None:
-        """Called for each told message left unhandled in the mailbox when the actor ends.
+        """Called for each told message this actor will never handle.
 
-        That is: it crashed and is not restarted, its supervisor gave up, or a
-        stop timed out and killed it (asked messages fail with
-        :class:`ActorStopped` instead). Runs in whatever greenlet ended the
-        actor, after ``on_failure``; an exception in it is logged. Override it
-        to settle a reply channel a message carries (the default drops it).
+        That is: the told message whose handler crashed the actor (after
+        ``on_failure``, in the actor's greenlet), and each told message left
+        in the mailbox when the actor ends (it crashed and is not restarted,
+        its supervisor gave up, or a stop timed out and killed it), in
+        whatever greenlet ended it. Asked messages fail with
+        :class:`ActorStopped` instead. An exception in it is logged. Override
+        it to settle a reply channel a message carries (the default drops it).
         """
 
     @classmethod
@@ -299,6 +302,7 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
 
     get = ref._mailbox.get
     table = type(actor)._dispatch
+    message: object = None
     reply: AsyncResult | None = None
     try:
         if not type(actor).inline:
@@ -321,11 +325,13 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
                 message, reply = get()
                 if ref._busy:
                     ref._await_inline()  # a handler running inline yielded: let it finish
+                    crash = ref._take_pending_crash(message, reply)
+                    if crash is not None:
+                        reply = None
+                        error, message = crash
+                        raise error  # what a tell handled inline raised
                 if message is _STOP:
                     break
-                if message is _CRASH:
-                    crash, reply = reply, None
-                    raise crash  # what a tell handled inline raised
                 ref._busy = True
                 if reply is None:
                     table[type(message)](actor, message)
@@ -346,7 +352,7 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
         ref._finish(None, "was killed")
         return
     except _HANDLER_ERRORS as exc:
-        _crashed(ref, actor, exc)
+        _crashed(ref, actor, exc, message)
         return
     except BaseException as exc:
         # Not the handler's failure but the end of the actor: still answer
@@ -358,13 +364,18 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
     ref._finish(None)
 
 
-def _crashed(ref: ActorRef, actor: Actor, exc: BaseException) -> None:
+def _crashed(ref: ActorRef, actor: Actor, exc: BaseException, message: object) -> None:
+    """A told ``message`` raised ``exc``: on_failure, on_dropped for it, restart or stop."""
     ref._inline = None  # until a restarted instance runs
     ref._log.error("actor_crashed", exc_info=exc)
     try:
         actor.on_failure(exc)
     except _HANDLER_ERRORS:
         ref._log.exception("actor_on_failure_failed")
+    try:
+        actor.on_dropped(message)  # never handled: its handler crashed
+    except _HANDLER_ERRORS:
+        ref._log.exception("actor_on_dropped_failed")
     if ref._supervisor is None or ref._closed:
         ref._finish(exc, "crashed")
     else:

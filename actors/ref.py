@@ -49,8 +49,9 @@ _STOP = object()
 # (SystemExit, KeyboardInterrupt...) end the actor instead.
 _HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, gevent.Timeout)
 
-# Put at the head of the mailbox when a handler run inline on a sender's
-# greenlet raised on a tell: the actor's own greenlet then crashes with it.
+# Posted to wake an actor's greenlet parked on its empty mailbox when a
+# handler run inline on a sender's greenlet raised on a tell: the actor's own
+# greenlet then crashes with it (see ActorRef._crash_from_inline).
 _CRASH = object()
 
 
@@ -132,6 +133,7 @@ class ActorRef:
         "_mailbox_size",
         "_name",
         "_overflow",
+        "_pending_crash",
         "_post",
         "_restart",
         "_send_timeout",
@@ -179,6 +181,7 @@ class ActorRef:
         # when inline, and an Event the loop waits on if that handler yielded.
         self._inline: Actor | None = None
         self._instance: Actor | None = None  # the running instance, for on_dropped
+        self._pending_crash: tuple[BaseException, object] | None = None  # see _crash_from_inline
         self._busy = False
         self._inline_owner: Greenlet | None = None
         self._inline_waiter: Event | None = None
@@ -228,8 +231,7 @@ class ActorRef:
         if actor is not None and not self._busy and not self._mailbox.qsize():
             current = getcurrent()
             if current is not self._hub:
-                self._handle_inline(actor, message, None, current)
-                return True
+                return self._handle_inline(actor, message, None, current)
         self._post((message, None))
         return False
 
@@ -309,13 +311,14 @@ class ActorRef:
 
     def _handle_inline(
         self, actor: Actor, message: object, reply: AsyncResult | None, current: Greenlet
-    ) -> None:
+    ) -> bool:
         """Run the handler of an idle ``inline`` actor on the sender's greenlet.
 
         Same outcome as through the mailbox: the reply of an ask gets the
         result or the handler's exception; a tell that raises crashes the
-        actor (its own greenlet runs ``on_failure`` and the supervisor's
-        restart, before anything queued meanwhile).
+        actor (its own greenlet runs ``on_failure``, ``on_dropped`` for the
+        message and the supervisor's restart, before anything queued
+        meanwhile). Returns False when the message crashed the actor.
         """
         self._busy = True
         self._inline_owner = current
@@ -323,11 +326,11 @@ class ActorRef:
             result = type(actor)._dispatch[type(message)](actor, message)
         except _HANDLER_ERRORS as exc:
             if reply is None:
-                self._crash_from_inline(exc)  # stays busy: nothing more runs inline
-                return
+                self._crash_from_inline(exc, message)
+                return False
             self._inline_done()
             reply.set_exception(exc)
-            return
+            return True
         except BaseException as exc:
             # The sender is being killed (a handler that yielded) or the
             # process is exiting: answer the ask, leave the actor usable.
@@ -338,36 +341,50 @@ class ActorRef:
         self._inline_done()
         if reply is not None:
             reply.set(result)
+        return True
 
     def _inline_done(self) -> None:
-        self._busy = False
         self._inline_owner = None
         waiter = self._inline_waiter
-        if waiter is not None:
-            self._inline_waiter = None
-            waiter.set()
+        if waiter is None:
+            self._busy = False
+            return
+        # The actor's greenlet took a message while this handler yielded and
+        # waits: it goes next, still busy, so nothing sent meanwhile runs
+        # inline before it.
+        self._inline_waiter = None
+        waiter.set()
 
-    def _crash_from_inline(self, exc: BaseException) -> None:
+    def _crash_from_inline(self, exc: BaseException, message: object) -> None:
+        # Stays busy: nothing more runs inline until the actor's greenlet,
+        # which takes the crash before any message, has crashed.
         self._inline_owner = None
-        mailbox = self._mailbox
-        if mailbox.qsize():
-            # Messages the handler sent to its own actor wait already; the
-            # actor's greenlet is woken for them and must take the crash first.
-            mailbox.queue.appendleft((_CRASH, exc))
-        else:
-            mailbox.put_nowait((_CRASH, exc))
+        self._pending_crash = (exc, message)
         waiter = self._inline_waiter
         if waiter is not None:
             self._inline_waiter = None
             waiter.set()
+        elif not self._mailbox.qsize():
+            self._mailbox.put_nowait((_CRASH, None))  # wake the loop parked on the mailbox
 
     def _await_inline(self) -> None:
         """From the actor's greenlet: wait for a handler running inline that yielded."""
-        while self._busy and self._inline_owner is not None:
+        while self._inline_owner is not None:
             waiter = self._inline_waiter
             if waiter is None:
                 waiter = self._inline_waiter = Event()
             waiter.wait()
+
+    def _take_pending_crash(self, message: object, reply: AsyncResult | None) -> tuple[Any, Any]:
+        """From the actor's greenlet: the crash an inline tell left, if any.
+
+        The message the loop holds was never handled: it goes back to the
+        head of the mailbox, for the restarted instance (or ``on_dropped``).
+        """
+        crash, self._pending_crash = self._pending_crash, None
+        if crash is not None and message is not _CRASH:
+            self._mailbox.queue.appendleft((message, reply))
+        return crash  # type: ignore[return-value]
 
     def _post_or_fail(self, item: tuple[Any, AsyncResult | None]) -> None:
         try:

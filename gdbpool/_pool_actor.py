@@ -279,12 +279,12 @@ class _PoolActor(Actor):
         return False
 
     def _lend(self, worker: ActorRef, request: _Checkout, handed: bool = False) -> bool:
-        """Lend ``worker``'s connection; ``handed``: it comes straight from its last use.
+        """Lend ``worker``'s connection; ``handed``: its worker just used it.
 
-        A connection handed from its last use to a waiting ``get()`` was never
-        idle, so ``get()`` skips the socket check (see "Checks" in
-        :mod:`gdbpool.connection_worker`): the reply carries None for its
-        idle time.
+        A connection a worker hands from its last use (:attr:`Idle.handed`)
+        to a waiting ``get()`` was never idle, so ``get()`` skips the socket
+        check (see "Checks" in :mod:`gdbpool.connection_worker`): the reply
+        carries None for its idle time.
         """
         if not worker.is_alive:  # stopped by its supervisor giving up: its connection is gone
             self._forget(worker)
@@ -448,7 +448,7 @@ class _PoolActor(Actor):
         if self.expires_at.get(worker, now) < now and not self.status.closed:
             self._recycle(worker)  # past max_lifetime (a worker checks too; put() does not)
             return
-        self._serve(worker, now)
+        self._serve(worker, now, msg.handed)
 
     @handles(Opened)
     def opened(self, msg: Opened) -> None:
@@ -496,7 +496,7 @@ class _PoolActor(Actor):
         elif self._size() < self.min_size or self.connecting < len(self.waiting):
             self._spawn_worker()
 
-    def _serve(self, worker: ActorRef, now: float) -> None:
+    def _serve(self, worker: ActorRef, now: float, handed: bool = True) -> None:
         if self.status.closed:
             self._retire(worker)
             return
@@ -505,7 +505,7 @@ class _PoolActor(Actor):
         if request is None:
             self.idle.append(worker)
         elif isinstance(request, _Checkout):
-            if not self._lend(worker, request, handed=True):
+            if not self._lend(worker, request, handed):
                 self._requeue(request)
         else:
             try:

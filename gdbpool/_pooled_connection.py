@@ -34,7 +34,7 @@ __all__ = [
     "reset_session_here",
 ]
 
-_STATUS_READY = extensions.STATUS_READY
+_TRANSACTION_IDLE = extensions.TRANSACTION_STATUS_IDLE
 
 
 class PooledConnection(extensions.connection):  # type: ignore[misc]
@@ -49,7 +49,7 @@ class PooledConnection(extensions.connection):  # type: ignore[misc]
     gdbpool_lent: bool = False
     gdbpool_poll: Any = None  # select.poll on the socket, made once (check_connection)
     gdbpool_cursor: Any = None  # the worker's cursor for plain SQL strings (run_interaction)
-    gdbpool_idle: Any = None  # the worker's Idle message, which put() tells the pool actor
+    gdbpool_put_back: Any = None  # the Idle message put() tells the pool actor (handed=False)
     gdbpool_idle_since: float = 0.0  # monotonic time of the last use (deep check after check_after)
 
 
@@ -130,8 +130,8 @@ def reset_session_here(conn: Any) -> bool:
     deferrable while in autocommit). False when a rollback or those SETs are
     needed: the connection's worker does that, in its own greenlet.
     """
-    if conn.closed or conn.status != _STATUS_READY:
-        return False
+    if conn.closed or conn.info.transaction_status != _TRANSACTION_IDLE:
+        return False  # also a BEGIN sent as SQL in autocommit, which conn.status misses
     custom = (
         conn.isolation_level is not None or conn.readonly is not None or conn.deferrable is not None
     )

@@ -63,10 +63,11 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 import gevent
+import psycopg2
 from gevent.event import Event
 from psycopg2 import extensions
 
-from actors import ActorStopped, Supervisor, SupervisorGaveUp
+from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
 from gdbpool._pool_actor import _Close, _PoolActor, _Ready, _Stats, _Status
 from gdbpool._pool_config import _check_tunables, _parse_dsn
 from gdbpool._pooled_connection import (
@@ -77,7 +78,7 @@ from gdbpool._pooled_connection import (
     reset_session_here,
 )
 from gdbpool._wait_queue import WaitQueue, _Checkout
-from gdbpool.connection_worker import Return
+from gdbpool.connection_worker import Gone, Return
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
@@ -256,12 +257,22 @@ class DBConnectionPool:
                 f"put() got a connection already given back to pool {self.name!r}"
             )
         conn.gdbpool_lent = False
+        worker = conn.gdbpool_worker
         try:
-            if reset_session_here(conn):
+            if (
+                worker.state is ActorState.RUNNING
+                and not self._status.closed
+                and self._reset_here(conn)
+            ):
                 conn.gdbpool_idle_since = time.monotonic()
-                self._ref.tell(conn.gdbpool_idle)  # idle again: no worker wake-up
+                self._ref.tell(conn.gdbpool_put_back)  # idle again: no worker wake-up
+            elif worker.state is ActorState.STOPPED:
+                # Stopped while the connection was out (its supervisor gave up on
+                # it): close the connection and have the pool replace the worker.
+                conn.close()
+                self._ref.tell(Gone(worker))
             else:
-                conn.gdbpool_worker.tell(Return(conn))  # its worker rolls back / resets
+                worker.tell(Return(conn))  # its worker rolls back / resets
         except ActorStopped:
             conn.close()  # the pool was closed while it was out
 
@@ -437,6 +448,13 @@ class DBConnectionPool:
             conn.gdbpool_pool = self
             conn.gdbpool_lent = True
             self.put(conn)
+
+    @staticmethod
+    def _reset_here(conn: Any) -> bool:
+        try:
+            return reset_session_here(conn)
+        except psycopg2.Error:
+            return False  # the worker retries the reset, or replaces the connection
 
     def _usable(self, conn: Any, idle_since: float | None) -> bool:
         if idle_since is None:  # handed over straight from its last use: never idle

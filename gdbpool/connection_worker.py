@@ -19,9 +19,10 @@ Checks (why a connection handed out is alive):
   the next statement, a few microseconds), the result just read proved it
   alive, and a termination landing in that gap is the same race every check
   has with a termination landing just after it. ``conn.closed`` is still
-  checked after every interaction. For the same reason a connection handed
-  from its last use (an interaction, or a clean ``put()``) straight to a
-  waiting ``get()`` skips it too; ``get()`` checks ``conn.closed`` only.
+  checked after every interaction. For the same reason a connection a worker
+  hands from its last use (an interaction, a reset) straight to a waiting
+  ``get()`` skips it too (``get()`` checks ``conn.closed`` only); one that a
+  ``put()`` gives back does not: its borrower may have held it unused.
 * Deep, when the connection sat idle longer than ``check_after`` seconds
   (default 30): ``SELECT 1``, bounded by ``connect_timeout`` (the socket is shut
   down if the server does not answer), for half-open connections after a
@@ -51,7 +52,7 @@ from gdbpool._pooled_connection import (
     ping,
 )
 from gdbpool._sockets import shutdown_socket
-from gdbpool.errors import DBInteractionException, PoolConnectionError
+from gdbpool.errors import DBInteractionException, PoolClosed, PoolConnectionError
 from gdbpool.interaction import Interaction, run_interaction
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ __all__ = [
     "shutdown_socket",  # here for listen_connection
 ]
 
-_STATUS_READY = extensions.STATUS_READY
+_TRANSACTION_IDLE = extensions.TRANSACTION_STATUS_IDLE
 #: A worker's cursor that fetched more rows than this is replaced after the
 #: interaction, so a large result is not kept in memory by an idle connection.
 _CURSOR_KEEP_ROWS = 1000
@@ -109,9 +110,16 @@ class Opened:
 
 @dataclass(frozen=True, slots=True)
 class Idle:
-    """The worker finished its interaction (or its loan came back) and is idle."""
+    """The worker finished its interaction (or its loan came back) and is idle.
+
+    ``handed``: the connection was just used (an interaction or a reset ran
+    on it), so the pool may hand it to a waiting ``get()`` without the socket
+    check. ``put()`` tells ``handed=False``: the borrower may have held the
+    connection unused for any time.
+    """
 
     worker: ActorRef
+    handed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,7 @@ class Lost:
 
 @dataclass(frozen=True, slots=True)
 class Gone:
-    """The worker was killed (its greenlet, not a crash): replace it."""
+    """The worker was killed (not a crash), or put() found it stopped: replace it."""
 
     worker: ActorRef
 
@@ -194,6 +202,17 @@ class ConnectionWorker(Actor):
         self._discard()
         with contextlib.suppress(ActorStopped):  # the pool is gone: nobody to tell
             self.pool.tell(Lost(self.ref))
+
+    def on_dropped(self, message: object) -> None:
+        # Never handled (killed by a stop that timed out, or given up on): the
+        # caller of an interaction is answered, a returned connection closed.
+        if isinstance(message, Interaction) and not message.reply.ready():
+            message.reply.set_exception(
+                PoolClosed(f"pool {self.settings.name!r}: its connection worker stopped first")
+            )
+        elif isinstance(message, Return) and not message.conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                message.conn.close()
 
     # -- handlers -----------------------------------------------------------------
 
@@ -274,8 +293,8 @@ class ConnectionWorker(Actor):
             return
         if not conn.closed:
             try:
-                if conn.status != _STATUS_READY:
-                    conn.rollback()
+                if conn.info.transaction_status != _TRANSACTION_IDLE:
+                    _roll_back(conn)
                 conn.cursor_factory = None
                 conn.set_session(
                     isolation_level="DEFAULT",
@@ -336,7 +355,7 @@ class ConnectionWorker(Actor):
         self._fresh_cursor(conn)
         self.failures = 0
         conn.gdbpool_worker = self.ref
-        conn.gdbpool_idle = self._idle_msg
+        conn.gdbpool_put_back = Idle(self.ref, handed=False)
         # +-5% so connections opened together are not all recycled together.
         self.expires_at = time.monotonic() + self.settings.max_lifetime * random.uniform(0.95, 1.0)
         conn.gdbpool_idle_since = time.monotonic()
@@ -364,3 +383,15 @@ class ConnectionWorker(Actor):
     def _retry(self) -> None:
         with contextlib.suppress(Exception):  # stopped meanwhile: nothing to retry
             self.ref.tell(Connect())
+
+
+def _roll_back(conn: Any) -> None:
+    """End the transaction ``conn`` is in, also one a ``BEGIN`` sent as SQL opened in autocommit.
+
+    psycopg2's ``rollback()`` sends nothing in autocommit mode.
+    """
+    if conn.autocommit:
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
+    else:
+        conn.rollback()

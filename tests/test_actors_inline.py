@@ -46,6 +46,16 @@ class StopSelf:
 
 
 @dataclass(frozen=True, slots=True)
+class NoteThenHold:
+    """Tell its own actor a Note, then wait for ``gate``; then raise if ``explode``."""
+
+    text: str
+    gate: Event
+    explode: bool = False
+    entered: Event = field(default_factory=Event)
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """Ask: everything noted so far."""
 
@@ -53,6 +63,7 @@ class Log:
 class Recorder(Actor):
     inline = True
     failures: list[tuple[str, Any]] = []  # class-level: survives restarts
+    dropped: list[object] = []
 
     def __init__(self) -> None:
         self.notes: list[str] = []
@@ -85,6 +96,18 @@ class Recorder(Actor):
     @handles(StopSelf)
     def stop_self(self, msg: StopSelf) -> None:
         self.ref.stop()
+
+    @handles(NoteThenHold)
+    def note_then_hold(self, msg: NoteThenHold) -> None:
+        self.ref.tell(Note(msg.text))
+        msg.entered.set()
+        msg.gate.wait(WAIT)
+        self.notes.append("held")
+        if msg.explode:
+            raise RuntimeError("exploded after yielding")
+
+    def on_dropped(self, message: object) -> None:
+        Recorder.dropped.append(message)
 
     @handles(Log)
     def log(self, msg: Log) -> tuple[list[str], bool]:
@@ -222,3 +245,49 @@ def test_an_unsupervised_inline_actor_that_crashes_stops_and_refuses_sends() -> 
     assert ref.state is ActorState.STOPPED
     with pytest.raises(Exception, match="stopping or stopped"):
         ref.tell(Note("late"))
+
+
+def test_a_message_the_loop_took_while_an_inline_handler_yielded_goes_before_later_sends() -> None:
+    ref = Recorder.start()
+    gate = Event()
+    msg = NoteThenHold("m", gate)
+    try:
+
+        def sender() -> None:
+            ref.tell(msg)  # inline; its Note("m") is queued, then it yields
+            ref.tell(Note("n"))  # at once after: must not overtake "m"
+
+        holder = gevent.spawn(sender)
+        assert msg.entered.wait(WAIT)
+        assert wait_for(lambda: ref._inline_waiter is not None, WAIT)  # the loop holds "m"
+        gate.set()
+        holder.join(WAIT)
+        notes, overlap = ref.ask(Log()).get(timeout=WAIT)
+        assert notes == ["held", "m", "n"]
+        assert not overlap
+    finally:
+        ref.stop()
+
+
+def test_a_crash_after_yielding_inline_leaves_the_held_message_to_the_next_instance() -> None:
+    Recorder.failures.clear()
+    Recorder.dropped.clear()
+    sup = Supervisor(max_restarts=3, backoff_initial=0.0, backoff_max=0.001)
+    gate = Event()
+    msg = NoteThenHold("m", gate, explode=True)
+    with capture_logs():
+        ref = sup.spawn(Recorder)
+        try:
+            told: AsyncResult = AsyncResult()
+            gevent.spawn(lambda: told.set(ref.tell(msg)))
+            assert msg.entered.wait(WAIT)
+            assert wait_for(lambda: ref._inline_waiter is not None, WAIT)
+            gate.set()
+            assert told.get(timeout=WAIT) is False  # it crashed the actor
+            assert wait_for(lambda: ref.state is ActorState.RUNNING and not ref._busy, WAIT)
+            notes, _ = ref.ask(Log()).get(timeout=WAIT)
+            assert notes == ["m"]  # handled by the restarted instance, not the crashed one
+            assert [text for text, _ in Recorder.failures] == ["exploded after yielding"]
+            assert Recorder.dropped == [msg]  # the message whose handler crashed
+        finally:
+            sup.stop(timeout=WAIT)

@@ -220,6 +220,23 @@ def test_a_read_only_autocommit_checkout_leaves_no_session_setting_behind(
             assert query(conn, "SHOW transaction_read_only") == [("off",)]
 
 
+def test_a_transaction_begun_as_sql_in_autocommit_is_rolled_back_on_put(
+    make_pool: MakePool, dsn: str
+) -> None:
+    # psycopg2 does not see a BEGIN sent as SQL (conn.status stays ready); the
+    # server's transaction status does.
+    pool = make_pool(1)
+    with pool.connection() as conn:
+        query(conn, "CREATE TABLE t (id int)")
+    conn = pool.get(auto_commit=True)
+    query(conn, "BEGIN")
+    query(conn, "INSERT INTO t VALUES (1)")
+    pool.put(conn)
+    with pool.connection() as conn:
+        assert conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        assert query(conn, "SELECT count(*) FROM t") == [(0,)]
+
+
 def test_a_clean_connection_is_idle_again_as_soon_as_put_returns(make_pool: MakePool) -> None:
     pool = make_pool(2)
     for options in ({}, {"auto_commit": True}, {"isolation_level": "serializable"}):

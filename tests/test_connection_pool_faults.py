@@ -112,6 +112,58 @@ def test_a_connection_terminated_while_checked_out_is_replaced_on_put(
     assert wait_for(lambda: len(pids(pg_primary, "gdbpool:outkill")) == 1)
 
 
+def test_a_connection_killed_while_held_unused_is_checked_before_a_waiting_get_gets_it(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    # put() gives back a clean-looking connection itself; the waiting get() must
+    # still find the backend gone (the socket check), not hand it out dead.
+    pool = make_pool(dsn, 1, name="heldkill")
+    held = pool.get()
+    waiter = gevent.spawn(pool.get, 10)
+    assert wait_for(lambda: pool.stats()["requests_waiting"] == 1)
+    terminate(pg_primary, held.info.backend_pid)
+    assert wait_for(lambda: not pids(pg_primary, "gdbpool:heldkill"))
+    pool.put(held)
+    conn = waiter.get(timeout=10)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+    finally:
+        pool.put(conn)
+    assert pool.stats()["connections_lost"] == 1
+
+
+def test_a_connection_put_back_after_its_worker_stopped_is_closed(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="orphan")
+    conn = pool.get()
+    (worker,) = pool._supervisor.children
+    worker.stop()  # what a giving-up supervisor does; it leaves the lent connection open
+    assert not conn.closed
+    pool.put(conn)
+    assert conn.closed
+    assert submit(pool, "SELECT 1") == [(1,)]  # served by a replacement
+    assert wait_for(lambda: len(pids(pg_primary, "gdbpool:orphan")) == 1)
+
+
+def test_an_interaction_left_in_a_killed_workers_mailbox_fails_instead_of_hanging(
+    make_pool: MakePool, dsn: str
+) -> None:
+    pool = make_pool(dsn, 1, name="dropped")
+    busy = Interaction("SELECT pg_sleep(30)")
+    pool.submit(busy)
+    (worker,) = pool._supervisor.children
+    queued = Interaction("SELECT 1")
+    worker._post((queued, None))  # white box: in its mailbox behind the long query
+    worker.stop(timeout=0.1)  # the query does not finish: killed
+    with pytest.raises(PoolClosed, match="worker stopped first"):
+        queued.reply.get(timeout=5)
+    with pytest.raises(DBInteractionException):
+        busy.reply.get(timeout=5)
+
+
 # -- server restart ---------------------------------------------------------------------------
 
 
