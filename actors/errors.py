@@ -1,10 +1,14 @@
 """Errors raised by the actor kit.
 
 Every error derives from :class:`ActorError`; each message names the actor
-(or supervisor) concerned and says what went wrong.
+(or supervisor) concerned and says what went wrong. Also which exceptions
+count as a handler's own failure (``_HANDLER_ERRORS``), shared by the
+mailbox loop, the ref and inline dispatch.
 """
 
 from __future__ import annotations
+
+import gevent
 
 __all__ = [
     "ActorError",
@@ -15,6 +19,14 @@ __all__ = [
     "SupervisorGaveUp",
     "UnhandledMessage",
 ]
+
+# What a handler or hook may raise and still count as its own failure: an
+# ask's reply fails with it, a tell crashes the actor. gevent.Timeout is a
+# BaseException but is what a timed wait inside a handler raises (e.g.
+# ``AsyncResult.get(timeout=)``), so it is an ordinary handler error here.
+# GreenletExit (the actor is being killed) and the other BaseExceptions
+# (SystemExit, KeyboardInterrupt...) end the actor instead.
+_HANDLER_ERRORS: tuple[type[BaseException], ...] = (Exception, gevent.Timeout)
 
 
 class ActorError(Exception):
