@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
 from gevent.event import Event
 
 from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
+from gdbpool._pool_messages import _Close, _Ready, _Spawn, _Stats, _Status
+from gdbpool._pool_timers import _Timers
 from gdbpool._wait_queue import WaitQueue, _Checkout
 from gdbpool.connection_worker import (
     ConnectFailed,
@@ -42,71 +43,17 @@ from gdbpool.connection_worker import (
     PoolSettings,
     Recycle,
 )
-from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
+from gdbpool.errors import TooManyRequests
 from gdbpool.interaction import Interaction
 
 __all__ = ["WaitQueue"]  # re-exported: it lives in gdbpool._wait_queue
 
 
-# -- what the pool actor is told, besides the worker messages and Interaction ----------
-
-
-@dataclass(frozen=True, slots=True)
-class _Expire:
-    """The earliest deadline of the waiting requests passed."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Tick:
-    """Periodic housekeeping: max_idle, max_lifetime of idle connections."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Spawn:
-    """Start one more connection worker (see ``_PoolActor._spawn_worker``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Ready:
-    """Ask: an Event set once ``min_size`` connections are open."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Stats:
-    """Ask: the counters."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Close:
-    """Ask: stop serving; the reply is an Event set once no worker is busy."""
-
-    reason: str = ""  # why, when not the user's close() (e.g. the workers' supervisor gave up)
-
-
-@dataclass(slots=True)
-class _Status:
-    """Written by the pool actor only; read by the facade."""
-
-    healthy: bool = True
-    closed: bool = False
-    last_error: str = ""
-    reason: str = ""  # why the pool closed, when it was not close(): for PoolClosed messages
-
-    def closed_error(self, name: str) -> PoolClosed:
-        """The PoolClosed to raise or set, saying why when it was not ``close()``."""
-        why = f": {self.reason}" if self.reason else ""
-        return PoolClosed(f"pool {name!r} is closed{why}")
-
-
-_EXPIRE = _Expire()
-
-
-class _PoolActor(Actor):
+class _PoolActor(_Timers, Actor):
     """Owns the pool's state: which worker is idle, busy or lent, who waits, counters.
 
-    Waiting requests have one libev timer between them, armed for the
-    earliest deadline (not one timer per request): when it fires, the pool
-    fails every request past its deadline and re-arms for the next one.
+    Its deadline timer (one for all the waiting requests) and its
+    housekeeping tick are in :class:`~gdbpool._pool_timers._Timers`.
 
     An ``inline`` actor (see :class:`~actors.Actor`): its handlers never wait,
     so when it is idle a ``get()``, ``put()`` or a worker's :class:`Idle` is
@@ -214,23 +161,9 @@ class _PoolActor(Actor):
         if self.drained is not None:
             self.drained.set()
 
-    def _stop_timers(self) -> None:
-        if self.ticker is not None:
-            self.ticker.kill(block=False)
-        self._disarm()
-
     def _fail_waiting(self) -> None:
         for request in self.waiting.close():
             request.reply.set_exception(self.status.closed_error(self.settings.name))
-
-    def _tick_forever(self, period: float) -> None:
-        tick = _Tick()
-        while True:
-            gevent.sleep(period)
-            try:
-                self.ref.tell(tick)
-            except ActorStopped:
-                return
 
     # -- requests ---------------------------------------------------------------
 
@@ -317,44 +250,6 @@ class _PoolActor(Actor):
             self._arm(deadline, now)
         if self._size() < self.max_size:
             self._grow()
-
-    def _arm(self, deadline: float, now: float) -> None:
-        self._disarm()
-        self.timer_deadline = self.waiting.timer_deadline = deadline
-        self.timer = gevent.get_hub().loop.timer(max(0.0, deadline - now))
-        self.timer.start(self._deadline_passed)
-
-    def _disarm(self) -> None:
-        self.waiting.timer_deadline = float("inf")
-        timer, self.timer = self.timer, None
-        if timer is not None:
-            timer.close()
-
-    def _deadline_passed(self) -> None:
-        # Runs in the hub: only post a message.
-        with contextlib.suppress(ActorStopped):
-            self.ref.tell(_EXPIRE)
-
-    @handles(_Expire)
-    def expire(self, msg: _Expire) -> None:
-        self._disarm()
-        now = time.monotonic()
-        for request, waited in self.waiting.expire(now):
-            self.counters["requests_errors"] += 1
-            self.counters["requests_wait_ms"] += int(waited * 1000)
-            request.reply.set_exception(PoolTimeout(self._timeout_message(waited)))
-        deadline = self.waiting.next_deadline()
-        if deadline is not None:
-            self._arm(deadline, now)
-
-    def _timeout_message(self, waited: float) -> str:
-        text = (
-            f"pool {self.settings.name!r} ({self.settings.target}): no connection available "
-            f"within {waited:.2f} s"
-        )
-        if not self.status.healthy and self.status.last_error:
-            text += f"; server unreachable: {self.status.last_error}"
-        return text
 
     def _grow(self) -> None:
         if self._size() < self.max_size and self.connecting < len(self.waiting):
@@ -541,30 +436,6 @@ class _PoolActor(Actor):
             if opened >= wanted:
                 event.set()
                 self.ready.remove((wanted, event))
-
-    # -- housekeeping --------------------------------------------------------------
-
-    @handles(_Tick)
-    def tick(self, msg: _Tick) -> None:
-        now = time.monotonic()
-        # The bottom of the LIFO stack has been idle longest.
-        while self.idle and self._size() > self.min_size:
-            oldest = self.idle[0]
-            if now - self.idle_since.get(oldest, now) <= self.max_idle:
-                break
-            self.settings.log.debug("connection_idle_closed", worker=oldest.name)
-            self._retire(oldest)
-        # An idle connection past its lifetime is replaced now, not after one more use.
-        for worker in [w for w in self.idle if self.expires_at.get(w, now) < now]:
-            self.idle.remove(worker)
-            self._recycle(worker)
-
-    def _recycle(self, worker: ActorRef) -> None:
-        self.settings.log.debug("connection_expired", worker=worker.name)
-        try:
-            worker.tell(Recycle())  # it reconnects and reports Lost, then Opened
-        except ActorStopped:
-            self._forget(worker)
 
     @handles(_Ready)
     def when_ready(self, msg: _Ready) -> Event:

@@ -63,21 +63,16 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 import gevent
-import psycopg2
 from gevent.event import Event
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool._pool_actor import _Close, _PoolActor, _Ready, _Stats, _Status
+from gdbpool._checkout import _checkout, _reset_here, _usable
+from gdbpool._pool_actor import _PoolActor
 from gdbpool._pool_config import _check_tunables, _parse_dsn
-from gdbpool._pooled_connection import (
-    PoolSettings,
-    check_connection,
-    open_connection,
-    ping,
-    reset_session_here,
-)
-from gdbpool._wait_queue import WaitQueue, _Checkout
+from gdbpool._pool_messages import _Close, _Ready, _Stats, _Status
+from gdbpool._pooled_connection import PoolSettings, open_connection
+from gdbpool._wait_queue import WaitQueue
 from gdbpool.connection_worker import Gone, Return
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
@@ -214,9 +209,17 @@ class DBConnectionPool:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
-            conn, idle_since = self._checkout(max(0.0, deadline - time.monotonic()))
+            conn, idle_since = _checkout(
+                self,
+                self._ref,
+                self._waiting,
+                self._status,
+                self._settings.target,
+                max(0.0, deadline - time.monotonic()),
+                ANSWER_MARGIN,
+            )
             try:
-                usable = self._usable(conn, idle_since)
+                usable = _usable(conn, idle_since, self._settings)
             except BaseException:
                 self.put(conn)  # interrupted mid-check: the worker resets or replaces it
                 raise
@@ -259,11 +262,7 @@ class DBConnectionPool:
         conn.gdbpool_lent = False
         worker = conn.gdbpool_worker
         try:
-            if (
-                worker.state is ActorState.RUNNING
-                and not self._status.closed
-                and self._reset_here(conn)
-            ):
+            if worker.state is ActorState.RUNNING and not self._status.closed and _reset_here(conn):
                 conn.gdbpool_idle_since = time.monotonic()
                 self._ref.tell(conn.gdbpool_put_back)  # idle again: no worker wake-up
             elif worker.state is ActorState.STOPPED:
@@ -398,72 +397,6 @@ class DBConnectionPool:
         return f"<DBConnectionPool {self.name!r} {self._settings.target} {state}>"
 
     # -- internals -------------------------------------------------------------------
-
-    def _checkout(self, timeout: float) -> tuple[Any, float | None]:
-        """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to us.
-
-        ``idle_since`` is None for a connection handed over from its last use.
-        """
-        if self._status.closed:
-            raise self._status.closed_error(self.name)
-        request = _Checkout(timeout)
-        waiting = self._waiting
-        waiting.sent()  # until the pool actor has it, submit() does not offer: FIFO
-        try:
-            handled = self._ref.tell(request)
-        except ActorStopped:
-            waiting.received()
-            raise self._status.closed_error(self.name) from None
-        reply = request.reply
-        # Handled already (the pool actor was idle and ran it on this greenlet):
-        # the request is lent, or waits where the pool's deadline timer, close()
-        # or the pool actor's failure answers it. Otherwise it sits in the
-        # mailbox: bound the wait, should the pool actor die before reading it.
-        bound = None if handled else timeout + ANSWER_MARGIN
-        try:
-            reply.wait(bound)
-        except BaseException:
-            self._abandon(request)  # killed or timed out from outside: leak nothing
-            raise
-        if not reply.ready():
-            self._abandon(request)
-            if self._status.closed or not self._ref.is_alive:
-                raise self._status.closed_error(self.name)
-            raise PoolTimeout(
-                f"pool {self.name!r} ({self._settings.target}): the pool did not answer "
-                f"within {timeout + ANSWER_MARGIN:.2f} s"
-            )
-        conn, idle_since = reply.get()
-        conn.gdbpool_pool = self
-        conn.gdbpool_lent = True
-        return conn, idle_since
-
-    def _abandon(self, request: _Checkout) -> None:
-        reply = request.reply
-        if not reply.ready():
-            # Answered now, so the pool actor skips it: nobody would read a loan.
-            reply.set_exception(PoolTimeout(f"pool {self.name!r}: checkout abandoned"))
-        elif reply.successful():
-            conn = reply.value[0]
-            conn.gdbpool_pool = self
-            conn.gdbpool_lent = True
-            self.put(conn)
-
-    @staticmethod
-    def _reset_here(conn: Any) -> bool:
-        try:
-            return reset_session_here(conn)
-        except psycopg2.Error:
-            return False  # the worker retries the reset, or replaces the connection
-
-    def _usable(self, conn: Any, idle_since: float | None) -> bool:
-        if idle_since is None:  # handed over straight from its last use: never idle
-            return not conn.closed
-        if not check_connection(conn):
-            return False
-        if time.monotonic() - idle_since > self._settings.check_after:
-            return ping(conn, self._settings.connect_timeout)
-        return True
 
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))
