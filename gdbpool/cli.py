@@ -2,9 +2,10 @@
 
 Each subcommand lives in its own ``cmd_*`` function, registered in
 :func:`build_parser`: ``postgres`` and ``demo`` here, ``bridge``,
-``subscribe`` and ``notify`` in :mod:`gdbpool._cli_bridge`.  Exit codes: 0
-success, 1 runtime failure (server down, query failed), 2 bad usage or bad
-input (argparse's convention), 130 on Ctrl-C.
+``subscribe`` and ``notify`` in :mod:`gdbpool._cli_bridge`, ``bench`` in
+:mod:`gdbpool._cli_bench`.  Exit codes: 0 success, 1 runtime failure (server
+down, query failed), 2 bad usage or bad input (argparse's convention), 130 on
+Ctrl-C; ``bench NAME`` exits with its benchmark's code.
 
 The foreground commands (``postgres``, ``bridge``, ``subscribe``) stop cleanly
 on SIGTERM (exit 0: being asked to stop is normal under a process manager such
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gdbpool._cli_bench import cmd_bench
 from gdbpool._cli_bridge import cmd_bridge, cmd_notify, cmd_subscribe
 from gdbpool._cli_input import BadInput, check_dsn, positive
 from gdbpool._cli_signals import StopFlag
@@ -295,6 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
     )
     no.set_defaults(func=cmd_notify)
+
+    be = sub.add_parser(
+        "bench",
+        help="list the benchmarks, or run one (source checkout only)",
+        description="Without NAME, list the benchmarks of the repository's bench/ directory "
+        "(a source checkout; not in an installed wheel). With NAME, run bench/NAME.py ARGS... "
+        "with this Python in the foreground; its exit code is the command's.",
+        epilog="pool and interactions need the bench extra: pip install 'gdbpool[bench]'. "
+        "gdbpool bench NAME --help shows a benchmark's own options.",
+    )
+    be.add_argument("name", nargs="?", metavar="NAME", help="the benchmark to run")
+    be.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="passed to bench/NAME.py untouched (e.g. --seconds 1 --rounds 1)",
+    )
+    be.set_defaults(func=cmd_bench)
     return parser
 
 
