@@ -141,6 +141,37 @@ def raw_cursors(dsn: str, n: int = CONNECTIONS) -> list[Any]:
     return cursors
 
 
+def raw_query(
+    cursors: list[Any], sql: str, args: Callable[[], Any] | None = None
+) -> Callable[[int], None]:
+    """The ceiling's op: greenlet ``i`` runs ``sql`` on its own cursor (``args()``: parameters)."""
+    if args is None:
+
+        def op(i: int) -> None:
+            cur = cursors[i]
+            cur.execute(sql)
+            cur.fetchall()
+
+    else:
+
+        def op(i: int) -> None:
+            cur = cursors[i]
+            cur.execute(sql, args())
+            cur.fetchall()
+
+    return op
+
+
+def green_client() -> None:
+    """Make this process the gevent client: our packages, cooperative psycopg2, quiet logs."""
+    use_repository_packages()
+    from gdbpool.green import make_psycopg_green
+    from gdbpool.logging import configure_logging
+
+    make_psycopg_green()
+    configure_logging(level="WARNING")
+
+
 def close_raw(cursors: list[Any]) -> None:
     """Close the connections behind :func:`raw_cursors`."""
     for cur in cursors:

@@ -41,8 +41,10 @@ from _common import (
     Measured,
     alternate,
     close_raw,
+    green_client,
     print_child_result,
     raw_cursors,
+    raw_query,
     report,
     run_child,
     run_threads,
@@ -149,26 +151,12 @@ def _create_table(dsn: str) -> None:
 
 
 def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
-    use_repository_packages()
-
-    from gdbpool.green import make_psycopg_green
+    green_client()
     from gdbpool.interaction_pool import DBInteractionPool
-    from gdbpool.logging import configure_logging
-
-    make_psycopg_green()
-    configure_logging(level="WARNING")
 
     cursors = raw_cursors(dsn)
-
-    def raw_select1(i: int) -> None:
-        cur = cursors[i]
-        cur.execute(SELECT_1)
-        cur.fetchall()
-
-    def raw_point(i: int) -> None:
-        cur = cursors[i]
-        cur.execute(POINT, (_key(),))
-        cur.fetchall()
+    raw_select1 = raw_query(cursors, SELECT_1)
+    raw_point = raw_query(cursors, POINT, lambda: (_key(),))
 
     ipool = DBInteractionPool(dsn, CONNECTIONS, pool_name="bench")
     ipool.pool().wait(30)

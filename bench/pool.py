@@ -33,8 +33,10 @@ from _common import (
     Measured,
     alternate,
     close_raw,
+    green_client,
     print_child_result,
     raw_cursors,
+    raw_query,
     report,
     run_child,
     run_threads,
@@ -66,23 +68,13 @@ def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
 
 
 def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
-    use_repository_packages()
-
+    green_client()
     from gdbpool.connection_pool import DBConnectionPool
-    from gdbpool.green import make_psycopg_green
     from gdbpool.interaction import Interaction
-    from gdbpool.logging import configure_logging
-
-    make_psycopg_green()
-    configure_logging(level="WARNING")
 
     # (a) the ceiling: one raw connection per greenlet.
     cursors = raw_cursors(dsn)
-
-    def raw_select1(i: int) -> None:
-        cur = cursors[i]
-        cur.execute("SELECT 1")
-        cur.fetchall()
+    raw_select1 = raw_query(cursors, "SELECT 1")
 
     pool = DBConnectionPool(dsn, CONNECTIONS, name="bench")
     pool.wait(30)
