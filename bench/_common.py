@@ -102,11 +102,15 @@ def alternate(
 ) -> dict[str, list[Measured]]:
     """Measure the ceiling, then each candidate, ``rounds`` times over.
 
-    Each value is ``(op, greenlets)``. Alternating puts every candidate next
-    to a ceiling measured under the same machine load; :func:`report` turns
-    each round into a ratio to that round's ceiling.
+    Each value is ``(op, greenlets)``. Every op first runs briefly off the
+    record (warm-up). Alternating puts every candidate next to a ceiling
+    measured under the same machine load; :func:`report` turns each round
+    into a ratio to that round's ceiling.
     """
     results: dict[str, list[Measured]] = {"ceiling": [], **{name: [] for name in candidates}}
+    warmup = min(0.5, seconds / 4)  # first-use costs (stacks, caches, the server's) off the record
+    for op, greenlets in (ceiling, *candidates.values()):
+        measure_greenlets(op, greenlets, warmup)
     for _ in range(rounds):
         results["ceiling"].append(measure_greenlets(*ceiling, seconds))
         for name, (op, greenlets) in candidates.items():
