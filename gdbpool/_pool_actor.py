@@ -233,11 +233,11 @@ class _PoolActor(_Timers, Actor):
         if waiting.closed:
             request.reply.set_exception(self.status.closed_error(self.settings.name))
             return
-        if 0 < self.max_waiting <= len(waiting):
+        if 0 < self.max_waiting <= len(waiting) and self.max_waiting <= waiting.live():
             self.counters["requests_errors"] += 1
             request.reply.set_exception(
                 TooManyRequests(
-                    f"pool {self.settings.name!r}: {len(waiting)} requests already wait "
+                    f"pool {self.settings.name!r}: {waiting.live()} requests already wait "
                     f"(max_waiting={self.max_waiting}); retry later or raise max_waiting"
                 )
             )
@@ -455,7 +455,7 @@ class _PoolActor(_Timers, Actor):
             "pool_max": self.max_size,
             "pool_size": self._size(),
             "pool_available": len(self.idle),
-            "requests_waiting": len(self.waiting),
+            "requests_waiting": self.waiting.live(),
             **counters,
         }
 

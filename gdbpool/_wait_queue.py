@@ -122,6 +122,14 @@ class WaitQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def live(self) -> int:
+        """Requests still waiting: not counting those abandoned by their caller (reply set).
+
+        An abandoned request stays in the queue until it is taken or expires;
+        ``len()`` counts it, this does not (for ``stats()`` and ``max_waiting``).
+        """
+        return sum(1 for entry in self._items if not entry[0].reply.ready())
+
     def append(self, request: Interaction | _Checkout, now: float, deadline: float) -> None:
         self._items.append((request, now, deadline))
 

@@ -388,6 +388,20 @@ def test_requests_beyond_max_waiting_fail_at_once(make_pool: MakePool) -> None:
         pool.put(waiter.get(timeout=5))
 
 
+def test_an_abandoned_get_stops_counting_as_waiting_at_once(make_pool: MakePool) -> None:
+    pool = make_pool(1, max_waiting=1, timeout=30)
+    held = pool.get()
+    waiter = gevent.spawn(pool.get)
+    assert wait_for(lambda: pool.stats()["requests_waiting"] == 1)
+    waiter.kill(block=True, timeout=5)  # withdraws its request; it stays queued until taken
+    assert pool.stats()["requests_waiting"] == 0
+    second = gevent.spawn(pool.get)  # max_waiting=1 does not count the abandoned one
+    assert wait_for(lambda: pool.stats()["requests_waiting"] == 1)
+    pool.put(held)
+    pool.put(second.get(timeout=5))
+    assert pool.stats()["requests_errors"] == 0
+
+
 # -- sizing ------------------------------------------------------------------------------
 
 
