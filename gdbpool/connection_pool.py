@@ -347,10 +347,9 @@ class DBConnectionPool:
         """Counters, named like psycopg_pool's.
 
         ``pool_min``, ``pool_max``, ``pool_size`` (connections open or being
-        opened), ``pool_available`` (idle), ``requests_waiting`` (now; not a withdrawn
-        ``get()``),
-        ``requests_num`` (total), ``requests_queued`` (had to wait),
-        ``requests_wait_ms`` (total waiting time), ``requests_errors``
+        opened), ``pool_available`` (idle), ``requests_waiting`` (now; not a
+        withdrawn ``get()``), ``requests_num`` (total), ``requests_queued`` (had
+        to wait), ``requests_wait_ms`` (total waiting time), ``requests_errors``
         (timeouts, too many requests), ``connections_num`` (attempts),
         ``connections_ms`` (time spent connecting), ``connections_errors``
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
