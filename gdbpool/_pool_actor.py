@@ -21,7 +21,6 @@ the request goes back to the head of the queue.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from typing import Any
@@ -29,19 +28,18 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
-from gdbpool._pool_messages import _Close, _Ready, _Spawn, _Stats, _Status
+from actors import Actor, ActorRef, ActorStopped, Supervisor, handles
+from gdbpool._pool_messages import _Close, _Ready, _Stats, _Status
 from gdbpool._pool_timers import _Timers
+from gdbpool._pool_workers import _Workers
 from gdbpool._wait_queue import WaitQueue, _Checkout
 from gdbpool.connection_worker import (
     ConnectFailed,
-    ConnectionWorker,
     Gone,
     Idle,
     Lost,
     Opened,
     PoolSettings,
-    Recycle,
 )
 from gdbpool.errors import TooManyRequests
 from gdbpool.interaction import Interaction
@@ -49,11 +47,12 @@ from gdbpool.interaction import Interaction
 __all__ = ["WaitQueue"]  # re-exported: it lives in gdbpool._wait_queue
 
 
-class _PoolActor(_Timers, Actor):
+class _PoolActor(_Workers, _Timers, Actor):
     """Owns the pool's state: which worker is idle, busy or lent, who waits, counters.
 
     Its deadline timer (one for all the waiting requests) and its
-    housekeeping tick are in :class:`~gdbpool._pool_timers._Timers`.
+    housekeeping tick are in :class:`~gdbpool._pool_timers._Timers`; starting,
+    forgetting and retiring workers in :class:`~gdbpool._pool_workers._Workers`.
 
     An ``inline`` actor (see :class:`~actors.Actor`): its handlers never wait,
     so when it is idle a ``get()``, ``put()`` or a worker's :class:`Idle` is
@@ -251,48 +250,6 @@ class _PoolActor(_Timers, Actor):
         if self._size() < self.max_size:
             self._grow()
 
-    def _grow(self) -> None:
-        if self._size() < self.max_size and self.connecting < len(self.waiting):
-            self._spawn_worker()
-
-    def _size(self) -> int:
-        """Workers, counting those about to start."""
-        return len(self.workers) + self.spawning
-
-    def _spawn_worker(self) -> None:
-        """Count one more worker now; start it from our own greenlet (:class:`_Spawn`)."""
-        try:
-            self.ref.tell(_Spawn())  # always queued: we are handling a message
-        except ActorStopped:
-            return  # stopping: no new workers
-        self.spawning += 1
-        self.connecting += 1
-        self._workers_changed()
-
-    @handles(_Spawn)
-    def spawn(self, msg: _Spawn) -> None:
-        self.spawning -= 1
-        if self.status.closed:
-            self.connecting -= 1
-            self._workers_changed()
-            return
-        self._start_worker(None)
-
-    def _start_worker(self, conn: Any) -> None:
-        """Start a worker (waits for its ``on_start``); ``connecting`` already counts it."""
-        name = f"{self.settings.name}.worker-{next(self.numbers)}"
-        try:
-            worker = self.supervisor.spawn(
-                ConnectionWorker, self.settings, self.ref, self.waiting, conn, name=name
-            )
-        except ActorError as exc:  # the supervisor gave up: no worker can start any more
-            self.connecting -= 1
-            if not self.status.closed:
-                self._break(f"cannot start a connection worker: {exc}")
-            return
-        self.workers.add(worker)
-        self._workers_changed()
-
     def _requeue(self, request: Interaction | _Checkout) -> None:
         """A request handed out that never ran: first in line again, with a fresh wait."""
         if self.waiting.closed:
@@ -306,27 +263,6 @@ class _PoolActor(_Timers, Actor):
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline, now)
         self._grow()
-
-    def _drop(self, worker: ActorRef) -> None:
-        """Forget what we knew of ``worker``'s connection (it is gone or being replaced)."""
-        self.busy_since.pop(worker, None)
-        self.lent.discard(worker)
-        self.conns.pop(worker, None)
-        self.idle_since.pop(worker, None)
-        self.expires_at.pop(worker, None)
-        if worker in self.idle:
-            self.idle.remove(worker)
-
-    def _forget(self, worker: ActorRef) -> None:
-        """``worker`` stopped without telling us (its supervisor gave up on it or on all)."""
-        self._drop(worker)
-        self.workers.discard(worker)
-        self._workers_changed()
-        self.settings.log.warning("worker_vanished", worker=worker.name)
-        if self.status.closed:
-            self._check_drained()
-        elif self._size() < self.min_size:
-            self._spawn_worker()
 
     # -- worker reports ----------------------------------------------------------
 
@@ -410,20 +346,6 @@ class _PoolActor(_Timers, Actor):
                 self._requeue(request)
                 return
             self.busy_since[worker] = now
-
-    def _retire(self, worker: ActorRef) -> None:
-        self.workers.discard(worker)
-        self._workers_changed()
-        self.conns.pop(worker, None)
-        self.expires_at.pop(worker, None)
-        if worker in self.idle:
-            self.idle.remove(worker)
-        with contextlib.suppress(ActorStopped):
-            worker.tell(Recycle(stop=True))
-        self._check_drained()
-
-    def _workers_changed(self) -> None:
-        self.waiting.grown = self._size() >= self.max_size
 
     def _check_drained(self) -> None:
         # Lent connections do not hold the close up: put() closes them.
