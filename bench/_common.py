@@ -52,8 +52,18 @@ def _counting_loop(
     return loop
 
 
+def warmup_seconds(seconds: float) -> float:
+    """How long every op runs off the record first (first-use costs: stacks, caches, server)."""
+    return min(0.5, seconds / 4)
+
+
 def run_threads(op: Callable[[int], None], threads: int, seconds: float) -> float:
-    """Rate of ``op(i)`` calls by ``threads`` OS threads (``i`` = the thread's index)."""
+    """Rate of ``op(i)`` calls by ``threads`` OS threads (``i``: the thread's index), warmed up."""
+    _run_threads(op, threads, warmup_seconds(seconds))
+    return _run_threads(op, threads, seconds)
+
+
+def _run_threads(op: Callable[[int], None], threads: int, seconds: float) -> float:
     counts = [0] * threads
     loop = _counting_loop(op, seconds, counts)
     started = time.monotonic()
@@ -108,9 +118,8 @@ def alternate(
     into a ratio to that round's ceiling.
     """
     results: dict[str, list[Measured]] = {"ceiling": [], **{name: [] for name in candidates}}
-    warmup = min(0.5, seconds / 4)  # first-use costs (stacks, caches, the server's) off the record
     for op, greenlets in (ceiling, *candidates.values()):
-        measure_greenlets(op, greenlets, warmup)
+        measure_greenlets(op, greenlets, warmup_seconds(seconds))
     for _ in range(rounds):
         results["ceiling"].append(measure_greenlets(*ceiling, seconds))
         for name, (op, greenlets) in candidates.items():

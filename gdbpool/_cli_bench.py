@@ -61,7 +61,8 @@ def find_benchmarks(bench_dir: Path) -> dict[str, Path]:
     Raises :class:`BadInput` when ``bench_dir`` does not exist (an installed
     wheel has no benchmarks).
     """
-    if not bench_dir.is_dir():
+    # bench/_common.py marks gDBPool's own bench/ (not another package's "bench").
+    if not (bench_dir / "_common.py").is_file():
         raise BadInput(
             f"no benchmarks here: they come with a source checkout of gDBPool (its bench/ "
             f"directory; looked for {bench_dir}). Clone the repository, install it with "

@@ -317,15 +317,20 @@ class _PoolActor(_Workers, _Timers, Actor):
     @handles(Gone)
     def gone(self, msg: Gone) -> None:
         worker = msg.worker
-        self.counters["connections_lost"] += 1
         self._drop(worker)
+        if worker not in self.workers:  # retired or forgotten already: nothing to replace
+            self._check_drained()
+            return
+        self.counters["connections_lost"] += 1
         self.workers.discard(worker)
         self._workers_changed()
         self.settings.log.warning("worker_killed", worker=worker.name)
         if self.status.closed:
             self._check_drained()
-        elif self._size() < self.min_size or self.connecting < len(self.waiting):
+        elif self._size() < self.min_size:
             self._spawn_worker()
+        else:
+            self._grow()  # for the requests waiting, within max_size
 
     def _serve(self, worker: ActorRef, now: float, handed: bool = True) -> None:
         if self.status.closed:

@@ -29,7 +29,7 @@ class _Tick:
 
 @dataclass(frozen=True, slots=True)
 class _Spawn:
-    """Start one more connection worker (see ``_PoolActor._spawn_worker``)."""
+    """Start one more connection worker (see :mod:`gdbpool._pool_workers`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,7 @@ class _Workers:
         self._workers_changed()
         self.conns.pop(worker, None)
         self.expires_at.pop(worker, None)
+        self.idle_since.pop(worker, None)
         if worker in self.idle:
             self.idle.remove(worker)
         with contextlib.suppress(ActorStopped):

@@ -123,12 +123,17 @@ class WaitQueue:
         return len(self._items)
 
     def live(self) -> int:
-        """Requests still waiting: not counting those abandoned by their caller (reply set).
+        """Requests still waiting, after dropping those abandoned by their caller (reply set).
 
-        An abandoned request stays in the queue until it is taken or expires;
-        ``len()`` counts it, this does not (for ``stats()`` and ``max_waiting``).
+        An abandoned request otherwise stays in the queue until it is taken or
+        expires, and ``len()`` counts it (for ``stats()`` and ``max_waiting``).
         """
-        return sum(1 for entry in self._items if not entry[0].reply.ready())
+        items = self._items
+        if any(entry[0].reply.ready() for entry in items):
+            kept = [entry for entry in items if not entry[0].reply.ready()]
+            items.clear()
+            items.extend(kept)
+        return len(items)
 
     def append(self, request: Interaction | _Checkout, now: float, deadline: float) -> None:
         self._items.append((request, now, deadline))

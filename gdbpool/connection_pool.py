@@ -84,6 +84,9 @@ __all__ = ["ANSWER_MARGIN", "DBConnectionPool"]
 #: gives up on an answer (the pool actor answers by the deadline unless it died).
 ANSWER_MARGIN: Final = 1.0
 
+# A worker in these states will not take a connection back: put() closes it.
+_ENDING = (ActorState.STOPPING, ActorState.STOPPED)
+
 
 class DBConnectionPool:
     """A pool of connections to one PostgreSQL server (see the module docstring).
@@ -265,7 +268,7 @@ class DBConnectionPool:
             if worker.state is ActorState.RUNNING and not self._status.closed and _reset_here(conn):
                 conn.gdbpool_idle_since = time.monotonic()
                 self._ref.tell(conn.gdbpool_put_back)  # idle again: no worker wake-up
-            elif worker.state is ActorState.STOPPED:
+            elif worker.state in _ENDING:
                 # Stopped while the connection was out (its supervisor gave up on
                 # it): close the connection and have the pool replace the worker.
                 conn.close()

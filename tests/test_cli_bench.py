@@ -132,7 +132,7 @@ def test_only_python_scripts_not_starting_with_an_underscore_are_benchmarks(
 ) -> None:
     (tmp_path / "zeta.py").write_text('"""Zeta: the last one.\n\nMore text.\n"""\n')
     (tmp_path / "alpha.py").write_text("print('no docstring')\n")
-    (tmp_path / "_shared.py").write_text('"""Helpers."""\n')
+    (tmp_path / "_common.py").write_text('"""Helpers; it also marks the bench directory."""\n')
     (tmp_path / "notes.txt").write_text("not a script\n")
     assert list(_cli_bench.find_benchmarks(tmp_path)) == ["alpha", "zeta"]
     monkeypatch.setattr(_cli_bench, "BENCH_DIR", tmp_path)

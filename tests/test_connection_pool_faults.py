@@ -20,6 +20,7 @@ from _waits import wait_for
 from tcp_proxy import TcpProxy
 
 from gdbpool.connection_pool import ANSWER_MARGIN, DBConnectionPool
+from gdbpool.connection_worker import Gone
 from gdbpool.embedded import EmbeddedPostgres
 from gdbpool.errors import DBInteractionException, PoolClosed, PoolTimeout
 from gdbpool.interaction import Interaction
@@ -377,3 +378,18 @@ def test_requests_unread_when_the_pool_actor_crashed_fail_instead_of_hanging(
         interaction.reply.get(timeout=5)  # answered by on_dropped, long before 30 s
     pool.close(timeout=2)
     assert wait_for(lambda: not pids(pg_primary, "gdbpool:unread"))
+
+
+def test_a_worker_reported_gone_twice_is_replaced_once(
+    make_pool: MakePool, dsn: str, pg_primary: EmbeddedPostgres
+) -> None:
+    pool = make_pool(dsn, 1, name="twice")
+    (worker,) = pool._supervisor.children
+    worker.stop()
+    # White box: what put() and a killed worker may both report for one worker.
+    pool._ref.tell(Gone(worker))
+    pool._ref.tell(Gone(worker))
+    assert submit(pool, "SELECT 1") == [(1,)]
+    stats = pool.stats()
+    assert (stats["pool_size"], stats["connections_lost"]) == (1, 1)
+    assert wait_for(lambda: len(pids(pg_primary, "gdbpool:twice")) == 1)
