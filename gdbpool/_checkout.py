@@ -5,8 +5,7 @@ checkouts" and "Returning" in its module docstring): ``_checkout`` asks the
 pool actor for a connection and waits for the loan, bounded so that a pool
 actor that died cannot hang it; ``_abandon`` withdraws a request (or gives
 back its loan) when the wait ends without one; ``_usable`` checks a loan
-before ``get()`` returns it; ``_reset_here`` resets a clean connection in
-``put()`` itself.
+before ``get()`` returns it.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import psycopg2
-
 from actors import ActorRef, ActorStopped
-from gdbpool._pooled_connection import PoolSettings, check_connection, ping, reset_session_here
+from gdbpool._pooled_connection import PoolSettings, check_connection, ping
 from gdbpool._wait_queue import WaitQueue, _Checkout
 from gdbpool.errors import PoolTimeout
 
@@ -85,13 +82,6 @@ def _abandon(pool: DBConnectionPool, request: _Checkout) -> None:
         conn.gdbpool_pool = pool
         conn.gdbpool_lent = True
         pool.put(conn)
-
-
-def _reset_here(conn: Any) -> bool:
-    try:
-        return reset_session_here(conn)
-    except psycopg2.Error:
-        return False  # the worker retries the reset, or replaces the connection
 
 
 def _usable(conn: Any, idle_since: float | None, settings: PoolSettings) -> bool:

@@ -25,6 +25,7 @@ from gdbpool.errors import PoolConnectionError
 from gdbpool.logging import redact
 
 __all__ = [
+    "TRANSACTION_IDLE",
     "PoolSettings",
     "PooledConnection",
     "backoff",
@@ -34,7 +35,8 @@ __all__ = [
     "reset_session_here",
 ]
 
-_TRANSACTION_IDLE = extensions.TRANSACTION_STATUS_IDLE
+#: The server's "idle, not in a transaction" (``conn.info.transaction_status``).
+TRANSACTION_IDLE = extensions.TRANSACTION_STATUS_IDLE
 
 
 class PooledConnection(extensions.connection):  # type: ignore[misc]
@@ -128,19 +130,25 @@ def reset_session_here(conn: Any) -> bool:
     psycopg2 would send nothing to the server (it sends ``SET
     default_transaction_*`` only when resetting isolation, read-only or
     deferrable while in autocommit). False when a rollback or those SETs are
-    needed: the connection's worker does that, in its own greenlet.
+    needed, or psycopg2 refused the reset: the connection's worker does that
+    (or replaces the connection), in its own greenlet.
     """
-    if conn.closed or conn.info.transaction_status != _TRANSACTION_IDLE:
+    if conn.closed or conn.info.transaction_status != TRANSACTION_IDLE:
         return False  # also a BEGIN sent as SQL in autocommit, which conn.status misses
-    custom = (
-        conn.isolation_level is not None or conn.readonly is not None or conn.deferrable is not None
-    )
-    if conn.autocommit:
-        if custom:
-            return False
-        conn.autocommit = False
-    elif custom:
-        conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT", deferrable="DEFAULT")
+    try:
+        custom = (
+            conn.isolation_level is not None
+            or conn.readonly is not None
+            or conn.deferrable is not None
+        )
+        if conn.autocommit:
+            if custom:
+                return False
+            conn.autocommit = False
+        elif custom:
+            conn.set_session(isolation_level="DEFAULT", readonly="DEFAULT", deferrable="DEFAULT")
+    except psycopg2.Error:
+        return False
     conn.cursor_factory = None
     return True
 

@@ -67,11 +67,11 @@ from gevent.event import Event
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool._checkout import _checkout, _reset_here, _usable
+from gdbpool._checkout import _checkout, _usable
 from gdbpool._pool_actor import _PoolActor
 from gdbpool._pool_config import _check_tunables, _parse_dsn
 from gdbpool._pool_messages import _Close, _Ready, _Stats, _Status
-from gdbpool._pooled_connection import PoolSettings, open_connection
+from gdbpool._pooled_connection import PoolSettings, open_connection, reset_session_here
 from gdbpool._wait_queue import WaitQueue
 from gdbpool.connection_worker import Gone, Return
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
@@ -265,7 +265,11 @@ class DBConnectionPool:
         conn.gdbpool_lent = False
         worker = conn.gdbpool_worker
         try:
-            if worker.state is ActorState.RUNNING and not self._status.closed and _reset_here(conn):
+            if (
+                worker.state is ActorState.RUNNING
+                and not self._status.closed
+                and reset_session_here(conn)
+            ):
                 conn.gdbpool_idle_since = time.monotonic()
                 self._ref.tell(conn.gdbpool_put_back)  # idle again: no worker wake-up
             elif worker.state in _ENDING:

@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import psycopg2
 from gevent import GreenletExit
-from psycopg2 import extensions
 
 from actors import Actor, ActorRef, ActorStopped, handles
 from gdbpool._pooled_connection import (
+    TRANSACTION_IDLE,
     PooledConnection,
     PoolSettings,
     backoff,
@@ -67,7 +67,6 @@ __all__ = [
     "shutdown_socket",  # here for listen_connection
 ]
 
-_TRANSACTION_IDLE = extensions.TRANSACTION_STATUS_IDLE
 #: A worker's cursor that fetched more rows than this is replaced after the
 #: interaction, so a large result is not kept in memory by an idle connection.
 _CURSOR_KEEP_ROWS = 1000
@@ -293,7 +292,7 @@ class ConnectionWorker(Actor):
             return
         if not conn.closed:
             try:
-                if conn.info.transaction_status != _TRANSACTION_IDLE:
+                if conn.info.transaction_status != TRANSACTION_IDLE:
                     _roll_back(conn)
                 conn.cursor_factory = None
                 conn.set_session(
