@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
-import greenlet
 import pytest
+from _switches import switches_per_call
 from _waits import wait_for
 from gevent.event import AsyncResult, Event
 from structlog.testing import capture_logs
@@ -121,27 +121,11 @@ class Queued(Recorder):
     inline = False
 
 
-def _switches_during(fn: Any) -> int:
-    count = 0
-
-    def trace(event: str, args: Any) -> None:
-        nonlocal count
-        if event in ("switch", "throw"):
-            count += 1
-
-    old = greenlet.settrace(trace)
-    try:
-        fn()
-    finally:
-        greenlet.settrace(old)
-    return count
-
-
 def test_idle_inline_actor_answers_an_ask_on_the_callers_greenlet_without_switching() -> None:
     ref = Recorder.start()
     try:
         replies: list[AsyncResult] = []
-        assert _switches_during(lambda: replies.append(ref.ask(Where()))) == 0
+        assert switches_per_call(lambda: replies.append(ref.ask(Where()))) == 0
         assert replies[0].ready()
         assert replies[0].get() is gevent.getcurrent()
     finally:

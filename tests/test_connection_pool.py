@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
-import greenlet
 import psycopg2
 import pytest
+from _switches import switches_per_call
 from _waits import wait_for
 from structlog.testing import capture_logs
 
@@ -646,23 +646,6 @@ def test_a_thousand_greenlets_share_eight_connections_for_ten_thousand_checkouts
 # -- cost (the switch counts the README and docstrings quote) ------------------------------
 
 
-def _switches_per_call(op: Callable[[], object], calls: int = 50) -> float:
-    count = 0
-
-    def trace(event: str, args: Any) -> None:
-        nonlocal count
-        if event in ("switch", "throw"):
-            count += 1
-
-    old = greenlet.settrace(trace)
-    try:
-        for _ in range(calls):
-            op()
-    finally:
-        greenlet.settrace(old)
-    return count / calls
-
-
 def test_on_an_idle_pool_a_checkout_costs_no_switch_and_a_submit_six(make_pool: MakePool) -> None:
     pool = make_pool(2)
     pool.wait(10)  # both connections open: no worker busy connecting meanwhile
@@ -673,7 +656,7 @@ def test_on_an_idle_pool_a_checkout_costs_no_switch_and_a_submit_six(make_pool: 
         pool.put(conn)
 
     # 2: the query's own wait for the server (a raw connection costs the same 2).
-    assert _switches_per_call(get_query_put) == pytest.approx(2, abs=0.2)
-    assert _switches_per_call(lambda: pool.put(pool.get())) == pytest.approx(0, abs=0.2)
+    assert switches_per_call(get_query_put, 50) == pytest.approx(2, abs=0.2)
+    assert switches_per_call(lambda: pool.put(pool.get()), 50) == pytest.approx(0, abs=0.2)
     # 6: caller -> worker (2), the worker's wait for the server (2), the reply (2).
-    assert _switches_per_call(lambda: submit(pool, "SELECT 1")) == pytest.approx(6, abs=0.3)
+    assert switches_per_call(lambda: submit(pool, "SELECT 1"), 50) == pytest.approx(6, abs=0.3)

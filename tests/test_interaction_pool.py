@@ -7,9 +7,9 @@ import time
 from collections.abc import Iterator
 
 import gevent
-import greenlet
 import psycopg2
 import pytest
+from _switches import switches_per_call
 from psycopg2.extras import RealDictCursor
 
 from gdbpool import (
@@ -325,17 +325,5 @@ def test_on_an_idle_pool_a_run_costs_six_greenlet_switches(ipool: DBInteractionP
     # worker's mailbox; then caller -> worker (2), the server's answer (2), reply (2).
     ipool.pool().wait(10)  # every connection open: no worker busy connecting meanwhile
     ipool.run("SELECT 1").get(timeout=10)
-    count = 0
-
-    def trace(event: str, args: object) -> None:
-        nonlocal count
-        if event in ("switch", "throw"):
-            count += 1
-
-    old = greenlet.settrace(trace)
-    try:
-        for _ in range(50):
-            ipool.run("SELECT 1").get(timeout=10)
-    finally:
-        greenlet.settrace(old)
-    assert count / 50 == pytest.approx(6, abs=0.3)
+    per_call = switches_per_call(lambda: ipool.run("SELECT 1").get(timeout=10), 50)
+    assert per_call == pytest.approx(6, abs=0.3)
