@@ -327,3 +327,26 @@ def test_on_an_idle_pool_a_run_costs_six_greenlet_switches(ipool: DBInteractionP
     ipool.run("SELECT 1").get(timeout=10)
     per_call = switches_per_call(lambda: ipool.run("SELECT 1").get(timeout=10), 50)
     assert per_call == pytest.approx(6, abs=0.3)
+
+
+def test_under_load_a_run_costs_four_greenlet_switches(schema_dsn: str) -> None:
+    # 16 callers on 4 connections: the caller's 2 around its reply and the worker's
+    # 2 around the server's answer; workers chain queued interactions, no pool hop.
+    pool = DBInteractionPool(schema_dsn, pool_size=4)
+    try:
+        pool.pool().wait(10)
+        done = 0
+
+        def caller() -> None:
+            nonlocal done
+            for _ in range(50):
+                pool.run("SELECT 1").get(timeout=10)
+                done += 1
+
+        total = switches_per_call(
+            lambda: gevent.joinall([gevent.spawn(caller) for _ in range(16)], raise_error=True)
+        )
+        assert done == 800
+        assert total / done == pytest.approx(4, abs=0.3)
+    finally:
+        pool.close()
