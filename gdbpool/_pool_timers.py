@@ -55,7 +55,7 @@ class _Timers:
     ticker: gevent.Greenlet | None
     counters: dict[str, int]
 
-    if TYPE_CHECKING:  # provided by Actor and _PoolActor
+    if TYPE_CHECKING:  # provided by Actor and _Workers (the pool actor's other bases)
 
         @property
         def ref(self) -> ActorRef: ...
