@@ -43,7 +43,7 @@ def _hub_class() -> Any:
     try:
         from gdbpool import NotificationHub  # type: ignore[attr-defined]
     except ImportError:
-        from gdbpool.channel_listener import NotificationHub
+        from gdbpool.notify.hub import NotificationHub
     return NotificationHub
 
 
@@ -69,7 +69,7 @@ def summary(latencies: list[float], count: int, expected: int, elapsed: float) -
 def role_bridge(args: argparse.Namespace) -> None:
     from gevent.socket import wait_read
 
-    from gdbpool.zmq_bridge import ZmqNotifyBridge
+    from gdbpool.notify.bridge import ZmqNotifyBridge
 
     hub = _hub_class()(args.dsn)
     bridge = ZmqNotifyBridge(hub, ["bench"], queue_size=100_000, sndhwm=100_000)
@@ -86,8 +86,8 @@ def role_sub(args: argparse.Namespace) -> None:
     """Receive until ``n`` bench messages (or a quiet second); print a summary line."""
     import zmq
 
-    from gdbpool.notification import Notification
-    from gdbpool.zmq_subscriber import NotifySubscriber
+    from gdbpool.notify.notification import Notification
+    from gdbpool.notify.subscriber import NotifySubscriber
 
     lat: list[float] = []
     first = last = 0.0
@@ -217,7 +217,7 @@ def run_bridge(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
 def run_raw(n: int, size: int, paced: bool) -> dict[str, Any]:
     import zmq
 
-    from gdbpool.zmq_wire import encode_notify
+    from gdbpool.notify.wire import encode_notify
 
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
@@ -292,8 +292,8 @@ def main() -> None:
         return
 
     import gdbpool  # noqa: F401 - cooperative psycopg2 for the in-process path
-    from gdbpool.embedded import EmbeddedPostgres
     from gdbpool.logging import configure_logging
+    from gdbpool.server.embedded import EmbeddedPostgres
 
     configure_logging(level="WARNING")
     rows: list[tuple[str, str, dict[str, Any]]] = []

@@ -6,10 +6,6 @@ Users import from ``gdbpool`` only; submodules are internal.
 
 from __future__ import annotations
 
-from gdbpool._cli_wait import wait_for_server
-from gdbpool.channel_listener import ChannelListener, NotificationHub
-from gdbpool.connection_pool import DBConnectionPool
-from gdbpool.embedded import EmbeddedPostgres
 from gdbpool.errors import (
     BridgeClosed,
     ConfigurationError,
@@ -35,16 +31,20 @@ from gdbpool.interaction import (
     run_in_transaction,
     run_interaction,
 )
-from gdbpool.interaction_pool import DBInteractionPool, PoolRole
 from gdbpool.logging import configure_logging, redact
-from gdbpool.notification import Notification, Reconnected, check_channel, check_payload
-from gdbpool.read_your_writes import ReadYourWrites
-from gdbpool.replica_status import ReplicaStatus
-from gdbpool.subscription import Overflow, Subscription
-from gdbpool.transaction import Transaction
-from gdbpool.zmq_bridge import ZmqNotifyBridge
-from gdbpool.zmq_subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
-from gdbpool.zmq_wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
+from gdbpool.notify.bridge import ZmqNotifyBridge
+from gdbpool.notify.hub import ChannelListener, NotificationHub
+from gdbpool.notify.notification import Notification, Reconnected, check_channel, check_payload
+from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
+from gdbpool.notify.subscription import Overflow, Subscription
+from gdbpool.notify.wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
+from gdbpool.pool.connection_pool import DBConnectionPool
+from gdbpool.routing.interaction_pool import DBInteractionPool, PoolRole
+from gdbpool.routing.read_your_writes import ReadYourWrites
+from gdbpool.routing.replicas import ReplicaStatus
+from gdbpool.routing.transaction import Transaction
+from gdbpool.server.embedded import EmbeddedPostgres
+from gdbpool.server.wait import wait_for_server
 
 make_psycopg_green()
 

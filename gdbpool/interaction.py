@@ -132,7 +132,7 @@ class Interaction:
     ``__init__`` is written out rather than generated: a frozen dataclass's
     generated one sets each field through ``object.__setattr__``, and every
     ``run()`` builds one of these (1.45 -> 0.85 us; the slot descriptors are
-    called directly, as in :mod:`gdbpool.notification`). The object is the
+    called directly, as in :mod:`gdbpool.notify.notification`). The object is the
     same: equal, hashable, immutable, with the dataclass repr.
     """
 

@@ -1,0 +1,337 @@
+"""The ``gdbpool`` command.
+
+Each subcommand lives in its own ``cmd_*`` function, registered in
+:func:`build_parser`: ``postgres`` and ``demo`` here, ``bridge``,
+``subscribe`` and ``notify`` in :mod:`gdbpool.cli.notify`, ``bench`` in
+:mod:`gdbpool.cli.bench`.  Exit codes: 0 success, 1 runtime failure (server
+down, query failed), 2 bad usage or bad input (argparse's convention), 130 on
+Ctrl-C; ``bench NAME`` exits with its benchmark's code.
+
+The foreground commands (``postgres``, ``bridge``, ``subscribe``) stop cleanly
+on SIGTERM (exit 0: being asked to stop is normal under a process manager such
+as honcho) and on SIGINT (exit 130).  Passwords never reach the output: DSNs
+and driver messages go through :func:`gdbpool.logging.redact`.  Nor need they
+be on the command line, where any local user can read them (``ps``): DSNs
+without ``password=`` use ``PGPASSWORD`` (libpq's own rule), and ``gdbpool
+postgres`` reads its password from ``PGPASSWORD`` or ``--password-env VAR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gdbpool.cli.args import BadInput, check_dsn, positive
+from gdbpool.cli.bench import cmd_bench
+from gdbpool.cli.notify import cmd_bridge, cmd_notify, cmd_subscribe
+from gdbpool.cli.signals import StopFlag
+from gdbpool.errors import GDBPoolError
+from gdbpool.server.wait import connect_when_ready, wait_for_server
+
+__all__ = ["build_parser", "main", "wait_for_server"]
+
+#: Seconds a ``gdbpool postgres --replica-of`` waits for its primary by default.
+_REPLICA_WAIT = 60.0
+#: Where ``gdbpool postgres`` reads its password by default (libpq's own variable).
+_PASSWORD_ENV = "PGPASSWORD"  # noqa: S105 - a variable name
+
+
+# -- subcommands --------------------------------------------------------------------
+
+
+def cmd_postgres(args: argparse.Namespace) -> int:
+    """Run an embedded PostgreSQL server in the foreground until SIGINT/SIGTERM."""
+    from gdbpool.logging import redact
+    from gdbpool.server.embedded import EmbeddedPostgres
+
+    password = _password(args)
+    replica_of = args.replica_of
+    stop = StopFlag(green=False)
+    if replica_of is not None:
+        replica_of = _with_password(check_dsn(replica_of), password)
+        # Under a Procfile the primary starts at the same time: give it a while.
+        wait = _REPLICA_WAIT if args.wait is None else args.wait
+        wait_for_server(replica_of, wait, pause=stop.pause)
+    server = EmbeddedPostgres(
+        data_dir=args.data,
+        port=args.port,
+        fast=args.fast,
+        replica_of=replica_of,
+        password=password,
+    )
+    try:
+        server.start()
+        if replica_of is None:
+            _ensure_postgres_role(server)
+        role = "replica" if replica_of is not None else "primary"
+        print(
+            f"gdbpool postgres: {role} ready on {server.host}:{server.port} data={server.data_dir}",
+            flush=True,
+        )
+        print(f"gdbpool postgres: dsn: {redact(server.dsn())}", flush=True)
+        while not stop.wait(0.5):
+            if not server.is_running:
+                print("gdbpool postgres: server exited unexpectedly", file=sys.stderr)
+                return 1
+    finally:
+        server.stop()
+        print("gdbpool postgres: stopped", flush=True)
+    return stop.code
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    """``--password``, else the variable named by ``--password-env`` (``PGPASSWORD``).
+
+    None (a random password) when neither is given; :class:`BadInput` when
+    ``--password-env`` names a variable that is not set.
+    """
+    if args.password is not None:
+        return str(args.password)
+    name = args.password_env or _PASSWORD_ENV
+    value = os.environ.get(name)
+    if not value and args.password_env is not None:
+        raise BadInput(f"--password-env {name}: the environment variable {name} is not set")
+    return value or None
+
+
+def _with_password(dsn: str, password: str | None) -> str:
+    """``dsn`` with ``password`` added when it has none (kept in memory, never in argv)."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    if password is None or parse_dsn(dsn).get("password"):
+        return dsn
+    return str(make_dsn(dsn, password=password))
+
+
+def _ensure_postgres_role(server: Any) -> None:
+    """Make ``postgres`` a login role with the cluster's password.
+
+    A cluster made by a non-root user has that user as superuser; adding
+    ``postgres`` lets one DSN (as in the Procfiles) work whoever runs it.
+    """
+    if server.user == "postgres":
+        return
+    from psycopg2 import sql
+
+    conn = connect_when_ready(server.dsn(), 0)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'")
+            if cur.fetchone() is None:
+                cur.execute(
+                    sql.SQL("CREATE ROLE postgres SUPERUSER LOGIN PASSWORD {}").format(
+                        sql.Literal(server.password)
+                    )
+                )
+    finally:
+        conn.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job end to end (see :mod:`gdbpool.cli.demo`)."""
+    from gdbpool.cli.demo import run_demo
+
+    return run_demo(dsn=args.dsn, json_logs=args.json_logs)
+
+
+# -- the parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gdbpool`` command, with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="gdbpool",
+        description=(
+            "PostgreSQL pooling for gevent, as an actor system, with a ZeroMQ NOTIFY bridge."
+        ),
+        epilog="exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 130 Ctrl-C",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="run the end-to-end tour (embedded PostgreSQL unless --dsn)")
+    demo.add_argument("--dsn", help="use this server instead of starting an embedded one")
+    demo.add_argument("--json-logs", action="store_true", help="log as JSON lines")
+    demo.set_defaults(func=cmd_demo)
+
+    pg = sub.add_parser("postgres", help="run an embedded PostgreSQL server in the foreground")
+    pg.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data directory (kept; initialised when empty). Default: throwaway",
+    )
+    pg.add_argument("--port", type=int, default=5432, help="TCP port on 127.0.0.1 (default 5432)")
+    pg.add_argument(
+        "--password-env",
+        metavar="VAR",
+        default=None,
+        help=f"read the superuser password of a new cluster from environment "
+        f"variable VAR (default {_PASSWORD_ENV} when set, else random; "
+        f"printed masked). Also used with --replica-of when DSN has none",
+    )
+    pg.add_argument(
+        "--password",
+        default=None,
+        help="the password itself (visible to local users in ps: prefer --password-env)",
+    )
+    pg.add_argument(
+        "--replica-of",
+        metavar="DSN",
+        default=None,
+        help="start as a streaming replica of the primary at DSN",
+    )
+    pg.add_argument(
+        "--wait",
+        type=positive(float, zero=True),
+        default=None,
+        metavar="SECONDS",
+        help=f"with --replica-of: wait up to SECONDS for the primary to accept "
+        f"connections (default {_REPLICA_WAIT:g})",
+    )
+    pg.add_argument(
+        "--fast", action="store_true", help="fsync off etc. (unsafe; for tests and demos only)"
+    )
+    pg.set_defaults(func=cmd_postgres)
+
+    dsn_help = "without password=, libpq reads PGPASSWORD (keeps it out of ps)"
+    wait_help = (
+        "wait up to SECONDS for the server to accept connections, retrying with a "
+        "bounded backoff (default 0: fail at once)"
+    )
+    br = sub.add_parser("bridge", help="publish NOTIFY events on a ZeroMQ PUB socket")
+    br.add_argument("--dsn", required=True, help="the primary (LISTEN needs it); " + dsn_help)
+    br.add_argument(
+        "--channel",
+        action="append",
+        required=True,
+        metavar="C",
+        help="a channel to LISTEN on and publish (repeat for more)",
+    )
+    br.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:0",
+        metavar="ENDPOINT",
+        help="where to publish (default tcp://127.0.0.1:0: loopback, a free port; "
+        "any other address only when given here)",
+    )
+    br.add_argument(
+        "--sndhwm",
+        type=positive(int, zero=True),
+        default=10_000,
+        metavar="N",
+        help="messages queued per subscriber before ZeroMQ drops (default 10000)",
+    )
+    br.add_argument(
+        "--heartbeat",
+        type=positive(float),
+        default=1.0,
+        metavar="SECONDS",
+        help="heartbeat interval (default 1.0)",
+    )
+    br.add_argument(
+        "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
+    )
+    br.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
+    br.set_defaults(func=cmd_bridge)
+
+    su = sub.add_parser("subscribe", help="print events from one or more bridges")
+    su.add_argument(
+        "--connect",
+        action="append",
+        required=True,
+        metavar="ENDPOINT",
+        help="a bridge endpoint, e.g. tcp://127.0.0.1:55555 (repeat for more)",
+    )
+    su.add_argument(
+        "--channel",
+        action="append",
+        required=True,
+        metavar="C",
+        help="a channel name prefix to follow (repeat for more)",
+    )
+    su.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (type, channel, payload, seq, source, pid...)",
+    )
+    su.add_argument(
+        "--count",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="exit 0 after N notifications",
+    )
+    su.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="exit 1 when no notification arrives for SECONDS",
+    )
+    su.add_argument(
+        "--heartbeat-timeout",
+        type=positive(float),
+        default=3.0,
+        metavar="SECONDS",
+        help="report a bridge silent after SECONDS without a message (default 3)",
+    )
+    su.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
+    su.set_defaults(func=cmd_subscribe)
+
+    no = sub.add_parser("notify", help="send one NOTIFY")
+    no.add_argument("--dsn", required=True, help=dsn_help)
+    no.add_argument("--channel", required=True, metavar="C")
+    no.add_argument(
+        "--payload",
+        required=True,
+        metavar="P",
+        help="the payload (at most 7999 bytes of UTF-8); '-' reads it from stdin "
+        "(trailing newlines removed)",
+    )
+    no.add_argument(
+        "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
+    )
+    no.set_defaults(func=cmd_notify)
+
+    be = sub.add_parser(
+        "bench",
+        help="list the benchmarks, or run one (source checkout only)",
+        description="Without NAME, list the benchmarks of the repository's bench/ directory "
+        "(a source checkout; not in an installed wheel). With NAME, run bench/NAME.py ARGS... "
+        "with this Python in the foreground; its exit code is the command's.",
+        epilog="pool and interactions need the bench extra: pip install 'gdbpool[bench]'. "
+        "gdbpool bench NAME --help shows a benchmark's own options.",
+    )
+    be.add_argument("name", nargs="?", metavar="NAME", help="the benchmark to run")
+    be.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        metavar="ARGS",
+        help="passed to bench/NAME.py untouched (e.g. --seconds 1 --rounds 1)",
+    )
+    be.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gdbpool`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BadInput as exc:
+        print(f"gdbpool {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except GDBPoolError as exc:
+        from gdbpool.logging import redact
+
+        print(f"gdbpool {args.command}: error: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+

@@ -1,0 +1,280 @@
+"""``gdbpool bridge``, ``subscribe`` and ``notify``: NOTIFY events across ZeroMQ.
+
+``bridge`` publishes a server's NOTIFY events on a ZeroMQ PUB socket,
+``subscribe`` prints what one or more bridges publish, ``notify`` sends one
+NOTIFY.  Each returns its exit code; errors are raised as
+:class:`~gdbpool.errors.GDBPoolError` (exit 1) or
+:class:`~gdbpool.cli.args.BadInput` (exit 2) for :func:`gdbpool.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+import gevent
+
+from gdbpool.cli.args import (
+    BadInput,
+    check_channels,
+    check_dsn,
+    check_endpoint,
+    describe,
+    is_loopback,
+)
+from gdbpool.cli.signals import StopFlag, Stopped
+from gdbpool.errors import GDBPoolError
+from gdbpool.server.wait import ATTEMPT_TIMEOUT, connect_when_ready, one_line, wait_for_server
+
+__all__ = ["NOTIFY_TIMEOUT", "SUBSCRIBE_TICK", "cmd_bridge", "cmd_notify", "cmd_subscribe"]
+
+#: Seconds between checks of the stop flag while ``subscribe`` waits for events.
+SUBSCRIBE_TICK = 0.5
+#: Seconds ``notify`` gives the server to run ``SELECT pg_notify(...)`` once connected.
+NOTIFY_TIMEOUT = 10.0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """Publish NOTIFY events of ``--channel`` on a ZeroMQ PUB socket until SIGINT/SIGTERM.
+
+    Prints ``gdbpool bridge: endpoint ENDPOINT channels=... source=...`` on
+    stdout once publishing (the line Procfiles and tests read).
+    """
+    dsn = check_dsn(args.dsn)
+    channels = check_channels(args.channel)
+    bind = check_endpoint(args.bind, option="--bind", bind=True)
+
+    from gdbpool.errors import ConfigurationError
+    from gdbpool.logging import configure_logging
+    from gdbpool.notify.bridge import ZmqNotifyBridge
+    from gdbpool.notify.hub import NotificationHub
+
+    configure_logging(json=args.json_logs, stream=sys.stderr)
+    if not is_loopback(bind):
+        print(
+            f"gdbpool bridge: warning: publishing on {bind}, beyond loopback, in plaintext: "
+            "anyone who can reach it can read these notifications",
+            file=sys.stderr,
+            flush=True,
+        )
+    stop = StopFlag(green=True)
+    try:
+        wait_for_server(dsn, args.wait, application_name="gdbpool-cli", pause=stop.pause)
+        # Typed Any: the hub's subscribe() takes a Literal overflow, the bridge's
+        # NotificationSource protocol a str (reported to the bridge's author).
+        hub: Any = NotificationHub(dsn, application_name="gdbpool-bridge")
+        try:
+            try:
+                bridge = ZmqNotifyBridge(
+                    hub, channels, bind=bind, sndhwm=args.sndhwm, heartbeat_interval=args.heartbeat
+                )
+            except ConfigurationError as exc:  # the address is taken or not ours
+                raise GDBPoolError(str(exc)) from None
+            try:
+                print(
+                    f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
+                    f"source={bridge.source_id}",
+                    flush=True,
+                )
+                while not stop.wait(1.0):
+                    if hub.closed:
+                        print(
+                            "gdbpool bridge: error: the listener gave up; see the log above",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        return 1
+            finally:
+                bridge.close()
+        finally:
+            hub.close()
+    except Stopped as stopped:
+        return stopped.code
+    finally:
+        stop.cancel()
+    print("gdbpool bridge: stopped", flush=True)
+    return stop.code
+
+
+def _event_record(event: Any) -> dict[str, Any]:
+    """A subscriber event as a JSON-ready dict with a ``type`` field."""
+    from gdbpool.notify.notification import Notification, Reconnected
+    from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap
+
+    if isinstance(event, Notification):
+        return {
+            "type": "notify",
+            "channel": event.channel,
+            "payload": event.payload,
+            "seq": event.seq,
+            "source": event.source,
+            "pid": event.pid,
+            "ts": event.received_at,
+        }
+    if isinstance(event, Gap):
+        return {
+            "type": "gap",
+            "channel": event.channel,
+            "source": event.source,
+            "expected": event.expected,
+            "got": event.got,
+            "missed": event.missed,
+        }
+    if isinstance(event, Reconnected):
+        return {
+            "type": "reconnected",
+            "channels": list(event.channels),
+            "reason": event.reason,
+            "ts": event.at,
+        }
+    if isinstance(event, BridgeRestarted):
+        return {
+            "type": "bridge_restarted",
+            "bridge": event.bridge,
+            "old_source": event.old_source,
+            "source": event.new_source,
+        }
+    if isinstance(event, BridgeSilent):
+        return {
+            "type": "bridge_silent",
+            "bridge": event.bridge,
+            "source": event.source,
+            "last_seen": event.last_seen,
+        }
+    return {"type": "unknown", "repr": repr(event)}
+
+
+def _event_line(record: dict[str, Any]) -> str:
+    """A readable one-line rendering of :func:`_event_record`'s dict."""
+    kind = record["type"]
+    if kind == "notify":
+        return (
+            f"[{record['channel']}] #{record['seq']} pid={record['pid']} "
+            f"src={record['source']}: {record['payload']}"
+        )
+    if kind == "gap":
+        return (
+            f"[{record['channel']}] GAP: {record['missed']} missed "
+            f"(seq {record['expected']}..{record['got'] - 1}) src={record['source']}"
+        )
+    if kind == "reconnected":
+        channels = ",".join(record["channels"])
+        return f"[{channels}] RECONNECTED: {record['reason']} (some may be lost)"
+    if kind == "bridge_restarted":
+        return (
+            f"BRIDGE RESTARTED: {record['bridge']} src={record['old_source']}->{record['source']}"
+        )
+    if kind == "bridge_silent":
+        return f"BRIDGE SILENT: {record['bridge']} src={record['source']}"
+    return repr(record)
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    """Print events from one or more bridges, one line each, until --count/--timeout/a signal.
+
+    Notifications count towards ``--count``; loss events (gap, reconnected,
+    bridge restarted or silent) are printed too but not counted.  Once a
+    bridge is heard from, ``connected to ...`` goes to stderr.
+    """
+    connects = [check_endpoint(c, option="--connect", bind=False) for c in args.connect]
+    channels = check_channels(args.channel)
+
+    from gdbpool.logging import configure_logging
+    from gdbpool.notify.notification import Notification
+    from gdbpool.notify.subscriber import NotifySubscriber
+
+    configure_logging(json=args.json_logs, stream=sys.stderr, level="WARNING")
+    out: TextIO = sys.stdout
+    stop = StopFlag(green=True)
+    seen = 0
+    announced: set[str] = set()
+    try:
+        with NotifySubscriber(
+            connects, channels, green=True, heartbeat_timeout=args.heartbeat_timeout
+        ) as sub:
+            idle_since = time.monotonic()
+            while not stop.is_set():
+                try:
+                    event = sub.get(timeout=SUBSCRIBE_TICK)
+                except TimeoutError:
+                    event = None
+                for src, bridge in sub.sources.items():
+                    if src not in announced:
+                        announced.add(src)
+                        print(
+                            f"gdbpool subscribe: connected to {bridge} (source {src})",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                if event is not None:
+                    record = _event_record(event)
+                    out.write((json.dumps(record) if args.json else _event_line(record)) + "\n")
+                    out.flush()
+                    if isinstance(event, Notification):
+                        seen += 1
+                        idle_since = time.monotonic()
+                        if args.count is not None and seen >= args.count:
+                            return 0
+                elif args.timeout is not None and time.monotonic() - idle_since >= args.timeout:
+                    print(
+                        f"gdbpool subscribe: error: no notification within {args.timeout:g} s "
+                        f"({seen} received)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return 1
+    except BrokenPipeError:  # e.g. piped into `head`: the reader is done
+        return 0
+    finally:
+        stop.cancel()
+    return stop.code
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one NOTIFY (``SELECT pg_notify(%s, %s)``, parameters) and exit.
+
+    Connecting is bounded by ``--wait`` (each attempt by at most
+    :data:`~gdbpool.server.wait.ATTEMPT_TIMEOUT`), the statement by
+    :data:`NOTIFY_TIMEOUT`.
+    """
+    from gdbpool.notify.notification import check_payload
+
+    dsn = check_dsn(args.dsn)
+    (channel,) = check_channels([args.channel])
+    payload = sys.stdin.read().rstrip("\n") if args.payload == "-" else args.payload
+    try:
+        check_payload(payload)
+    except GDBPoolError as exc:
+        raise BadInput(f"--payload: {exc}") from None
+
+    import psycopg2
+
+    stop = StopFlag(green=True)
+    try:
+        conn = connect_when_ready(
+            dsn,
+            args.wait,
+            application_name="gdbpool-notify",
+            attempt_timeout=ATTEMPT_TIMEOUT,
+            pause=stop.pause,
+        )
+        try:
+            conn.autocommit = True
+            silent = GDBPoolError(
+                f"NOTIFY on {describe(dsn)} got no answer within {NOTIFY_TIMEOUT:g} s"
+            )
+            with gevent.Timeout(NOTIFY_TIMEOUT, silent), conn.cursor() as cur:
+                cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        except psycopg2.Error as exc:
+            raise GDBPoolError(f"NOTIFY on {describe(dsn)} failed: {one_line(exc)}") from None
+        finally:
+            conn.close()
+    except Stopped as stopped:
+        return stopped.code
+    finally:
+        stop.cancel()
+    print(f"gdbpool notify: sent {len(payload.encode())} bytes on {channel!r}", flush=True)
+    return 0

@@ -1,0 +1,330 @@
+"""ZmqNotifyBridge: publishes a NotificationHub's notifications on a ZeroMQ PUB socket.
+
+Decisions worth knowing:
+
+* **Explicit channels.**  PostgreSQL ``LISTEN`` has no wildcards, so the
+  bridge listens on the channels it is given.  Channel *prefix* selection
+  happens on the subscriber side: topics are channel names and a SUB
+  socket's filter is a prefix.
+* **Never blocks its listeners.**  Each channel subscription on the hub is
+  bounded (``queue_size``, drop oldest).  Notifications the bridge had to
+  drop there still consume sequence numbers, so remote subscribers see them
+  as a gap.  The PUB socket sends without blocking; above ``sndhwm``
+  messages queued for one subscriber, ZeroMQ drops that subscriber's
+  messages (which its sequence numbers then reveal).
+* **One owner of the socket.**  A ``BridgePublisher`` actor
+  (:mod:`gdbpool.notify._bridge_publisher`) owns the PUB socket and the sequence
+  counters; one pump greenlet per channel feeds it, and a heartbeat greenlet
+  asks it to beat every ``heartbeat_interval``.
+  Heartbeats go through the same socket in order, so their per-channel last
+  sequence numbers let a subscriber detect loss even when traffic stops.
+* **CURVE** uses a ZAP handler greenlet on a ``zmq.green`` REP socket bound
+  to ``inproc://zeromq.zap.01`` in the bridge's own context (pyzmq's
+  ``ThreadAuthenticator`` runs an asyncio loop in a thread, which does not
+  mix with a gevent hub).  A private context per bridge keeps allow-lists of
+  several bridges in one process apart.  See :mod:`gdbpool.notify.curve`.
+* **A channel keeps being bridged.**  When a channel's hub subscription ends
+  while the bridge is open (the hub shut it, e.g. as a faulty subscriber),
+  its pump resubscribes (backoff from ``resubscribe_initial`` doubling up to
+  ``resubscribe_max``, until the bridge closes) and then publishes a
+  ``reconnected`` message on the channel's topic: what was sent in between
+  is lost.  If the hub is closed for good (``PoolClosed``), the channel is
+  dropped from the heartbeats' ``seqs``; with no channel left the heartbeats
+  stop, so subscribers see the source go silent rather than a quiet channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import gevent
+import zmq
+import zmq.green as gzmq
+from gevent.event import Event
+
+from actors import ActorError, ActorRef
+from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
+from gdbpool.logging import get_logger
+from gdbpool.notify._bridge_publisher import BridgePublisher, _Beat, _Forward, _Stats, _Unbridge
+from gdbpool.notify.curve import authenticate, bind_zap, curve_key
+from gdbpool.notify.notification import Reconnected
+from gdbpool.notify.subscription import Overflow
+from gdbpool.notify.wire import new_source_id
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_RESUBSCRIBE_INITIAL",
+    "DEFAULT_RESUBSCRIBE_MAX",
+    "DEFAULT_SNDHWM",
+    "BridgePublisher",
+    "NotificationSource",
+    "ZmqNotifyBridge",
+]
+
+#: Seconds between heartbeats.
+DEFAULT_HEARTBEAT_INTERVAL = 1.0
+#: Send high-water mark: messages queued per subscriber before ZeroMQ drops.
+DEFAULT_SNDHWM = 10_000
+#: Bound of the bridge's subscription queue on the hub, per channel.
+DEFAULT_QUEUE_SIZE = 10_000
+#: First delay, in seconds, before resubscribing a channel whose subscription failed.
+DEFAULT_RESUBSCRIBE_INITIAL = 0.1
+#: Upper bound of the resubscribe delay, in seconds (the delay doubles per failure).
+DEFAULT_RESUBSCRIBE_MAX = 5.0
+_STOP_TIMEOUT = 5.0
+
+
+class _Subscription(Protocol):
+    def get(self, timeout: float | None = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class NotificationSource(Protocol):
+    """What the bridge needs from a hub: ``NotificationHub`` fits."""
+
+    def subscribe(self, channel: str, maxsize: int = ..., overflow: Overflow = ...) -> Any: ...
+
+
+class ZmqNotifyBridge:
+    """Publishes notifications of ``channels`` from ``hub`` on a ZeroMQ PUB socket.
+
+    The wire format is described in :mod:`gdbpool.notify.wire`.  Defaults:
+
+    - ``bind``: ``tcp://127.0.0.1:0`` (loopback, a free port; read
+      :attr:`endpoint`).  Binding elsewhere is an explicit choice.
+    - ``sndhwm``: 10,000 messages per subscriber, then ZeroMQ drops.
+    - ``heartbeat_interval``: 1.0 s.
+    - ``queue_size``: 10,000 notifications per channel queued between the
+      hub and the bridge (drop oldest beyond, counted as a gap).
+    - ``source_id``: random per bridge run; ``name``: the bound endpoint.
+    - ``resubscribe_initial``/``resubscribe_max``: 0.1 s doubling up to
+      5.0 s between attempts to resubscribe a channel whose hub
+      subscription ended (see the module docstring).
+    - CURVE: give ``curve_secret_key`` and ``curve_public_key`` (z85, as from
+      ``zmq.curve_keypair()``) to encrypt; ``allowed_client_keys`` (z85
+      public keys) to admit only those subscribers (None: any subscriber
+      that knows the server key).
+
+    Raises :class:`ConfigurationError` for a bad endpoint, an address in
+    use, bad keys or bad bounds.  :meth:`close` stops everything; it is
+    idempotent.  The bridge is also a context manager.
+    """
+
+    def __init__(
+        self,
+        hub: NotificationSource,
+        channels: Sequence[str],
+        *,
+        bind: str = "tcp://127.0.0.1:0",
+        sndhwm: int = DEFAULT_SNDHWM,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        source_id: str | None = None,
+        name: str | None = None,
+        resubscribe_initial: float = DEFAULT_RESUBSCRIBE_INITIAL,
+        resubscribe_max: float = DEFAULT_RESUBSCRIBE_MAX,
+        curve_secret_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
+        allowed_client_keys: Iterable[str | bytes] | None = None,
+    ) -> None:
+        channels = list(dict.fromkeys(channels))
+        if not channels or not all(isinstance(c, str) and c for c in channels):
+            raise ConfigurationError(f"channels must be non-empty channel names, got {channels!r}")
+        if sndhwm < 0 or queue_size < 1:
+            raise ConfigurationError("sndhwm must be >= 0 and queue_size >= 1")
+        if heartbeat_interval <= 0:
+            raise ConfigurationError(f"heartbeat_interval must be > 0, got {heartbeat_interval}")
+        if not 0 < resubscribe_initial <= resubscribe_max:
+            raise ConfigurationError(
+                "resubscribe_initial must be > 0 and <= resubscribe_max, got "
+                f"{resubscribe_initial} and {resubscribe_max}"
+            )
+        self.source_id = source_id or new_source_id()
+        self.channels: tuple[str, ...] = tuple(channels)
+        self._closed = False
+        self._ctx: zmq.Context[Any] = gzmq.Context()
+        self._greenlets: list[gevent.Greenlet[Any, Any]] = []
+        self._hub = hub
+        self._queue_size = queue_size
+        self._resubscribe = (resubscribe_initial, resubscribe_max)
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._stop = Event()
+        try:
+            zap = self._start_curve(curve_secret_key, curve_public_key, allowed_client_keys)
+            socket = self._ctx.socket(zmq.PUB)
+            socket.sndhwm = sndhwm
+            socket.linger = 0
+            if zap:
+                socket.curve_server = True
+                socket.curve_secretkey = curve_key(curve_secret_key, "curve_secret_key")
+                socket.curve_publickey = curve_key(curve_public_key, "curve_public_key")
+            try:
+                socket.bind(bind)
+            except zmq.ZMQError as exc:
+                socket.close(linger=0)
+                raise ConfigurationError(
+                    f"cannot bind the bridge's PUB socket to {bind!r}: {exc.strerror}; give an "
+                    "endpoint such as tcp://127.0.0.1:5555 (port 0 picks a free port)"
+                ) from exc
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            for greenlet in self._greenlets:
+                greenlet.kill()
+            raise
+        self.endpoint: str = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.name = name or self.endpoint
+        self._log = get_logger("gdbpool.bridge", bridge=self.name, source=self.source_id)
+        self._ref: ActorRef = BridgePublisher.start(
+            socket,
+            self.channels,
+            self.source_id,
+            self.name,
+            heartbeat_interval,
+            name=f"bridge[{self.name}]",
+        )
+        try:
+            for channel in self.channels:
+                sub = hub.subscribe(channel, maxsize=queue_size, overflow="drop_oldest")
+                self._subscriptions[channel] = sub
+                self._spawn(self._pump, channel, sub)
+        except BaseException:
+            self.close()
+            raise
+        self._spawn(self._heartbeat, heartbeat_interval)
+        self._log.info(
+            "bridge_started", endpoint=self.endpoint, channels=list(self.channels), curve=zap
+        )
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def stats(self, timeout: float = 5.0) -> dict[str, int]:
+        """Counters: published, reconnected, heartbeats, dropped_in_bridge, send_failed."""
+        result: dict[str, int] = self._ref.ask(_Stats()).get(timeout=timeout)
+        return result
+
+    def close(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Stop the pumps and heartbeat, close the hub subscriptions and the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        gevent.killall(self._greenlets, timeout=timeout)
+        for sub in self._subscriptions.values():
+            try:
+                sub.close()
+            except Exception:
+                self._log.exception("subscription_close_failed")
+        if self._ref.is_alive:
+            self._ref.stop(timeout=timeout)
+        self._ctx.destroy(linger=0)
+        self._log.info("bridge_stopped")
+
+    def __enter__(self) -> ZmqNotifyBridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ZmqNotifyBridge {self.endpoint} source={self.source_id} {state}>"
+
+    # -- internals ----------------------------------------------------------
+
+    def _spawn(self, func: Any, *args: Any) -> None:
+        greenlet = gevent.spawn(func, *args)
+        greenlet.name = f"bridge-{func.__name__}"
+        self._greenlets.append(greenlet)
+
+    def _pump(self, channel: str, sub: _Subscription) -> None:
+        """Forward ``channel``'s items; resubscribe when the subscription ends (module doc)."""
+        tell = self._ref.tell
+        lost_before = 0  # drops counted by this channel's earlier subscriptions
+        try:
+            while True:
+                reason = self._forward(channel, sub, lost_before)
+                if self._closed:
+                    return
+                lost_before += int(getattr(sub, "dropped", 0))
+                self._log.error("subscription_ended", channel=channel, reason=reason)
+                with contextlib.suppress(Exception):
+                    sub.close()  # usually closed already; never leave it registered
+                renewed = self._renew(channel)
+                if renewed is None:
+                    tell(_Unbridge(channel))
+                    return
+                sub = renewed
+                self._log.warning("channel_resubscribed", channel=channel)
+                gap = Reconnected(
+                    (channel,),
+                    time.time(),
+                    f"bridge resubscribed: its hub subscription ended ({reason})",
+                )
+                tell(_Forward(channel, gap, lost_before))
+        except ActorError:
+            if not self._closed:
+                self._log.error("bridge_publisher_gone", channel=channel)
+
+    def _forward(self, channel: str, sub: _Subscription, lost_before: int) -> str:
+        """Tell the publisher every item of ``sub`` until it ends; return why it ended."""
+        tell = self._ref.tell
+        try:
+            while True:
+                item = sub.get(timeout=None)
+                if item is None:  # a closed subscription may answer None
+                    return "subscription closed"
+                tell(_Forward(channel, item, lost_before + int(getattr(sub, "dropped", 0))))
+        except ActorError:
+            raise
+        except Exception as exc:
+            return str(getattr(sub, "close_reason", "") or repr(exc))
+
+    def _renew(self, channel: str) -> _Subscription | None:
+        """Subscribe ``channel`` again, retrying with backoff; None once that cannot work."""
+        delay, ceiling = self._resubscribe
+        while not self._closed:
+            try:
+                sub: _Subscription = self._hub.subscribe(
+                    channel, maxsize=self._queue_size, overflow="drop_oldest"
+                )
+            except PoolClosed as exc:
+                self._log.error("resubscribe_impossible", channel=channel, error=str(exc))
+                return None
+            except GDBPoolError as exc:
+                self._log.warning(
+                    "resubscribe_failed", channel=channel, error=str(exc), retry_in=delay
+                )
+                if self._stop.wait(delay):
+                    return None
+                delay = min(ceiling, delay * 2)
+                continue
+            self._subscriptions[channel] = sub
+            return sub
+        return None
+
+    def _heartbeat(self, interval: float) -> None:
+        tell = self._ref.tell
+        while not self._stop.wait(interval):
+            tell(_Beat())
+
+    def _start_curve(
+        self,
+        secret: str | bytes | None,
+        public: str | bytes | None,
+        allowed: Iterable[str | bytes] | None,
+    ) -> bool:
+        zap = bind_zap(self._ctx, secret, public, allowed)
+        if zap is None:
+            return False
+        self._spawn(authenticate, *zap)
+        return True

@@ -1,0 +1,384 @@
+"""NotificationHub: LISTEN/NOTIFY for one database (its ChannelListener actors live apart).
+
+A :class:`NotificationHub` is the complete LISTEN/NOTIFY service for one
+database: one shared LISTEN connection (owned by a
+:class:`~gdbpool.notify.listen_connection.ListenConnection` actor, see there for
+reading and reconnecting), one :class:`ChannelListener` actor per channel with
+at least one subscriber (:mod:`gdbpool.notify._channel_listener`, re-exported here),
+and a lazily opened connection for :meth:`notify`.
+All of them are children of one ``actors.Supervisor``.
+
+Flow of a notification: the connection's reader greenlet sees the socket
+readable → the connection actor drains ``conn.notifies``, numbers them and
+tells each channel's listener one batch → the listener offers the batch to
+every subscription of the channel, without waiting (each subscription applies
+its own bound and overflow policy).  A subscriber that never reads only loses
+its own notifications.
+
+Channels with no subscriber left are UNLISTENed and their listener stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import gevent
+import gevent.lock
+import psycopg2
+from gevent.event import Event
+
+from actors import ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp
+from gdbpool.errors import (
+    ConfigurationError,
+    GDBPoolError,
+    NotificationError,
+    PoolClosed,
+    PoolConnectionError,
+)
+from gdbpool.logging import describe_dsn, get_logger, redact
+from gdbpool.notify._channel_listener import ChannelListener, ListenerState, _ListenerRoute
+from gdbpool.notify._listen_messages import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_CHECK,
+    DEFAULT_RECONNECT_INITIAL,
+    DEFAULT_RECONNECT_MAX,
+    HubState,
+    ListeningChannels,
+    Route,
+    Subscribe,
+    Unsubscribe,
+)
+from gdbpool.notify.listen_connection import ListenConnection
+from gdbpool.notify.notification import check_channel, check_payload
+from gdbpool.notify.subscription import (
+    DEFAULT_MAXSIZE,
+    DEFAULT_OVERFLOW,
+    Overflow,
+    QueueSubscription,
+    Subscription,
+    check_subscription_options,
+)
+
+__all__ = [
+    "DEFAULT_APPLICATION_NAME",
+    "DEFAULT_COMMAND_TIMEOUT",
+    "ChannelListener",
+    "NotificationHub",
+]
+
+#: application_name of the LISTEN connection (the notify connection adds "/notify").
+DEFAULT_APPLICATION_NAME = "gdbpool-listener"
+#: Seconds subscribe()/close() wait for the LISTEN connection actor to confirm.
+DEFAULT_COMMAND_TIMEOUT = 10.0
+
+
+class NotificationHub:
+    """LISTEN/NOTIFY for one database: subscribe, listen_on, notify, close.
+
+    ``dsn`` must reach the primary (a standby refuses LISTEN; the constructor
+    says so).  The constructor opens the LISTEN connection and raises
+    :class:`PoolConnectionError` when it cannot (fail fast); later losses are
+    reconnected in the background.
+
+    Tunables (defaults): ``application_name="gdbpool-listener"`` (the LISTEN
+    connection's, the notify connection adds ``/notify``);
+    ``connect_timeout=5.0`` s per connection attempt; ``reconnect_initial=0.1``
+    and ``reconnect_max=10.0`` s bound the reconnect backoff (doubling, half
+    of it jitter, retried until closed); ``command_timeout=10.0`` s bounds how
+    long ``subscribe``/``close`` wait for the LISTEN connection's actor;
+    ``idle_check=5.0`` s: after that long with nothing read, a ``SELECT 1``
+    must answer within as long again, or the connection is taken for lost
+    (a half-open connection after a network failure) and reconnected — None
+    switches the check off (libpq TCP keepalives stay on).
+
+    Every subscriber receives :class:`Notification` items and, after a
+    reconnect, a :class:`Reconnected` gap event.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        reconnect_initial: float = DEFAULT_RECONNECT_INITIAL,
+        reconnect_max: float = DEFAULT_RECONNECT_MAX,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        idle_check: float | None = DEFAULT_IDLE_CHECK,
+        name: str | None = None,
+    ) -> None:
+        if idle_check is not None and not idle_check > 0:
+            raise ConfigurationError(
+                f"idle_check must be a number of seconds > 0 (or None to switch it off), "
+                f"not {idle_check!r}"
+            )
+        self.source = uuid.uuid4().hex[:12]
+        self.name = name or f"hub-{self.source}"
+        self.command_timeout = command_timeout
+        self._dsn = dsn
+        self._application_name = application_name
+        self._connect_timeout = connect_timeout
+        self._closed = False
+        self._close_reason = ""
+        self._subscriptions: set[Subscription] = set()
+        self._notify_conn: Any = None
+        self._notify_lock = gevent.lock.BoundedSemaphore()
+        self._log = get_logger("gdbpool.listener", hub=self.source)
+        self._supervisor = Supervisor(f"{self.name}-supervisor", on_give_up=self._gave_up)
+        self._state = HubState(
+            dsn=dsn,
+            application_name=application_name,
+            source=self.source,
+            spawn_route=self._spawn_route,
+            connect_timeout=connect_timeout,
+            reconnect_initial=reconnect_initial,
+            reconnect_max=reconnect_max,
+            idle_check=idle_check,
+        )
+        self._connection: ActorRef | None = None
+        try:
+            self._connection = self._supervisor.spawn(
+                ListenConnection,
+                self._state,
+                name=f"{self.name}-connection",
+                start_timeout=connect_timeout + 5.0,
+            )
+        except ActorError as exc:
+            self._supervisor.stop()
+            cause = exc.__cause__
+            if isinstance(cause, GDBPoolError):
+                raise cause from exc
+            raise PoolConnectionError(
+                f"cannot start the LISTEN connection to {describe_dsn(dsn)}: {exc}"
+            ) from exc
+
+    # -- public API ---------------------------------------------------------
+
+    def subscribe(
+        self, channel: str, maxsize: int = DEFAULT_MAXSIZE, overflow: Overflow = DEFAULT_OVERFLOW
+    ) -> Subscription:
+        """Subscribe to ``channel``; LISTEN on it unless already listening.
+
+        Returns once the server has confirmed the LISTEN (or, while the
+        connection is down, once the channel is recorded for the reconnect).
+        ``maxsize``/``overflow``: see :class:`Subscription`.  Raises
+        :class:`NotificationError` for a bad channel name,
+        :class:`ConfigurationError` for bad options, :class:`PoolClosed` after
+        :meth:`close`.
+        """
+        check_channel(channel)
+        check_subscription_options(maxsize, overflow)
+        sub = Subscription(
+            channel,
+            maxsize=maxsize,
+            overflow=overflow,
+            on_close=self._unsubscribe,
+            log_context={"hub": self.source},
+        )
+        self._register(sub)
+        return sub
+
+    def listen_on(self, result_queue: Any, channel_name: str, cancel_event: Event) -> None:
+        """Deliver ``channel_name``'s notifications into ``result_queue`` until ``cancel_event``.
+
+        The original gDBPool API.  Blocks the calling greenlet (waiting on the
+        event, no polling) and returns once ``cancel_event`` is set or the hub
+        closes, after unsubscribing (UNLISTEN if it was the last subscriber).
+        Items are :class:`Notification` objects and, after a reconnect,
+        :class:`Reconnected` gap events.  The listener uses
+        ``result_queue.put_nowait``: with a bounded queue that is full, the
+        notification is dropped (counted and logged), never waited for.
+        """
+        check_channel(channel_name)
+        sub = QueueSubscription(
+            channel_name,
+            result_queue,
+            on_close=self._unsubscribe,
+            log_context={"hub": self.source},
+        )
+        self._register(sub)
+        try:
+            gevent.wait([cancel_event, sub._closed_event], count=1)
+        finally:
+            sub.close()
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Send ``NOTIFY channel, payload`` (as ``SELECT pg_notify(%s, %s)``, parameters).
+
+        Checked before any round trip: :class:`NotificationError` for a bad
+        channel name or a payload over 7999 UTF-8 bytes.  Runs on the hub's own
+        autocommit connection (opened on first use, application_name
+        ``<application_name>/notify``; calls are serialised on it).  If that
+        connection turns out to be broken, it is reopened and the statement
+        retried once; :class:`PoolConnectionError` when the server cannot be
+        reached.
+        """
+        check_channel(channel)
+        check_payload(payload)
+        self._check_open()
+        with self._notify_lock:
+            for attempt in (1, 2):
+                fresh = self._notify_conn is None
+                conn = self._notify_connection()
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+                    return
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    self._drop_notify_connection()
+                    if fresh or attempt == 2:
+                        raise PoolConnectionError(
+                            f"NOTIFY on {describe_dsn(self._dsn)} failed: "
+                            f"{redact(str(exc)).strip()}"
+                        ) from exc
+                except psycopg2.Error as exc:
+                    raise NotificationError(f"NOTIFY {channel!r} failed: {exc}") from exc
+
+    def listening_channels(self) -> list[str]:
+        """``pg_listening_channels()`` of the hub's LISTEN connection, sorted (a round trip)."""
+        self._check_open()
+        result: list[str] = self._ask(ListeningChannels(), "pg_listening_channels()")
+        return result
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the LISTEN connection is up (e.g. after a loss); False on timeout."""
+        return bool(self._state.up.wait(timeout))
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Channels with at least one subscriber (the hub's channel table)."""
+        return tuple(self._state.routes)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called or the hub's supervisor gave up."""
+        return self._closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters: channels, subscriptions, received, reconnects, connected (0/1)."""
+        return {
+            "channels": len(self._state.routes),
+            "subscriptions": len(self._subscriptions),
+            "received": self._state.received,
+            "reconnects": self._state.reconnects,
+            "connected": int(self._state.connected),
+        }
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every subscription, stop every listener and both connections (idempotent).
+
+        Iterations over subscriptions end; ``listen_on`` calls return.  No
+        greenlet of the hub is left running afterwards.  ``timeout`` bounds
+        each actor's graceful stop.
+        """
+        if self._closed and not self._subscriptions and self._connection is None:
+            return
+        self._shutdown("hub closed", timeout)
+
+    def __enter__(self) -> NotificationHub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<NotificationHub {self.name!r} {state} channels={len(self._state.routes)}>"
+
+    # -- internals ----------------------------------------------------------
+
+    def _spawn_route(self, channel: str) -> Route:
+        ref = self._supervisor.spawn(
+            ChannelListener, channel, ListenerState(), self, name=f"{self.name}-listener:{channel}"
+        )
+        return _ListenerRoute(ref)
+
+    def _register(self, sub: Subscription) -> None:
+        self._check_open()
+        self._subscriptions.add(sub)
+        try:
+            self._ask(Subscribe(sub), f"LISTEN {sub.channel!r}")
+        except BaseException:
+            self._subscriptions.discard(sub)
+            sub._shut("subscribing failed")
+            self._release(sub)
+            raise
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        """Subscription.close(): wait (bounded) until the channel table dropped it."""
+        self._subscriptions.discard(sub)
+        if self._closed:
+            return
+        with contextlib.suppress(PoolClosed):
+            self._ask(Unsubscribe(sub), f"UNLISTEN {sub.channel!r}")
+
+    def _release(self, sub: Subscription) -> None:
+        """Forget ``sub`` without waiting (from actors, which must not block on each other)."""
+        self._subscriptions.discard(sub)
+        if self._connection is not None:
+            with contextlib.suppress(ActorError):
+                self._connection.tell(Unsubscribe(sub))
+
+    def _ask(self, message: object, what: str) -> Any:
+        connection = self._connection
+        if connection is None:
+            raise PoolClosed(f"notification hub {self.name!r} is closed ({self._close_reason})")
+        try:
+            return connection.ask(message, timeout=self.command_timeout).get()
+        except AskTimeout as exc:
+            raise NotificationError(
+                f"{what} not confirmed within {self.command_timeout} s (command_timeout)"
+            ) from exc
+        except ActorError as exc:
+            raise PoolClosed(f"notification hub {self.name!r} is closed: {exc}") from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed(f"notification hub {self.name!r} is closed ({self._close_reason})")
+
+    def _notify_connection(self) -> Any:
+        if self._notify_conn is None:
+            try:
+                with gevent.Timeout(
+                    self._connect_timeout,
+                    PoolConnectionError(
+                        f"notify connection to {describe_dsn(self._dsn)} not established within "
+                        f"{self._connect_timeout} s"
+                    ),
+                ):
+                    conn = psycopg2.connect(
+                        self._dsn, application_name=f"{self._application_name}/notify"
+                    )
+            except psycopg2.Error as exc:
+                raise PoolConnectionError(
+                    f"cannot open the notify connection to {describe_dsn(self._dsn)}: "
+                    f"{redact(str(exc)).strip()}"
+                ) from exc
+            conn.autocommit = True
+            self._notify_conn = conn
+        return self._notify_conn
+
+    def _drop_notify_connection(self) -> None:
+        conn, self._notify_conn = self._notify_conn, None
+        if conn is not None:
+            conn.close()
+
+    def _gave_up(self, error: SupervisorGaveUp) -> None:
+        self._log.error("hub_failed", error=str(error))
+        gevent.spawn(self._shutdown, f"listener supervisor gave up: {error}", 5.0)
+
+    def _shutdown(self, reason: str, timeout: float) -> None:
+        self._closed = True
+        if not self._close_reason:
+            self._close_reason = reason
+        subs, self._subscriptions = self._subscriptions, set()
+        for sub in subs:
+            sub._shut(reason)
+        self._supervisor.stop(timeout)
+        self._connection = None
+        self._state.routes.clear()
+        with self._notify_lock:
+            self._drop_notify_connection()
+        self._log.info("hub_closed", reason=reason)

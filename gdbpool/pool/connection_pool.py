@@ -1,0 +1,410 @@
+"""DBConnectionPool: a pool of PostgreSQL connections run by actors.
+
+The :class:`DBConnectionPool` object is a facade. The pool's state lives in a
+pool actor (:mod:`gdbpool.pool.pool_actor`), which never does I/O: it matches
+requests (interactions from :meth:`~DBConnectionPool.submit`, checkouts from
+:meth:`~DBConnectionPool.get`) with idle
+:class:`~gdbpool.pool.worker.ConnectionWorker` actors, each of which owns
+one connection and does all the I/O on it (open, check, run, reset, close).
+Workers are supervised: one that crashes is restarted and reconnects.
+
+Decisions:
+
+* **Sizing.** ``min_size`` connections are opened at start (default
+  ``pool_size``, i.e. eager, like the 2011 library); the pool grows lazily up
+  to ``max_size = pool_size`` when requests wait, and shrinks back to
+  ``min_size`` by closing connections idle longer than ``max_idle``. Idle
+  connections are reused last-in first-out, so the surplus stays idle and
+  expires while the hot ones stay warm.
+* **Waiting.** A request with no idle connection waits in FIFO order (a
+  worker finishing an interaction takes the next waiting interaction itself;
+  while requests wait, ``submit()`` appends to the queue itself instead of
+  going through the pool actor; one timer serves all the deadlines), at most
+  ``timeout`` seconds (then :class:`~gdbpool.errors.PoolTimeout`, whose
+  message names host, port and database, and the last connection error when
+  the server is unreachable). With ``max_waiting > 0`` a request arriving
+  when that many already wait fails at once with
+  :class:`~gdbpool.errors.TooManyRequests`.
+* **Returning.** :meth:`~DBConnectionPool.put` never blocks. A connection
+  that needs no round trip to be reset (no transaction open; psycopg2 sends
+  nothing to leave autocommit or to reset isolation/read-only outside it) is
+  reset by ``put()`` itself and is idle again at once, like psycopg_pool's
+  ``putconn``. Otherwise its worker rolls back the open transaction and
+  resets the session (autocommit off, default isolation and read-only) in
+  its own greenlet; a connection that is closed, or whose reset fails, is
+  discarded and replaced.
+* **Unreachable server.** Each worker reconnects on its own, with exponential
+  backoff (``reconnect_initial`` doubling up to ``reconnect_max`` seconds,
+  +-25% jitter); waiting requests time out meanwhile; the pool recovers by
+  itself when the server returns. :attr:`~DBConnectionPool.healthy` is False
+  while the last connection attempt failed and no connection is open.
+* **Closing.** :meth:`~DBConnectionPool.close` fails waiting requests with
+  :class:`~gdbpool.errors.PoolClosed` (also an interaction whose connection
+  turned out dead and was about to be retried), lets running interactions
+  finish (bounded by its ``timeout``), closes every idle connection, and
+  closes connections still checked out when they are put back. Workers stop
+  reconnecting. Any later use raises PoolClosed.
+* **Breaking.** If the workers' supervisor gives up (workers crashing over
+  and over) or the pool actor itself fails, the pool closes itself: waiting
+  requests fail with PoolClosed saying why. :meth:`~DBConnectionPool.get`
+  never waits for the pool actor longer than its timeout plus
+  :data:`ANSWER_MARGIN`, so a pool actor that died cannot hang it.
+* **Interrupted checkouts.** A ``get()`` interrupted while it waits (its
+  greenlet killed, a ``gevent.Timeout`` around it) or while it checks the
+  connection gives the connection back, or withdraws its request so the pool
+  never lends to it: no connection leaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+import gevent
+from gevent.event import Event
+from psycopg2 import extensions
+
+from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
+from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.logging import describe_dsn, get_logger
+from gdbpool.pool._checkout import _checkout, _usable
+from gdbpool.pool._pool_config import _check_tunables, _parse_dsn
+from gdbpool.pool._pool_messages import _Close, _Ready, _Stats, _Status
+from gdbpool.pool.connection import PoolSettings, open_connection, reset_session_here
+from gdbpool.pool.pool_actor import _PoolActor
+from gdbpool.pool.wait_queue import WaitQueue
+from gdbpool.pool.worker import Gone, Return
+
+__all__ = ["ANSWER_MARGIN", "DBConnectionPool"]
+
+#: Seconds ``get()`` waits for the pool actor beyond its own timeout before it
+#: gives up on an answer (the pool actor answers by the deadline unless it died).
+ANSWER_MARGIN: Final = 1.0
+
+# A worker in these states will not take a connection back: put() closes it.
+_ENDING = (ActorState.STOPPING, ActorState.STOPPED)
+
+
+class DBConnectionPool:
+    """A pool of connections to one PostgreSQL server (see the module docstring).
+
+    Tunables (all keyword arguments after ``pool_size``):
+
+    * ``pool_size``: most connections open at once (``max_size``). Default 10.
+    * ``name``: used in logs, actor names and ``application_name``. Default
+      ``"default"``.
+    * ``min_size``: connections opened at start and kept open. Default
+      ``pool_size`` (eager); 0 opens nothing until the first request.
+    * ``application_name``: set on every connection, so the pool shows in
+      ``pg_stat_activity``. Default the DSN's, else ``"gdbpool:<name>"``.
+    * ``timeout``: seconds a request may wait for a connection. Default 30.
+    * ``max_waiting``: requests allowed to wait at once; 0 = unbounded
+      (default).
+    * ``max_lifetime``: seconds before a connection is replaced. Default 3600
+      (each connection gets 95-100% of it, so they do not expire together).
+    * ``max_idle``: seconds an idle connection above ``min_size`` is kept.
+      Default 600.
+    * ``connect_timeout``: seconds one connection attempt may take. Default 10.
+    * ``check_after``: idle seconds after which a checkout runs ``SELECT 1``
+      first (every checkout does a cheap socket check). Default 30.
+    * ``reconnect_initial`` / ``reconnect_max``: backoff between failed
+      connection attempts, doubling from the first to the second. Defaults
+      0.1 and 10 seconds, +-25% jitter.
+
+    If ``min_size > 0`` the constructor opens the first connection itself and
+    raises :class:`~gdbpool.errors.PoolConnectionError` (naming host, port and
+    database, never the password) if it cannot; the others open in the
+    background. An unparsable DSN raises PoolConnectionError too; a bad
+    tunable raises :class:`~gdbpool.errors.ConfigurationError`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 10,
+        *,
+        name: str = "default",
+        min_size: int | None = None,
+        application_name: str | None = None,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 3600.0,
+        max_idle: float = 600.0,
+        connect_timeout: float = 10.0,
+        check_after: float = 30.0,
+        reconnect_initial: float = 0.1,
+        reconnect_max: float = 10.0,
+    ) -> None:
+        min_size = pool_size if min_size is None else min_size
+        _check_tunables(
+            pool_size, min_size, timeout, max_waiting, max_lifetime, max_idle,
+            connect_timeout, check_after, reconnect_initial, reconnect_max,
+        )  # fmt: skip
+        params = _parse_dsn(dsn, name)
+        self.name = name
+        self.timeout = timeout
+        self._log = get_logger("gdbpool.pool", pool=name)
+        self._settings = PoolSettings(
+            name=name,
+            dsn=dsn,
+            target=describe_dsn(params),
+            application_name=(
+                application_name or params.get("application_name") or f"gdbpool:{name}"
+            ),
+            connect_timeout=connect_timeout,
+            max_lifetime=max_lifetime,
+            check_after=check_after,
+            backoff_initial=reconnect_initial,
+            backoff_max=reconnect_max,
+            log=self._log,
+        )
+        first = open_connection(self._settings) if min_size > 0 else None
+        self._status = _Status()
+        self._waiting = WaitQueue(max_waiting)
+        self._shut = False  # close() has stopped the workers and the pool actor
+        self._supervisor = Supervisor(
+            f"{name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
+        )
+        self._ref = _PoolActor.start(
+            self._settings,
+            self._status,
+            min_size,
+            pool_size,
+            timeout,
+            max_waiting,
+            max_idle,
+            self._supervisor,
+            first,
+            self._waiting,
+            name=f"{name}.pool",
+        )
+        self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
+                       max_size=pool_size)  # fmt: skip
+
+    # -- the 2011 API ------------------------------------------------------------
+
+    def get(
+        self,
+        timeout: float | None = None,
+        auto_commit: bool = False,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> Any:
+        """Check out a connection; give it back with :meth:`put`.
+
+        ``timeout`` bounds the wait (default: the pool's ``timeout``; then
+        :class:`~gdbpool.errors.PoolTimeout`). The connection comes in the
+        session asked for: ``auto_commit=True`` (or
+        ``isolation_level="autocommit"``), one of the isolation levels, and/or
+        ``read_only=True``; otherwise the pool default (transactions at the
+        server's default isolation, read-write). Raises PoolClosed after
+        :meth:`close`, TooManyRequests past ``max_waiting``.
+        """
+        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"unknown isolation_level {isolation_level!r}; use one of "
+                f"{', '.join(ISOLATION_LEVELS)}"
+            )
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            conn, idle_since = _checkout(
+                self,
+                self._ref,
+                self._waiting,
+                self._status,
+                self._settings.target,
+                max(0.0, deadline - time.monotonic()),
+                ANSWER_MARGIN,
+            )
+            try:
+                usable = _usable(conn, idle_since, self._settings)
+            except BaseException:
+                self.put(conn)  # interrupted mid-check: the worker resets or replaces it
+                raise
+            if usable:
+                break
+            self.put(conn)  # the worker sees it closed and replaces it
+        autocommit = auto_commit or isolation_level == "autocommit"
+        if autocommit or read_only or isolation_level is not None:
+            try:
+                conn.set_session(
+                    isolation_level=None
+                    if isolation_level in (None, "autocommit")
+                    else ISOLATION_LEVELS[isolation_level],
+                    readonly=True if read_only else None,
+                    autocommit=autocommit,
+                )
+            except BaseException:
+                self.put(conn)
+                raise
+        return conn
+
+    def put(self, conn: Any, timeout: float = 1) -> None:
+        """Give back a connection from :meth:`get`; never blocks.
+
+        The connection is rolled back if left in a transaction and reset to the
+        pool default; discarded and replaced if broken. ``timeout`` is accepted
+        for compatibility with the 2011 API and unused. Raises
+        :class:`~gdbpool.errors.ConfigurationError` for a connection this pool
+        did not lend, or one already given back.
+        """
+        if getattr(conn, "gdbpool_pool", None) is not self:
+            raise ConfigurationError(
+                f"put() got a connection that pool {self.name!r} did not lend: "
+                "give it back to the pool it came from"
+            )
+        if not conn.gdbpool_lent:
+            raise ConfigurationError(
+                f"put() got a connection already given back to pool {self.name!r}"
+            )
+        conn.gdbpool_lent = False
+        worker = conn.gdbpool_worker
+        try:
+            if (
+                worker.state is ActorState.RUNNING
+                and not self._status.closed
+                and reset_session_here(conn)
+            ):
+                conn.gdbpool_idle_since = time.monotonic()
+                self._ref.tell(conn.gdbpool_put_back)  # idle again: no worker wake-up
+            elif worker.state in _ENDING:
+                # Stopped while the connection was out (its supervisor gave up on
+                # it): close the connection and have the pool replace the worker.
+                conn.close()
+                self._ref.tell(Gone(worker))
+            else:
+                worker.tell(Return(conn))  # its worker rolls back / resets
+        except ActorStopped:
+            conn.close()  # the pool was closed while it was out
+
+    @contextlib.contextmanager
+    def connection(
+        self,
+        timeout: float | None = None,
+        auto_commit: bool = False,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+    ) -> Iterator[Any]:
+        """``with pool.connection() as conn:`` — :meth:`get`, then :meth:`put`.
+
+        The block's transaction is committed when it exits normally and rolled
+        back when it raises (like psycopg's connection context).
+        """
+        conn = self.get(timeout, auto_commit, isolation_level=isolation_level, read_only=read_only)
+        try:
+            yield conn
+            if not conn.closed and conn.status != extensions.STATUS_READY:
+                conn.commit()
+        finally:
+            self.put(conn)
+
+    # -- interactions ------------------------------------------------------------
+
+    def submit(self, interaction: Interaction) -> None:
+        """Run ``interaction`` on a pooled connection; its ``reply`` gets the outcome.
+
+        Never raises for a bad interaction: SQL errors, timeouts, PoolTimeout,
+        TooManyRequests and PoolClosed are set on ``interaction.reply``.
+        Under load it joins the wait queue without the pool actor hop
+        (:meth:`WaitQueue.offer <gdbpool.pool.wait_queue.WaitQueue.offer>`).
+        """
+        if self._waiting.offer(interaction, self.timeout):
+            return
+        try:
+            self._ref.tell(interaction)
+        except ActorStopped:
+            interaction.reply.set_exception(self._status.closed_error(self.name))
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until ``min_size`` connections are open (like psycopg_pool's ``wait()``).
+
+        Raises :class:`~gdbpool.errors.PoolTimeout` after ``timeout`` seconds,
+        with the last connection error when the server is unreachable.
+        """
+        try:
+            ready: Event = self._ref.ask(_Ready(), timeout=timeout).get()
+        except ActorStopped:
+            raise PoolClosed(f"pool {self.name!r} is closed") from None
+        if not ready.wait(timeout):
+            error = self._status.last_error
+            raise PoolTimeout(
+                f"pool {self.name!r} ({self._settings.target}): connections not open within "
+                f"{timeout} s" + (f"; last error: {error}" if error else "")
+            )
+
+    # -- state --------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """False while the server is unreachable (no connection open, last attempt failed)."""
+        return self._status.healthy and not self._status.closed
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._status.closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters, named like psycopg_pool's.
+
+        ``pool_min``, ``pool_max``, ``pool_size`` (connections open or being
+        opened), ``pool_available`` (idle), ``requests_waiting`` (now; not a
+        withdrawn ``get()``), ``requests_num`` (total), ``requests_queued`` (had
+        to wait), ``requests_wait_ms`` (total waiting time), ``requests_errors``
+        (timeouts, too many requests), ``connections_num`` (attempts),
+        ``connections_ms`` (time spent connecting), ``connections_errors``
+        (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
+        (total time connections were busy or lent).
+        """
+        try:
+            result: dict[str, int] = self._ref.ask(_Stats(), timeout=5.0).get()
+        except ActorStopped:
+            raise PoolClosed(f"pool {self.name!r} is closed") from None
+        return result
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: see the module docstring. Idempotent.
+
+        Waits up to ``timeout`` seconds for running interactions, then stops the
+        workers (closing their connections) and the pool actor.
+        """
+        self._close(timeout, "")
+
+    def _close(self, timeout: float, reason: str) -> None:
+        if self._shut:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            drained: Event = self._ref.ask(_Close(reason), timeout=timeout).get()
+            drained.wait(max(0.0, deadline - time.monotonic()))
+        except (ActorStopped, gevent.Timeout):
+            pass  # the pool actor is gone (it broke): still stop the workers
+        if self._shut:
+            return  # another close() finished meanwhile
+        self._shut = True
+        self._supervisor.stop(max(0.1, deadline - time.monotonic()))
+        self._ref.stop(max(0.1, deadline - time.monotonic()))
+        why = reason or self._status.reason
+        self._log.info("pool_closed", **({"reason": why} if why else {}))
+
+    def __enter__(self) -> DBConnectionPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._status.closed else "open"
+        return f"<DBConnectionPool {self.name!r} {self._settings.target} {state}>"
+
+    # -- internals -------------------------------------------------------------------
+
+    def _gave_up(self, error: SupervisorGaveUp) -> None:
+        self._log.error("pool_workers_gave_up", error=str(error))
+        gevent.spawn(self._close, 5.0, f"the pool broke: {error}")

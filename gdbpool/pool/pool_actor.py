@@ -1,0 +1,405 @@
+"""The pool actor behind DBConnectionPool.
+
+The pool actor owns the pool's state: which worker is idle, busy or lent,
+which requests wait, the counters. It never does I/O. Requests that find no
+idle worker wait in a :class:`~gdbpool.pool.wait_queue.WaitQueue` in FIFO order; the pool actor
+appends to it, times its requests out and fails them on close, and a worker
+that has just finished an interaction takes the next waiting interaction from
+its head itself (see :class:`WaitQueue`). While requests already wait and the
+pool has all its connections, ``submit()`` appends an interaction to the tail
+itself (:meth:`WaitQueue.offer`): the pool actor would decide nothing but that.
+
+Every request the pool actor accepts is answered: served, or failed with
+PoolTimeout, TooManyRequests or PoolClosed, also when the pool closes while it
+waits or is being retried, and when the pool actor itself breaks
+(``on_failure``: everything waiting fails with PoolClosed saying why, and
+``on_dropped`` fails the requests it had not read yet). A
+request abandoned by its caller (its reply already set) is skipped. A worker
+found stopped when handed a request (its supervisor gave up) is forgotten and
+the request goes back to the head of the queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from actors import Actor, ActorRef, ActorStopped, Supervisor, handles
+from gdbpool.errors import TooManyRequests
+from gdbpool.interaction import Interaction
+from gdbpool.pool._pool_messages import _Close, _Ready, _Stats, _Status
+from gdbpool.pool._pool_timers import _Timers
+from gdbpool.pool._pool_workers import _Workers
+from gdbpool.pool.wait_queue import WaitQueue, _Checkout
+from gdbpool.pool.worker import (
+    ConnectFailed,
+    Gone,
+    Idle,
+    Lost,
+    Opened,
+    PoolSettings,
+)
+
+__all__ = ["WaitQueue"]  # re-exported: it lives in gdbpool.pool.wait_queue
+
+
+class _PoolActor(_Workers, _Timers, Actor):
+    """Owns the pool's state: which worker is idle, busy or lent, who waits, counters.
+
+    Its deadline timer (one for all the waiting requests) and its
+    housekeeping tick are in :class:`~gdbpool.pool._pool_timers._Timers`; starting,
+    forgetting and retiring workers in :class:`~gdbpool.pool._pool_workers._Workers`.
+
+    An ``inline`` actor (see :class:`~actors.Actor`): its handlers never wait,
+    so when it is idle a ``get()``, ``put()`` or a worker's :class:`Idle` is
+    handled on the sender's greenlet, without the two greenlet switches of a
+    mailbox round trip. The one thing that waits, starting a worker (the
+    supervisor waits for its ``on_start``), is posted to itself as
+    :class:`_Spawn` and done in its own greenlet.
+    """
+
+    inline = True
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        status: _Status,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        max_waiting: int,
+        max_idle: float,
+        supervisor: Supervisor,
+        first_conn: Any,
+        waiting: WaitQueue,
+    ) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.settings = settings
+        self.status = status
+        self.min_size = min_size
+        self.max_size = max_size
+        self.max_waiting = max_waiting
+        self.max_idle = max_idle
+        self.supervisor = supervisor
+        self.first_conn = first_conn
+        self.idle: list[ActorRef] = []  # LIFO stack
+        self.idle_since: dict[ActorRef, float] = {}
+        self.conns: dict[ActorRef, Any] = {}
+        self.expires_at: dict[ActorRef, float] = {}  # each connection's max_lifetime deadline
+        self.workers: set[ActorRef] = set()  # every live worker, whatever its state
+        self.spawning = 0  # _Spawn posted, worker not started yet (counts as a worker)
+        self.connecting = 0
+        self.busy_since: dict[ActorRef, float] = {}  # running interactions, or lent
+        self.lent: set[ActorRef] = set()
+        self.ready: list[tuple[int, Event]] = []  # wait(): (connections wanted, event)
+        self.waiting = waiting  # made by the facade, whose submit() may offer to it
+        self.timer: Any = None  # the libev timer for the earliest deadline
+        self.timer_deadline = 0.0
+        self.drained: Event | None = None
+        self.ticker: gevent.Greenlet | None = None
+        self.numbers = itertools.count(1)
+        self.counters = dict.fromkeys(
+            (
+                "requests_num",
+                "requests_queued",
+                "requests_wait_ms",
+                "requests_errors",
+                "connections_num",
+                "connections_ms",
+                "connections_errors",
+                "connections_lost",
+                "usage_ms",
+            ),
+            0,
+        )
+
+    def on_start(self) -> None:
+        first, self.first_conn = self.first_conn, None
+        for _ in range(self.min_size):
+            self.connecting += 1
+            self._start_worker(first)  # in our own greenlet already: no _Spawn needed
+            first = None
+        period = max(0.05, min(self.max_idle, self.settings.max_lifetime, 60.0) / 2)
+        self.ticker = gevent.spawn(self._tick_forever, period)
+
+    def on_stop(self) -> None:
+        # After _Close nothing waits, but a request retried (Lost) or handed
+        # back meanwhile must not be left behind with the mailbox.
+        self.status.closed = True
+        self._stop_timers()
+        self._fail_waiting()
+
+    def on_failure(self, exc: BaseException) -> None:
+        # A bug in a handler ends this actor (it is not supervised: its state
+        # cannot be rebuilt). Fail what waits, stop the workers, and make the
+        # facade refuse new requests; the requests still in the mailbox fail
+        # in on_dropped.
+        self._break(f"its pool actor crashed ({type(exc).__name__}: {exc})")
+
+    def on_dropped(self, message: object) -> None:
+        # A request the pool actor never read (it broke, or was killed by a
+        # stop that timed out): nobody else would ever answer it.
+        if isinstance(message, Interaction | _Checkout) and not message.reply.ready():
+            message.reply.set_exception(self.status.closed_error(self.settings.name))
+
+    def _break(self, reason: str) -> None:
+        """Close the pool at once for ``reason``: every waiting request fails with PoolClosed."""
+        self.settings.log.error("pool_broken", reason=reason)
+        self.status.reason = f"the pool broke: {reason}"
+        self.status.closed = True
+        self.status.healthy = False
+        self._stop_timers()
+        self._fail_waiting()
+        for worker in list(self.workers):
+            self._retire(worker)
+        if self.drained is not None:
+            self.drained.set()
+
+    def _fail_waiting(self) -> None:
+        for request in self.waiting.close():
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
+
+    # -- requests ---------------------------------------------------------------
+
+    @handles(Interaction)
+    def submit(self, interaction: Interaction) -> None:
+        self.waiting.received()
+        self.counters["requests_num"] += 1
+        if self.status.closed:
+            interaction.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
+        if not self._hand_to_idle(interaction):
+            self._wait(interaction, self.timeout)
+
+    @handles(_Checkout)
+    def checkout(self, request: _Checkout) -> None:
+        self.waiting.received()
+        self.counters["requests_num"] += 1
+        if request.reply.ready():
+            return  # abandoned by get() before we saw it
+        if self.status.closed:
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
+        if not self._hand_to_idle(request):
+            self._wait(request, request.timeout)
+
+    def _hand_to_idle(self, request: Interaction | _Checkout) -> bool:
+        """Give ``request`` to an idle worker (False: none is idle; it must wait).
+
+        Every request goes through here before it waits, so a request never
+        waits beside an idle worker (WaitQueue.offer relies on it).
+        """
+        idle = self.idle
+        while idle:
+            worker = idle.pop()
+            if isinstance(request, _Checkout):
+                if self._lend(worker, request):
+                    return True
+                continue
+            try:
+                worker.tell(request)
+            except ActorStopped:
+                self._forget(worker)
+                continue
+            self.busy_since[worker] = time.monotonic()
+            return True
+        return False
+
+    def _lend(self, worker: ActorRef, request: _Checkout, handed: bool = False) -> bool:
+        """Lend ``worker``'s connection; ``handed``: its worker just used it.
+
+        A connection a worker hands from its last use (:attr:`Idle.handed`)
+        to a waiting ``get()`` was never idle, so ``get()`` skips the socket
+        check (see "Checks" in :mod:`gdbpool.pool.worker`): the reply
+        carries None for its idle time.
+        """
+        if not worker.is_alive:  # stopped by its supervisor giving up: its connection is gone
+            self._forget(worker)
+            return False
+        self.busy_since[worker] = time.monotonic()
+        self.lent.add(worker)
+        since = None if handed else self.idle_since.get(worker, 0.0)
+        request.reply.set((self.conns[worker], since))
+        return True
+
+    def _wait(self, request: Interaction | _Checkout, timeout: float) -> None:
+        waiting = self.waiting
+        if waiting.closed:
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
+        if 0 < self.max_waiting <= len(waiting) and self.max_waiting <= waiting.live():
+            self.counters["requests_errors"] += 1
+            request.reply.set_exception(
+                TooManyRequests(
+                    f"pool {self.settings.name!r}: {waiting.live()} requests already wait "
+                    f"(max_waiting={self.max_waiting}); retry later or raise max_waiting"
+                )
+            )
+            return
+        self.counters["requests_queued"] += 1
+        now = time.monotonic()
+        deadline = now + timeout
+        waiting.append(request, now, deadline)
+        if self.timer is None or deadline < self.timer_deadline:
+            self._arm(deadline, now)
+        if self._size() < self.max_size:
+            self._grow()
+
+    def _requeue(self, request: Interaction | _Checkout) -> None:
+        """A request handed out that never ran: first in line again, with a fresh wait."""
+        if self.waiting.closed:
+            request.reply.set_exception(self.status.closed_error(self.settings.name))
+            return
+        if self._hand_to_idle(request):
+            return
+        now = time.monotonic()
+        deadline = now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
+        self.waiting.appendleft(request, now, deadline)
+        if self.timer is None or deadline < self.timer_deadline:
+            self._arm(deadline, now)
+        self._grow()
+
+    # -- worker reports ----------------------------------------------------------
+
+    @handles(Idle)
+    def idle_worker(self, msg: Idle) -> None:
+        """A worker is done, or ``put()`` gave its clean connection back itself."""
+        worker = msg.worker
+        if self.lent:
+            self.lent.discard(worker)
+        since = self.busy_since.pop(worker, None)
+        now = time.monotonic()
+        if since is not None:
+            self.counters["usage_ms"] += int((now - since) * 1000)
+        if self.expires_at.get(worker, now) < now and not self.status.closed:
+            self._recycle(worker)  # past max_lifetime (a worker checks too; put() does not)
+            return
+        self._serve(worker, now, msg.handed)
+
+    @handles(Opened)
+    def opened(self, msg: Opened) -> None:
+        self.connecting -= 1
+        self.conns[msg.worker] = msg.conn
+        self.expires_at[msg.worker] = msg.expires_at
+        self.counters["connections_num"] += 1
+        self.counters["connections_ms"] += msg.connect_ms
+        self.status.healthy = True
+        self._serve(msg.worker, time.monotonic())
+        if self.ready:
+            self._check_ready()
+
+    @handles(ConnectFailed)
+    def connect_failed(self, msg: ConnectFailed) -> None:
+        self.counters["connections_num"] += 1
+        self.counters["connections_errors"] += 1
+        self.status.last_error = msg.error
+        if not self.idle and not self.busy_since:
+            self.status.healthy = False
+
+    @handles(Lost)
+    def lost(self, msg: Lost) -> None:
+        worker = msg.worker
+        if msg.broken:
+            self.counters["connections_lost"] += 1
+        self._drop(worker)
+        if worker in self.workers and not self.status.closed:
+            self.connecting += 1  # it reconnects (a closing worker does not)
+        if msg.retry is not None:
+            self._requeue(msg.retry)  # it never ran; PoolClosed if the pool is closing
+        if self.status.closed:
+            self._retire(worker)
+
+    @handles(Gone)
+    def gone(self, msg: Gone) -> None:
+        worker = msg.worker
+        self._drop(worker)
+        if worker not in self.workers:  # retired or forgotten already: nothing to replace
+            self._check_drained()
+            return
+        self.counters["connections_lost"] += 1
+        self.workers.discard(worker)
+        self._workers_changed()
+        self.settings.log.warning("worker_killed", worker=worker.name)
+        if self.status.closed:
+            self._check_drained()
+        elif self._size() < self.min_size:
+            self._spawn_worker()
+        else:
+            self._grow()  # for the requests waiting, within max_size
+
+    def _serve(self, worker: ActorRef, now: float, handed: bool = True) -> None:
+        if self.status.closed:
+            self._retire(worker)
+            return
+        self.idle_since[worker] = now
+        request = self.waiting.take(now) if self.waiting else None
+        if request is None:
+            self.idle.append(worker)
+        elif isinstance(request, _Checkout):
+            if not self._lend(worker, request, handed):
+                self._requeue(request)
+        else:
+            try:
+                worker.tell(request)
+            except ActorStopped:
+                self._forget(worker)
+                self._requeue(request)
+                return
+            self.busy_since[worker] = now
+
+    def _check_drained(self) -> None:
+        # Lent connections do not hold the close up: put() closes them.
+        if self.drained is not None and len(self.busy_since) <= len(self.lent):
+            self.drained.set()
+
+    def _check_ready(self) -> None:
+        opened = len(self.conns)
+        for wanted, event in list(self.ready):
+            if opened >= wanted:
+                event.set()
+                self.ready.remove((wanted, event))
+
+    @handles(_Ready)
+    def when_ready(self, msg: _Ready) -> Event:
+        event = Event()
+        self.ready.append((self.min_size, event))
+        self._check_ready()
+        return event
+
+    @handles(_Stats)
+    def stats(self, msg: _Stats) -> dict[str, int]:
+        counters = dict(self.counters)
+        counters["requests_wait_ms"] += self.waiting.wait_ms
+        counters["requests_num"] += self.waiting.offered
+        counters["requests_queued"] += self.waiting.offered
+        return {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size,
+            "pool_size": self._size(),
+            "pool_available": len(self.idle),
+            "requests_waiting": self.waiting.live(),
+            **counters,
+        }
+
+    @handles(_Close)
+    def close(self, msg: _Close) -> Event:
+        if self.drained is not None:
+            return self.drained  # closed already (or broke)
+        if msg.reason:
+            self.status.reason = msg.reason
+        self.status.closed = True
+        self.drained = Event()
+        self._disarm()
+        self._fail_waiting()
+        for worker in list(self.idle):
+            self._retire(worker)
+        for worker in list(self.workers):
+            if worker not in self.busy_since:
+                self._retire(worker)  # still connecting
+        self._check_drained()
+        return self.drained
