@@ -67,15 +67,18 @@ from gevent.event import Event
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool.errors import ConfigurationError, PoolClosed, PoolTimeout
+from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
-from gdbpool.pool._checkout import _checkout, _usable
-from gdbpool.pool._pool_config import _check_tunables, _parse_dsn
-from gdbpool.pool._pool_messages import _Close, _Ready, _Stats, _Status
-from gdbpool.pool.connection import PoolSettings, open_connection, reset_session_here
-from gdbpool.pool.pool_actor import _PoolActor
-from gdbpool.pool.wait_queue import WaitQueue
+from gdbpool.pool.connection import (
+    PoolSettings,
+    check_connection,
+    open_connection,
+    ping,
+    reset_session_here,
+)
+from gdbpool.pool.pool_actor import _Close, _PoolActor, _PoolStats, _Ready, _Status
+from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import Gone, Return
 
 __all__ = ["ANSWER_MARGIN", "DBConnectionPool"]
@@ -212,15 +215,7 @@ class DBConnectionPool:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
-            conn, idle_since = _checkout(
-                self,
-                self._ref,
-                self._waiting,
-                self._status,
-                self._settings.target,
-                max(0.0, deadline - time.monotonic()),
-                ANSWER_MARGIN,
-            )
+            conn, idle_since = self._checkout(max(0.0, deadline - time.monotonic()))
             try:
                 usable = _usable(conn, idle_since, self._settings)
             except BaseException:
@@ -363,7 +358,7 @@ class DBConnectionPool:
         (total time connections were busy or lent).
         """
         try:
-            result: dict[str, int] = self._ref.ask(_Stats(), timeout=5.0).get()
+            result: dict[str, int] = self._ref.ask(_PoolStats(), timeout=5.0).get()
         except ActorStopped:
             raise PoolClosed(f"pool {self.name!r} is closed") from None
         return result
@@ -405,6 +400,117 @@ class DBConnectionPool:
 
     # -- internals -------------------------------------------------------------------
 
+    def _checkout(self, timeout: float) -> tuple[Any, float | None]:
+        """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to this pool.
+
+        ``idle_since`` is None for a connection handed over from its last use.
+        Bounded: a pool actor that died cannot hang it (see "Breaking").
+        """
+        status = self._status
+        if status.closed:
+            raise status.closed_error(self.name)
+        request = _Checkout(timeout)
+        self._waiting.sent()  # until the pool actor has it, submit() does not offer: FIFO
+        try:
+            handled = self._ref.tell(request)
+        except ActorStopped:
+            self._waiting.received()
+            raise status.closed_error(self.name) from None
+        reply = request.reply
+        # Handled already (the pool actor was idle and ran it on this greenlet):
+        # the request is lent, or waits where the pool's deadline timer, close()
+        # or the pool actor's failure answers it. Otherwise it sits in the
+        # mailbox: bound the wait, should the pool actor die before reading it.
+        bound = None if handled else timeout + ANSWER_MARGIN
+        try:
+            reply.wait(bound)
+        except BaseException:
+            self._abandon(request)  # killed or timed out from outside: leak nothing
+            raise
+        if not reply.ready():
+            self._abandon(request)
+            if status.closed or not self._ref.is_alive:
+                raise status.closed_error(self.name)
+            raise PoolTimeout(
+                f"pool {self.name!r} ({self._settings.target}): the pool did not answer "
+                f"within {timeout + ANSWER_MARGIN:.2f} s"
+            )
+        conn, idle_since = reply.get()
+        conn.gdbpool_pool = self
+        conn.gdbpool_lent = True
+        return conn, idle_since
+
+    def _abandon(self, request: _Checkout) -> None:
+        """Withdraw ``request`` (or give back its loan): the wait ended without one."""
+        reply = request.reply
+        if not reply.ready():
+            # Answered now, so the pool actor skips it: nobody would read a loan.
+            reply.set_exception(PoolTimeout(f"pool {self.name!r}: checkout abandoned"))
+        elif reply.successful():
+            conn = reply.value[0]
+            conn.gdbpool_pool = self
+            conn.gdbpool_lent = True
+            self.put(conn)
+
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))
         gevent.spawn(self._close, 5.0, f"the pool broke: {error}")
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def _usable(conn: Any, idle_since: float | None, settings: PoolSettings) -> bool:
+    """May ``get()`` hand out this loan? A socket check, and ``SELECT 1`` past ``check_after``."""
+    if idle_since is None:  # handed over straight from its last use: never idle
+        return not conn.closed
+    if not check_connection(conn):
+        return False
+    if time.monotonic() - idle_since > settings.check_after:
+        return ping(conn, settings.connect_timeout)
+    return True
+
+def _parse_dsn(dsn: str, name: str) -> dict[str, str]:
+    """The DSN's parameters; PoolConnectionError, never quoting the password, if unparsable."""
+    try:
+        return dict(extensions.parse_dsn(dsn))
+    except Exception:
+        # The parser's message may quote a fragment of the password: do not chain it.
+        raise PoolConnectionError(
+            f"pool {name!r}: invalid DSN ({describe_dsn(dsn)}); expected "
+            "'key=value ...' pairs or a postgresql:// URI"
+        ) from None
+
+
+def _check_tunables(
+    pool_size: int,
+    min_size: int,
+    timeout: float,
+    max_waiting: int,
+    max_lifetime: float,
+    max_idle: float,
+    connect_timeout: float,
+    check_after: float,
+    reconnect_initial: float,
+    reconnect_max: float,
+) -> None:
+    """ConfigurationError for a tunable out of range (defaults: :class:`DBConnectionPool`)."""
+    if pool_size < 1:
+        raise ConfigurationError(f"pool_size must be >= 1, not {pool_size}")
+    if not 0 <= min_size <= pool_size:
+        raise ConfigurationError(f"min_size must be between 0 and pool_size, not {min_size}")
+    if max_waiting < 0:
+        raise ConfigurationError(f"max_waiting must be >= 0 (0 = unbounded), not {max_waiting}")
+    for label, value in (
+        ("timeout", timeout),
+        ("max_lifetime", max_lifetime),
+        ("max_idle", max_idle),
+        ("connect_timeout", connect_timeout),
+        ("reconnect_initial", reconnect_initial),
+    ):
+        if not value > 0:
+            raise ConfigurationError(f"{label} must be > 0 seconds, not {value}")
+    if check_after < 0:
+        raise ConfigurationError(f"check_after must be >= 0 seconds, not {check_after}")
+    if reconnect_max < reconnect_initial:
+        raise ConfigurationError("reconnect_max must be >= reconnect_initial")

@@ -21,38 +21,95 @@ the request goes back to the head of the queue.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 from gevent.event import Event
 
-from actors import Actor, ActorRef, ActorStopped, Supervisor, handles
-from gdbpool.errors import TooManyRequests
+from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
+from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
 from gdbpool.interaction import Interaction
-from gdbpool.pool._pool_messages import _Close, _Ready, _Stats, _Status
-from gdbpool.pool._pool_timers import _Timers
-from gdbpool.pool._pool_workers import _Workers
+from gdbpool.pool.connection import PoolSettings
 from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
+    ConnectionWorker,
     Gone,
     Idle,
     Lost,
     Opened,
-    PoolSettings,
+    Recycle,
 )
 
-__all__ = ["WaitQueue"]  # re-exported: it lives in gdbpool.pool.wait_queue
+__all__: list[str] = []
+
+# -- messages ---------------------------------------------------------------------
+# The pool actor tells itself _Expire (its deadline timer), _Tick (housekeeping)
+# and _Spawn (start a worker from its own greenlet); the facade asks it _Ready,
+# _PoolStats and _Close. _Status is the one piece of pool actor state the facade
+# reads: written by the pool actor only.
+
+@dataclass(frozen=True, slots=True)
+class _Expire:
+    """The earliest deadline of the waiting requests passed."""
 
 
-class _PoolActor(_Workers, _Timers, Actor):
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    """Periodic housekeeping: max_idle, max_lifetime of idle connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Spawn:
+    """Start one more connection worker (see the workers section of :class:`_PoolActor`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """Ask: an Event set once ``min_size`` connections are open."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PoolStats:
+    """Ask: the counters."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    """Ask: stop serving; the reply is an Event set once no worker is busy."""
+
+    reason: str = ""  # why, when not the user's close() (e.g. the workers' supervisor gave up)
+
+
+@dataclass(slots=True)
+class _Status:
+    """Written by the pool actor only; read by the facade."""
+
+    healthy: bool = True
+    closed: bool = False
+    last_error: str = ""
+    reason: str = ""  # why the pool closed, when it was not close(): for PoolClosed messages
+
+    def closed_error(self, name: str) -> PoolClosed:
+        """The PoolClosed to raise or set, saying why when it was not ``close()``."""
+        why = f": {self.reason}" if self.reason else ""
+        return PoolClosed(f"pool {name!r} is closed{why}")
+
+
+_EXPIRE = _Expire()
+
+
+class _PoolActor(Actor):
     """Owns the pool's state: which worker is idle, busy or lent, who waits, counters.
 
-    Its deadline timer (one for all the waiting requests) and its
-    housekeeping tick are in :class:`~gdbpool.pool._pool_timers._Timers`; starting,
-    forgetting and retiring workers in :class:`~gdbpool.pool._pool_workers._Workers`.
+    Sections, top to bottom: life cycle, requests, worker reports, the
+    facade's questions (ready, stats, close), the workers (starting, counting,
+    forgetting, retiring), and the timers (one deadline timer for all the
+    waiting requests, and the housekeeping tick).
 
     An ``inline`` actor (see :class:`~actors.Actor`): its handlers never wait,
     so when it is idle a ``get()``, ``put()`` or a worker's :class:`Idle` is
@@ -371,8 +428,8 @@ class _PoolActor(_Workers, _Timers, Actor):
         self._check_ready()
         return event
 
-    @handles(_Stats)
-    def stats(self, msg: _Stats) -> dict[str, int]:
+    @handles(_PoolStats)
+    def stats(self, msg: _PoolStats) -> dict[str, int]:
         counters = dict(self.counters)
         counters["requests_wait_ms"] += self.waiting.wait_ms
         counters["requests_num"] += self.waiting.offered
@@ -403,3 +460,171 @@ class _PoolActor(_Workers, _Timers, Actor):
                 self._retire(worker)  # still connecting
         self._check_drained()
         return self.drained
+
+    # -- workers ---------------------------------------------------------------------
+    # A worker counts from the moment the pool decides to start it (``spawning``),
+    # so the pool never starts more than ``max_size``; starting one waits for its
+    # ``on_start``, so it is posted as _Spawn and done in the pool actor's own
+    # greenlet, never inline on a sender's.
+
+    def _grow(self) -> None:
+        if self._size() < self.max_size and self.connecting < len(self.waiting):
+            self._spawn_worker()
+
+    def _size(self) -> int:
+        """Workers, counting those about to start."""
+        return len(self.workers) + self.spawning
+
+    def _spawn_worker(self) -> None:
+        """Count one more worker now; start it from our own greenlet (:class:`_Spawn`)."""
+        try:
+            self.ref.tell(_Spawn())  # always queued: we are handling a message
+        except ActorStopped:
+            return  # stopping: no new workers
+        self.spawning += 1
+        self.connecting += 1
+        self._workers_changed()
+
+    @handles(_Spawn)
+    def spawn(self, msg: _Spawn) -> None:
+        self.spawning -= 1
+        if self.status.closed:
+            self.connecting -= 1
+            self._workers_changed()
+            return
+        self._start_worker(None)
+
+    def _start_worker(self, conn: Any) -> None:
+        """Start a worker (waits for its ``on_start``); ``connecting`` already counts it."""
+        name = f"{self.settings.name}.worker-{next(self.numbers)}"
+        try:
+            worker = self.supervisor.spawn(
+                ConnectionWorker, self.settings, self.ref, self.waiting, conn, name=name
+            )
+        except ActorError as exc:  # the supervisor gave up: no worker can start any more
+            self.connecting -= 1
+            if not self.status.closed:
+                self._break(f"cannot start a connection worker: {exc}")
+            return
+        self.workers.add(worker)
+        self._workers_changed()
+
+    def _drop(self, worker: ActorRef) -> None:
+        """Forget what we knew of ``worker``'s connection (it is gone or being replaced)."""
+        self.busy_since.pop(worker, None)
+        self.lent.discard(worker)
+        self.conns.pop(worker, None)
+        self.idle_since.pop(worker, None)
+        self.expires_at.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+
+    def _forget(self, worker: ActorRef) -> None:
+        """``worker`` stopped without telling us (its supervisor gave up on it or on all)."""
+        self._drop(worker)
+        self.workers.discard(worker)
+        self._workers_changed()
+        self.settings.log.warning("worker_vanished", worker=worker.name)
+        if self.status.closed:
+            self._check_drained()
+        elif self._size() < self.min_size:
+            self._spawn_worker()
+
+    def _retire(self, worker: ActorRef) -> None:
+        self.workers.discard(worker)
+        self._workers_changed()
+        self.conns.pop(worker, None)
+        self.expires_at.pop(worker, None)
+        self.idle_since.pop(worker, None)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        with contextlib.suppress(ActorStopped):
+            worker.tell(Recycle(stop=True))
+        self._check_drained()
+
+    def _workers_changed(self) -> None:
+        self.waiting.grown = self._size() >= self.max_size
+
+    # -- timers ----------------------------------------------------------------------
+    # Waiting requests have one libev timer between them, armed for the earliest
+    # deadline (not one timer per request): when it fires, the pool fails every
+    # request past its deadline and re-arms for the next one. A ticker greenlet
+    # tells the pool actor _Tick periodically: idle connections above
+    # ``min_size`` idle longer than ``max_idle`` are closed, and idle connections
+    # past their ``max_lifetime`` are replaced.
+
+    def _stop_timers(self) -> None:
+        if self.ticker is not None:
+            self.ticker.kill(block=False)
+        self._disarm()
+
+    def _arm(self, deadline: float, now: float) -> None:
+        self._disarm()
+        self.timer_deadline = self.waiting.timer_deadline = deadline
+        self.timer = gevent.get_hub().loop.timer(max(0.0, deadline - now))
+        self.timer.start(self._deadline_passed)
+
+    def _disarm(self) -> None:
+        self.waiting.timer_deadline = float("inf")
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.close()
+
+    def _deadline_passed(self) -> None:
+        # Runs in the hub: only post a message.
+        with contextlib.suppress(ActorStopped):
+            self.ref.tell(_EXPIRE)
+
+    @handles(_Expire)
+    def expire(self, msg: _Expire) -> None:
+        self._disarm()
+        now = time.monotonic()
+        for request, waited in self.waiting.expire(now):
+            self.counters["requests_errors"] += 1
+            self.counters["requests_wait_ms"] += int(waited * 1000)
+            request.reply.set_exception(PoolTimeout(self._timeout_message(waited)))
+        deadline = self.waiting.next_deadline()
+        if deadline is not None:
+            self._arm(deadline, now)
+
+    def _timeout_message(self, waited: float) -> str:
+        text = (
+            f"pool {self.settings.name!r} ({self.settings.target}): no connection available "
+            f"within {waited:.2f} s"
+        )
+        if not self.status.healthy and self.status.last_error:
+            text += f"; server unreachable: {self.status.last_error}"
+        return text
+
+    # -- housekeeping --------------------------------------------------------------
+
+    def _tick_forever(self, period: float) -> None:
+        tick = _Tick()
+        while True:
+            gevent.sleep(period)
+            try:
+                self.ref.tell(tick)
+            except ActorStopped:
+                return
+
+    @handles(_Tick)
+    def tick(self, msg: _Tick) -> None:
+        now = time.monotonic()
+        # The bottom of the LIFO stack has been idle longest.
+        while self.idle and self._size() > self.min_size:
+            oldest = self.idle[0]
+            if now - self.idle_since.get(oldest, now) <= self.max_idle:
+                break
+            self.settings.log.debug("connection_idle_closed", worker=oldest.name)
+            self._retire(oldest)
+        # An idle connection past its lifetime is replaced now, not after one more use.
+        for worker in [w for w in self.idle if self.expires_at.get(w, now) < now]:
+            self.idle.remove(worker)
+            self._recycle(worker)
+
+    def _recycle(self, worker: ActorRef) -> None:
+        self.settings.log.debug("connection_expired", worker=worker.name)
+        try:
+            worker.tell(Recycle())  # it reconnects and reports Lost, then Opened
+        except ActorStopped:
+            self._forget(worker)

@@ -42,12 +42,10 @@ import psycopg2
 from gevent import GreenletExit
 
 from actors import Actor, ActorRef, ActorStopped, handles
-from gdbpool._sockets import shutdown_socket
 from gdbpool.errors import DBInteractionException, PoolClosed, PoolConnectionError
 from gdbpool.interaction import Interaction, run_interaction
 from gdbpool.pool.connection import (
     TRANSACTION_IDLE,
-    PooledConnection,
     PoolSettings,
     backoff,
     check_connection,
@@ -58,14 +56,7 @@ from gdbpool.pool.connection import (
 if TYPE_CHECKING:
     from gdbpool.pool.wait_queue import WaitQueue
 
-__all__ = [
-    "ConnectionWorker",
-    # Re-exported: these live in gdbpool.pool.connection and gdbpool._sockets.
-    "PoolSettings",
-    "PooledConnection",
-    "open_connection",
-    "shutdown_socket",  # here for listen_connection
-]
+__all__ = ["ConnectionWorker"]
 
 #: A worker's cursor that fetched more rows than this is replaced after the
 #: interaction, so a large result is not kept in memory by an idle connection.
