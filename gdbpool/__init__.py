@@ -24,13 +24,9 @@ from gdbpool.errors import (
     TooManyRequests,
     WireFormatError,
 )
+from gdbpool.execute import run_in_transaction, run_interaction
 from gdbpool.green import make_psycopg_green
-from gdbpool.interaction import (
-    ISOLATION_LEVELS,
-    Interaction,
-    run_in_transaction,
-    run_interaction,
-)
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import configure_logging, redact
 from gdbpool.notify.bridge import ZmqNotifyBridge
 from gdbpool.notify.hub import ChannelListener, NotificationHub

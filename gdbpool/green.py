@@ -12,6 +12,10 @@ application that imported psycopg2 first loses nothing.  The one thing that does
 not work under a wait callback is ``async=True`` connections, which nobody mixes
 with gevent anyway.
 
+The same pieces serve an interaction's ``timeout``: :class:`_Canceller` cancels
+a statement past its deadline with :func:`cancel_backend`, and severs the
+connection with :func:`shutdown_socket` when the cancel gets no answer.
+
 If the waiting greenlet is interrupted (killed with ``greenlet.kill``, or a
 ``gevent.Timeout`` fires), the callback starts :func:`cancel_backend` in a new
 greenlet and re-raises at once, so the query does not keep running server-side.
@@ -24,19 +28,24 @@ answers, which would freeze the whole process when the server is unreachable.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import os
+import socket
+from typing import Any, Final
 
 import gevent
 import psycopg2
+from gevent.event import Event
 from gevent.socket import wait_read, wait_write
 from psycopg2 import extensions
 
 __all__ = [
+    "CANCEL_GRACE",
     "CANCEL_TIMEOUT",
     "cancel_backend",
     "gevent_wait_callback",
     "is_green",
     "make_psycopg_green",
+    "shutdown_socket",
 ]
 
 
@@ -124,3 +133,81 @@ def make_psycopg_green() -> None:
 def is_green() -> bool:
     """True when psycopg2 waits through gevent in this process."""
     return extensions.get_wait_callback() is gevent_wait_callback
+
+
+# -- aborting I/O ----------------------------------------------------------------------
+
+
+def shutdown_socket(conn: Any) -> None:
+    """Shut the connection's socket down: its pending I/O fails at once, no cancel sent.
+
+    Works on a duplicate of the descriptor, so the connection still owns (and
+    later closes) its own; a connection already closed is left alone.
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, psycopg2.Error):
+        return
+    try:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
+#: Seconds a timed-out statement gets to stop after the cancel request before
+#: the connection's socket is shut down (an unreachable server never answers
+#: the cancel).
+CANCEL_GRACE: Final = 2.0
+
+
+class _Canceller:
+    """Cancels the connection's running statement ``timeout`` seconds from now.
+
+    The cancel is ``SELECT pg_cancel_backend(pid)`` on a short-lived side
+    connection opened cooperatively with the same parameters, not
+    ``conn.cancel()``: libpq's PQcancel blocks holding the GIL until the
+    server answers, which freezes the whole process when the server is
+    unreachable. If the work is still running :data:`CANCEL_GRACE` seconds
+    after the timer fired, the connection's socket is shut down, so the work
+    ends with OperationalError and psycopg2 closes the connection.
+    """
+
+    __slots__ = ("_conn", "_done", "_greenlet", "_pending", "_side", "fired", "severed")
+
+    def __init__(self, conn: Any, timeout: float) -> None:
+        self._conn = conn
+        self.fired = False
+        self.severed = False
+        self._done = Event()
+        self._pending: gevent.Greenlet | None = None
+        self._side: Any = None
+        self._greenlet = gevent.spawn_later(timeout, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._pending = gevent.spawn(self._cancel)
+        if not self._done.wait(CANCEL_GRACE):
+            self.severed = True
+            shutdown_socket(self._conn)
+
+    def _cancel(self) -> None:
+        target = _cancel_target(self._conn)
+        if target is not None:  # None: closed meanwhile, nothing runs on the server
+            cancel_backend(*target, timeout=CANCEL_GRACE, on_connect=self._keep_side)
+
+    def _keep_side(self, side: Any) -> None:
+        self._side = side
+
+    def finish(self) -> None:
+        """Stop the timer; if it fired, wait (bounded) until its cancel was delivered."""
+        self._done.set()
+        if not self.fired:
+            self._greenlet.kill(block=False)
+            return
+        pending = self._pending
+        # The cancel must not land on the connection's next statement.
+        if pending is not None and not pending.join(CANCEL_GRACE):
+            if self._side is not None:
+                shutdown_socket(self._side)
+            pending.join(CANCEL_GRACE)

@@ -1,67 +1,10 @@
-"""The Interaction message, and how one runs on a psycopg2 connection.
+"""The Interaction message: one unit of work for a pool, and the reply it is answered on.
 
 An :class:`Interaction` is what callers hand to a pool: an SQL string (its
 parameters go to the driver, never into the string) or a callable, plus the
 options it runs with and the ``reply`` AsyncResult its result is set on.
-:func:`run_interaction` is the one place an interaction meets a connection:
-it chooses the transaction mode, commits or rolls back, applies the options and
-turns failures into :class:`~gdbpool.errors.DBInteractionException`.
-
-Decisions (what a caller may rely on):
-
-* **Round trips.** A plain SQL string (no ``isolation_level``, not
-  ``read_only``) runs in autocommit mode: one statement is its own implicit
-  transaction on the server (committed on success, rolled back on error --
-  several ``;``-separated statements form one implicit transaction), which
-  costs one round trip instead of three (BEGIN, statement, COMMIT).
-  ``read_only`` and the explicit isolation levels run in a real transaction
-  (``BEGIN ISOLATION LEVEL ... READ ONLY``, statement, COMMIT/ROLLBACK).
-  Callables always run in a transaction (or autocommit when asked with
-  ``isolation_level="autocommit"``): committed when they return, rolled back
-  when they raise.
-* **Results.** An SQL string returns ``cursor.fetchall()`` when the statement
-  returns rows, else ``cursor.rowcount``. Rows are tuples by default (the
-  driver's default, the cheapest); ``cursor_factory=RealDictCursor`` gives
-  dicts like the 2011 library did. A callable returns whatever it returns.
-* **Callables** are called ``work(conn, *args)`` for a tuple or list,
-  ``work(conn, **args)`` for a mapping, ``work(conn, args)`` for anything else
-  and ``work(conn)`` when ``args`` is None. When the callable's signature has a
-  parameter named ``cursor`` it also gets ``cursor=`` (a fresh cursor built with
-  ``cursor_factory`` and ``dec2float``, closed afterwards).
-* **Errors.** Any exception raised while the interaction is applied (the
-  work, a ``dry_run``'s mogrify, setting up or restoring the session) becomes a
-  :class:`~gdbpool.errors.DBInteractionException` (``pgcode`` is the SQLSTATE
-  when the server raised it, ``original``/``__cause__`` the exception). Only
-  ``BaseException`` that is not an ``Exception`` (greenlet kill, ``Timeout``)
-  passes through unchanged.
-* **Timeout.** ``timeout`` seconds after the work started, the statement is
-  cancelled on the server (``pg_cancel_backend`` over a short-lived side
-  connection, see ``_Canceller`` in :mod:`gdbpool._interaction_timeout`
-  for why not ``conn.cancel()``); it fails
-  with ``QueryCanceled``, the transaction is rolled back, the connection
-  stays usable and the caller gets
-  :class:`~gdbpool.errors.InteractionTimeout`. If the statement has not
-  stopped :data:`CANCEL_GRACE` seconds later (server unreachable), the
-  connection's socket is shut down: the connection is closed (the pool
-  replaces it) and the caller still gets ``InteractionTimeout``. Work that
-  completed despite the timer (its result arrived together with the cancel)
-  is returned, not reported as a timeout, so a committed write is never
-  reported as failed. A ``gevent.Timeout`` around the work would be simpler
-  but psycopg2 closes a connection whose wait callback raised, so every
-  timeout would cost a reconnect.
-* **Joining a transaction.** When ``conn`` is already inside a transaction
-  (a caller holding a connection across several interactions), the work runs
-  in it: nothing is committed or rolled back and ``isolation_level`` /
-  ``read_only`` are ignored; the transaction's owner ends it.
-* ``dry_run=True`` returns ``cursor.mogrify(sql, args).decode()`` and executes
-  nothing (SQL strings only).
-* ``dec2float=True`` returns NUMERIC columns as ``float``: a typecaster is
-  registered on the interaction's cursor (or, for a callable that opens its
-  own cursors, on the connection for the call's duration and removed after),
-  never globally.
-
-``run_interaction`` leaves the connection as it found it (autocommit,
-isolation level, read-only, cursor factory), or closed when it broke.
+How one runs on a connection (transaction modes, results, errors, timeout)
+is :mod:`gdbpool.execute`. This module is a leaf: it imports no executor.
 """
 
 from __future__ import annotations
@@ -70,21 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
-import psycopg2
 from gevent.event import AsyncResult
 from psycopg2 import extensions
 
-from gdbpool._interaction_execute import _execute
-from gdbpool._interaction_timeout import CANCEL_GRACE, _Canceller, _failure
-from gdbpool.errors import ConfigurationError, DBInteractionException
+from gdbpool.errors import ConfigurationError
 
-__all__ = [
-    "CANCEL_GRACE",
-    "ISOLATION_LEVELS",
-    "Interaction",
-    "run_in_transaction",
-    "run_interaction",
-]
+__all__ = ["ISOLATION_LEVELS", "Interaction"]
 
 #: Isolation level names accepted by ``isolation_level`` → psycopg2 constants.
 #: ``"autocommit"`` is not an isolation level but a session mode; it is here
@@ -96,9 +30,6 @@ ISOLATION_LEVELS: Final[Mapping[str, int]] = {
     "autocommit": extensions.ISOLATION_LEVEL_AUTOCOMMIT,
 }
 
-_STATUS_READY: Final = extensions.STATUS_READY
-
-
 @dataclass(frozen=True, slots=True, init=False)
 class Interaction:
     """One unit of work for a pool, and the ``reply`` its outcome is set on.
@@ -106,7 +37,7 @@ class Interaction:
     Fields:
 
     * ``work``: an SQL string, or a callable taking ``conn`` (and ``cursor``
-      when its signature names it) plus ``args`` (see the module docstring).
+      when its signature names it) plus ``args`` (see :mod:`gdbpool.execute`).
     * ``args``: driver parameters for an SQL string (tuple, list or mapping;
       never formatted into the string), arguments for a callable. Default None.
       Left out of the repr (they may hold passwords or personal data).
@@ -194,148 +125,3 @@ class Interaction:
     _set_work, _set_args, _set_read_only, _set_isolation_level, _set_timeout,
     _set_cursor_factory, _set_dry_run, _set_dec2float, _set_pool, _set_session, _set_reply,
 ) = (vars(Interaction)[f.name].__set__ for f in fields(Interaction))  # fmt: skip
-
-
-def run_interaction(conn: Any, interaction: Interaction) -> Any:
-    """Run ``interaction`` on ``conn`` and return its result.
-
-    ``conn`` is an open psycopg2 connection, normally idle (not in a
-    transaction); see the module docstring for the transaction modes, the
-    result, the timeout and joining a transaction in progress. Raises
-    :class:`~gdbpool.errors.DBInteractionException` (or its subclass
-    :class:`~gdbpool.errors.InteractionTimeout`) when the work failed; the
-    connection is then rolled back and usable, or closed when it broke.
-    This function does not set ``interaction.reply``: the caller does.
-
-    An SQL string without ``cursor_factory`` or ``dec2float`` runs on the
-    cursor a pool worker keeps with its connection (``conn.gdbpool_cursor``,
-    left open) when there is one, instead of a fresh cursor (0.6 us to open
-    and close).
-    """
-    work = interaction.work
-    if interaction.dry_run:
-        try:
-            with conn.cursor() as cur:
-                return cur.mogrify(work, interaction.args).decode()
-        except Exception as exc:  # e.g. IndexError: fewer args than placeholders
-            raise _failure(exc, interaction, None) from exc
-
-    cursor = getattr(conn, "gdbpool_cursor", None)
-    canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
-    try:
-        if conn.status != _STATUS_READY:
-            return _run_joined(conn, interaction, canceller, cursor)
-        level = interaction.isolation_level
-        if isinstance(work, str) and level is None and not interaction.read_only:
-            result = _run_autocommit(conn, interaction, canceller, cursor)
-        else:
-            result = _run_transaction(conn, interaction, canceller, cursor)
-        if interaction.session is not None and not interaction.read_only:
-            interaction.session.observe_commit(conn)
-        return result
-    except DBInteractionException:
-        raise
-    except Exception as exc:
-        # Outside the work itself (restoring the session, reading the commit
-        # position): still the interaction's failure, never a bare error.
-        raise _failure(exc, interaction, canceller) from exc
-    finally:
-        if canceller is not None:
-            canceller.finish()
-
-
-def run_in_transaction(conn: Any, interaction: Interaction) -> Any:
-    """Run ``interaction`` inside the transaction ``conn`` holds (or is about to begin).
-
-    For a caller that owns the transaction across several interactions: the
-    work runs in the connection's current session (a non-autocommit
-    connection begins its transaction at the first statement, with the
-    session's isolation level and read-only mode); nothing is committed or
-    rolled back and ``isolation_level``/``read_only`` are ignored. Errors and
-    ``timeout`` behave as in :func:`run_interaction`; after an error the
-    transaction is aborted on the server and its owner must roll it back.
-    """
-    if interaction.dry_run:
-        return run_interaction(conn, interaction)
-    canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
-    try:
-        return _run_joined(conn, interaction, canceller)
-    finally:
-        if canceller is not None:
-            canceller.finish()
-
-
-# -- the three modes ----------------------------------------------------------------
-
-
-def _run_autocommit(
-    conn: Any, interaction: Interaction, canceller: _Canceller | None, cursor: Any
-) -> Any:
-    """Hot path: an SQL string as its own implicit transaction (one round trip)."""
-    restore = False
-    try:
-        if not conn.autocommit:
-            conn.autocommit = True  # raises on a closed connection: the interaction's failure
-            restore = True
-        return _execute(conn, interaction, cursor)
-    except Exception as exc:
-        raise _failure(exc, interaction, canceller) from exc
-    finally:
-        if restore and not conn.closed:
-            conn.autocommit = False
-
-
-def _run_transaction(
-    conn: Any, interaction: Interaction, canceller: _Canceller | None, cursor: Any = None
-) -> Any:
-    """Isolation level / read-only / callables: BEGIN ... COMMIT, ROLLBACK on error."""
-    level = interaction.isolation_level
-    autocommit = level == "autocommit"
-    saved = (conn.autocommit, conn.isolation_level, conn.readonly)
-    try:
-        try:
-            conn.set_session(
-                isolation_level=None if level is None or autocommit else ISOLATION_LEVELS[level],
-                readonly=True if interaction.read_only else saved[2],
-                autocommit=autocommit,
-            )
-            result = _execute(conn, interaction, cursor)
-            if conn.status != _STATUS_READY:
-                conn.commit()
-            return result
-        except Exception as exc:
-            _rollback_quietly(conn)
-            raise _failure(exc, interaction, canceller) from exc
-        except BaseException:
-            _rollback_quietly(conn)
-            raise
-    finally:
-        if not conn.closed:
-            # No query is sent for these unless the connection is in autocommit
-            # mode with a non-default read-only setting.
-            conn.autocommit = saved[0]
-            conn.isolation_level = saved[1]
-            conn.readonly = saved[2]
-
-
-def _run_joined(
-    conn: Any, interaction: Interaction, canceller: _Canceller | None, cursor: Any = None
-) -> Any:
-    """Inside the caller's open transaction: no commit, no rollback, no session change."""
-    try:
-        return _execute(conn, interaction, cursor)
-    except Exception as exc:
-        raise _failure(exc, interaction, canceller) from exc
-
-
-# -- rollback -----------------------------------------------------------------------
-
-
-def _rollback_quietly(conn: Any) -> None:
-    if conn.closed:
-        return
-    try:
-        conn.rollback()
-    except psycopg2.Error:
-        # A connection that cannot roll back is broken; close it so its owner replaces it.
-        conn.close()

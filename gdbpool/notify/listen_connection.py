@@ -49,8 +49,8 @@ from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
 from actors import Actor, ActorError, handles
-from gdbpool._sockets import shutdown_socket
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
+from gdbpool.green import shutdown_socket
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify._listen_messages import (
     HubState,

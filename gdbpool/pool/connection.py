@@ -20,8 +20,8 @@ import psycopg2
 from psycopg2 import extensions
 
 from actors import ActorRef
-from gdbpool._sockets import shutdown_socket
 from gdbpool.errors import PoolConnectionError
+from gdbpool.green import shutdown_socket
 from gdbpool.logging import redact
 
 __all__ = [

@@ -43,7 +43,8 @@ from gevent import GreenletExit
 
 from actors import Actor, ActorRef, ActorStopped, handles
 from gdbpool.errors import DBInteractionException, PoolClosed, PoolConnectionError
-from gdbpool.interaction import Interaction, run_interaction
+from gdbpool.execute import run_interaction
+from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import (
     TRANSACTION_IDLE,
     PoolSettings,

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 
 from gdbpool.errors import ConfigurationError, DBInteractionException
-from gdbpool.interaction import ISOLATION_LEVELS, Interaction, run_in_transaction
+from gdbpool.execute import run_in_transaction
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.routing.read_your_writes import ReadYourWrites
 
 if TYPE_CHECKING:

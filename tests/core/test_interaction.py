@@ -14,8 +14,9 @@ import pytest
 from psycopg2.extras import RealDictCursor
 from tcp_proxy import TcpProxy
 
+from gdbpool import Interaction, run_interaction
 from gdbpool.errors import ConfigurationError, DBInteractionException, InteractionTimeout
-from gdbpool.interaction import CANCEL_GRACE, Interaction, run_interaction
+from gdbpool.green import CANCEL_GRACE
 from gdbpool.server.embedded import EmbeddedPostgres
 
 
