@@ -10,7 +10,6 @@ import gevent
 from gevent import GreenletExit
 from gevent.event import AsyncResult
 
-from actors import _inline
 from actors.errors import _HANDLER_ERRORS, ActorError, ActorStartError, UnhandledMessage
 from actors.ref import (
     _STOP,
@@ -324,8 +323,8 @@ def _serve(ref: ActorRef, actor: Actor, started: AsyncResult) -> None:
             while True:
                 message, reply = get()
                 if ref._busy:
-                    _inline.await_handler(ref)  # a handler running inline yielded: let it finish
-                    crash = _inline.take_pending_crash(ref, message, reply)
+                    ref._await_inline_handler()  # a handler running inline yielded: let it finish
+                    crash = ref._take_pending_crash(message, reply)
                     if crash is not None:
                         reply = None
                         error, message = crash

@@ -19,7 +19,6 @@ from gevent import Greenlet, getcurrent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Full, Queue
 
-from actors import _inline
 from actors.errors import _HANDLER_ERRORS, ActorStopped, AskTimeout, MailboxFull
 
 if TYPE_CHECKING:
@@ -42,6 +41,11 @@ _log = structlog.get_logger("actors")
 # Queued behind the messages already in the mailbox by stop(): the loop ends
 # when it reaches it, so earlier messages are still handled.
 _STOP = object()
+
+# Posted to wake an actor's greenlet parked on its empty mailbox when a
+# handler run inline on a sender's greenlet raised on a tell: the actor's own
+# greenlet then crashes with it (see ActorRef._inline_crash).
+_CRASH = object()
 
 
 class ActorState(StrEnum):
@@ -165,13 +169,13 @@ class ActorRef:
         self._supervisor = supervisor
         self._restart: Greenlet | None = None  # pending supervisor restart
         self._log = _log.bind(actor=name)
-        # Inline dispatch (``Actor.inline``, run by actors._inline): the
+        # Inline dispatch (``Actor.inline``, its section below): the
         # running instance while its loop may be bypassed, whether a handler
         # runs now, on which greenlet when inline, and an Event the loop
         # waits on if that handler yielded.
         self._inline: Actor | None = None
         self._instance: Actor | None = None  # the running instance, for on_dropped
-        self._pending_crash: tuple[BaseException, object] | None = None  # see _inline.crash
+        self._pending_crash: tuple[BaseException, object] | None = None  # see _inline_crash
         self._busy = False
         self._inline_owner: Greenlet | None = None
         self._inline_waiter: Event | None = None
@@ -221,7 +225,7 @@ class ActorRef:
         if actor is not None and not self._busy and not self._mailbox.qsize():
             current = getcurrent()
             if current is not self._hub:
-                return _inline.handle(self, actor, message, None, current)
+                return self._handle_inline(actor, message, None, current)
         self._post((message, None))
         return False
 
@@ -252,7 +256,7 @@ class ActorRef:
             current = getcurrent()
             if current is not self._hub:
                 reply = AsyncResult()
-                _inline.handle(self, actor, message, reply, current)
+                self._handle_inline(actor, message, reply, current)
                 return reply
         reply = AsyncResult() if timeout is None else _TimedReply(self, timeout)
         self._post((message, reply))
@@ -378,7 +382,7 @@ class ActorRef:
                 message, reply = self._mailbox.get_nowait()
             except Empty:
                 break
-            if message is _STOP or message is _inline.CRASH:
+            if message is _STOP or message is _CRASH:
                 continue
             dropped += 1
             if reply is not None:
@@ -394,6 +398,92 @@ class ActorRef:
         self._log.debug("actor_stopped", reason=why, dropped=dropped)
         if self._supervisor is not None:
             self._supervisor._child_finished(self)
+
+    # -- inline dispatch ------------------------------------------------------
+    # ``tell``/``ask`` to an idle ``inline`` actor with an empty mailbox run the
+    # handler at once on the caller's greenlet (the contract is under "Inline
+    # dispatch" in the ``Actor`` docstring). These methods are the hand-off
+    # between that sender and the actor's own greenlet: who runs a handler now,
+    # waiting for one that yielded, passing on the crash of a tell.
+
+    def _handle_inline(
+        self, actor: Actor, message: object, reply: AsyncResult | None, current: Greenlet
+    ) -> bool:
+        """Run the handler of an idle ``inline`` actor on the sender's greenlet.
+
+        Same outcome as through the mailbox: the reply of an ask gets the
+        result or the handler's exception; a tell that raises crashes the
+        actor (its own greenlet runs ``on_failure``, ``on_dropped`` for the
+        message and the supervisor's restart, before anything queued
+        meanwhile). Returns False when the message crashed the actor.
+        """
+        self._busy = True
+        self._inline_owner = current
+        try:
+            result = type(actor)._dispatch[type(message)](actor, message)
+        except _HANDLER_ERRORS as exc:
+            if reply is None:
+                self._inline_crash(exc, message)
+                return False
+            self._inline_done()
+            reply.set_exception(exc)
+            return True
+        except BaseException as exc:
+            # The sender is being killed (a handler that yielded) or the
+            # process is exiting: answer the ask, leave the actor usable.
+            self._inline_done()
+            if reply is not None:
+                reply.set_exception(exc)
+            raise
+        self._inline_done()
+        if reply is not None:
+            reply.set(result)
+        return True
+
+    def _inline_done(self) -> None:
+        """A handler run inline returned: the actor is idle, or its greenlet goes next."""
+        self._inline_owner = None
+        waiter = self._inline_waiter
+        if waiter is None:
+            self._busy = False
+            return
+        # The actor's greenlet took a message while this handler yielded and
+        # waits: it goes next, still busy, so nothing sent meanwhile runs
+        # inline before it.
+        self._inline_waiter = None
+        waiter.set()
+
+    def _inline_crash(self, exc: BaseException, message: object) -> None:
+        """A tell run inline raised ``exc``: hand the crash to the actor's greenlet."""
+        # Stays busy: nothing more runs inline until the actor's greenlet,
+        # which takes the crash before any message, has crashed.
+        self._inline_owner = None
+        self._pending_crash = (exc, message)
+        waiter = self._inline_waiter
+        if waiter is not None:
+            self._inline_waiter = None
+            waiter.set()
+        elif not self._mailbox.qsize():
+            self._mailbox.put_nowait((_CRASH, None))  # wake the loop parked on the mailbox
+
+    def _await_inline_handler(self) -> None:
+        """From the actor's greenlet: wait for a handler running inline that yielded."""
+        while self._inline_owner is not None:
+            waiter = self._inline_waiter
+            if waiter is None:
+                waiter = self._inline_waiter = Event()
+            waiter.wait()
+
+    def _take_pending_crash(self, message: object, reply: AsyncResult | None) -> tuple[Any, Any]:
+        """From the actor's greenlet: the crash an inline tell left, if any.
+
+        The message the loop holds was never handled: it goes back to the
+        head of the mailbox, for the restarted instance (or ``on_dropped``).
+        """
+        pending, self._pending_crash = self._pending_crash, None
+        if pending is not None and message is not _CRASH:
+            self._mailbox.queue.appendleft((message, reply))
+        return pending  # type: ignore[return-value]
 
 
 def _check_options(name: str, mailbox_size: int | None, overflow: str, send_timeout: float) -> None:
