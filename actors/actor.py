@@ -16,7 +16,7 @@ from actors.ref import (
     DEFAULT_SEND_TIMEOUT,
     ActorRef,
     ActorState,
-    Overflow,
+    MailboxOverflow,
     _ChildOwner,
 )
 
@@ -192,7 +192,7 @@ class Actor:
         *args: Any,
         name: str | None = None,
         mailbox_size: int | None = None,
-        overflow: Overflow = "block",
+        overflow: MailboxOverflow = "block",
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         **kwargs: Any,
@@ -228,7 +228,7 @@ def _start(
     kwargs: dict[str, Any],
     name: str | None,
     mailbox_size: int | None,
-    overflow: Overflow,
+    overflow: MailboxOverflow,
     send_timeout: float,
     start_timeout: float,
     supervisor: _ChildOwner | None,

@@ -24,9 +24,10 @@ from actors.errors import _HANDLER_ERRORS, ActorStopped, AskTimeout, MailboxFull
 if TYPE_CHECKING:
     from actors.actor import Actor
 
-__all__ = ["ActorRef", "ActorState", "Overflow"]
+__all__ = ["ActorRef", "ActorState", "MailboxOverflow"]
 
-Overflow = Literal["block", "fail"]
+#: What a send to a full bounded mailbox does: wait for room (``"block"``) or raise at once.
+MailboxOverflow = Literal["block", "fail"]
 
 #: Default bound, in seconds, on how long ``tell``/``ask`` wait for room in a
 #: full mailbox with ``overflow="block"`` before raising MailboxFull.
@@ -142,7 +143,7 @@ class ActorRef:
         *,
         name: str,
         mailbox_size: int | None,
-        overflow: Overflow,
+        overflow: MailboxOverflow,
         send_timeout: float,
         supervisor: _ChildOwner | None = None,
     ) -> None:

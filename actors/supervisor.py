@@ -13,7 +13,7 @@ from gevent import Greenlet
 
 from actors.actor import DEFAULT_START_TIMEOUT, Actor, _launch, _start
 from actors.errors import ActorError, ActorStartError, SupervisorGaveUp
-from actors.ref import DEFAULT_SEND_TIMEOUT, DEFAULT_STOP_TIMEOUT, ActorRef, Overflow
+from actors.ref import DEFAULT_SEND_TIMEOUT, DEFAULT_STOP_TIMEOUT, ActorRef, MailboxOverflow
 
 __all__ = ["Supervisor"]
 
@@ -99,7 +99,7 @@ class Supervisor:
         *args: Any,
         name: str | None = None,
         mailbox_size: int | None = None,
-        overflow: Overflow = "block",
+        overflow: MailboxOverflow = "block",
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         **kwargs: Any,

@@ -1,11 +1,11 @@
-"""NotificationHub: LISTEN/NOTIFY for one database (its ChannelListener actors live apart).
+"""NotificationHub: LISTEN/NOTIFY for one database, and its ChannelListener actors.
 
 A :class:`NotificationHub` is the complete LISTEN/NOTIFY service for one
 database: one shared LISTEN connection (owned by a
 :class:`~gdbpool.notify.listen_connection.ListenConnection` actor, see there for
 reading and reconnecting), one :class:`ChannelListener` actor per channel with
-at least one subscriber (:mod:`gdbpool.notify._channel_listener`, re-exported here),
-and a lazily opened connection for :meth:`notify`.
+at least one subscriber (below the hub's messages, above the hub), and a
+lazily opened connection for :meth:`notify`.
 All of them are children of one ``actors.Supervisor``.
 
 Flow of a notification: the connection's reader greenlet sees the socket
@@ -21,7 +21,9 @@ Channels with no subscriber left are UNLISTENed and their listener stops.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -29,7 +31,7 @@ import gevent.lock
 import psycopg2
 from gevent.event import Event
 
-from actors import ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp
+from actors import Actor, ActorError, ActorRef, AskTimeout, Supervisor, SupervisorGaveUp, handles
 from gdbpool.errors import (
     ConfigurationError,
     GDBPoolError,
@@ -38,20 +40,24 @@ from gdbpool.errors import (
     PoolConnectionError,
 )
 from gdbpool.logging import describe_dsn, get_logger, redact
-from gdbpool.notify._channel_listener import ChannelListener, ListenerState, _ListenerRoute
-from gdbpool.notify._listen_messages import (
+from gdbpool.notify.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_CHECK,
     DEFAULT_RECONNECT_INITIAL,
     DEFAULT_RECONNECT_MAX,
     HubState,
+    ListenConnection,
     ListeningChannels,
     Route,
     Subscribe,
     Unsubscribe,
 )
-from gdbpool.notify.listen_connection import ListenConnection
-from gdbpool.notify.notification import check_channel, check_payload
+from gdbpool.notify.notification import (
+    Notification,
+    Reconnected,
+    check_channel,
+    check_payload,
+)
 from gdbpool.notify.subscription import (
     DEFAULT_MAXSIZE,
     DEFAULT_OVERFLOW,
@@ -67,6 +73,131 @@ __all__ = [
     "ChannelListener",
     "NotificationHub",
 ]
+
+# -- ChannelListener ------------------------------------------------------------------
+# The hub starts one per channel with at least one subscriber, as a child of its
+# supervisor. The hub's ListenConnection reaches it through a _ListenerRoute (the
+# connection's Route), telling it Deliver batches and Relistened events and
+# adding/removing subscribers. Its subscribers live in a ListenerState, which
+# outlives a supervisor restart.
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Notifications for the listener's channel, in receive order."""
+
+    batch: tuple[Notification, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Relistened:
+    """The LISTEN connection was re-established: tell every subscription."""
+
+    event: Reconnected
+
+
+@dataclass(frozen=True, slots=True)
+class AddSubscriber:
+    subscription: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveSubscriber:
+    subscription: Subscription
+
+
+@dataclass(slots=True)
+class ListenerState:
+    """A ChannelListener's subscribers, kept across supervisor restarts."""
+
+    subscribers: list[Subscription] = field(default_factory=list)
+    starts: int = 0
+
+
+class ChannelListener(Actor):
+    """Fans one channel's notifications out to its subscriptions.
+
+    Never waits on a subscriber.  A subscription whose queue raises (a
+    ``listen_on`` queue with a broken ``put_nowait``) is closed and logged, the
+    others are unaffected.  After a crash the supervisor starts a fresh
+    instance on the same subscribers, which first gives each a
+    :class:`Reconnected` event (the batch being handled may have been lost).
+    """
+
+    def __init__(self, channel: str, state: ListenerState, hub: NotificationHub) -> None:
+        super().__init__()
+        self.channel = channel
+        self._state = state
+        self._hub = hub
+        self._log = get_logger("gdbpool.listener", hub=hub.source, channel=channel)
+
+    def on_start(self) -> None:
+        self._state.starts += 1
+        if self._state.starts > 1:
+            self._gap(Reconnected((self.channel,), time.time(), "channel listener restarted"))
+
+    @handles(Deliver)
+    def _deliver(self, msg: Deliver) -> None:
+        batch = msg.batch
+        for sub in self._state.subscribers:
+            try:
+                sub._offer(batch)
+            except Exception:
+                self._faulty(sub)
+
+    @handles(Relistened)
+    def _on_relistened(self, msg: Relistened) -> None:
+        self._gap(msg.event)
+
+    @handles(AddSubscriber)
+    def _add(self, msg: AddSubscriber) -> None:
+        self._state.subscribers.append(msg.subscription)
+
+    @handles(RemoveSubscriber)
+    def _remove(self, msg: RemoveSubscriber) -> None:
+        if msg.subscription in self._state.subscribers:
+            self._state.subscribers.remove(msg.subscription)
+
+    def _gap(self, event: Reconnected) -> None:
+        for sub in self._state.subscribers:
+            try:
+                sub._offer_gap(event)
+            except Exception:
+                self._faulty(sub)
+
+    def _faulty(self, sub: Subscription) -> None:
+        self._log.exception("subscriber_failed")
+        self._state.subscribers = [s for s in self._state.subscribers if s is not sub]
+        sub._shut("its queue raised while receiving; see the gdbpool.listener log")
+        self._hub._release(sub)
+
+
+class _ListenerRoute:
+    """The connection actor's handle on one channel's ChannelListener."""
+
+    __slots__ = ("count", "ref")
+
+    def __init__(self, ref: ActorRef) -> None:
+        self.ref = ref
+        self.count = 0
+
+    def deliver(self, batch: tuple[Notification, ...]) -> None:
+        self.ref.tell(Deliver(batch))
+
+    def gap(self, event: Reconnected) -> None:
+        self.ref.tell(Relistened(event))
+
+    def add(self, subscription: Subscription) -> None:
+        self.ref.tell(AddSubscriber(subscription))
+
+    def remove(self, subscription: Subscription) -> None:
+        self.ref.tell(RemoveSubscriber(subscription))
+
+    def stop(self) -> None:
+        self.ref.stop()
+
+
+# -- NotificationHub ------------------------------------------------------------------
 
 #: application_name of the LISTEN connection (the notify connection adds "/notify").
 DEFAULT_APPLICATION_NAME = "gdbpool-listener"

@@ -16,7 +16,7 @@ A connection can also die silently (a half-open TCP connection after a
 network blackhole: nothing arrives, nothing fails).  So when nothing was read
 for ``idle_check`` seconds (default 5), the reader asks the actor for an idle
 check: a ``SELECT 1`` that must answer within ``idle_check`` seconds, or the
-socket is shut down (``connection_worker.shutdown_socket``) and the
+socket is shut down (:func:`~gdbpool.green.shutdown_socket`) and the
 connection counts as lost.  libpq TCP keepalives are switched on as a second
 line (unless the DSN sets its own).
 
@@ -29,8 +29,8 @@ re-issues LISTEN for every channel (one round trip) and tells every route a
 while disconnected only update the channel table; it is applied on reconnect.
 
 The channel table and the sequence counter live in
-:class:`~gdbpool.notify._listen_messages.HubState` (next to the Route protocol, the
-defaults and the actor's messages), which is passed to the constructor: a
+:class:`HubState` (above the actor, beside the Route protocol, the defaults
+and the actor's messages), which is passed to the constructor: a
 supervisor restart (a fresh instance after a crash) keeps them, reconnects,
 and tells every route a gap event as well.
 """
@@ -40,10 +40,13 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import gevent
 import psycopg2
+from gevent.event import Event
 from gevent.socket import wait_read
 from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
@@ -52,20 +55,115 @@ from actors import Actor, ActorError, handles
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
 from gdbpool.green import shutdown_socket
 from gdbpool.logging import describe_dsn, get_logger, redact
-from gdbpool.notify._listen_messages import (
-    HubState,
-    ListeningChannels,
-    Route,
-    Subscribe,
-    Unsubscribe,
-    _Idle,
-    _Readable,
-    _ReaderFailed,
-    _Reconnect,
-)
 from gdbpool.notify.notification import Notification, Reconnected, make_notification
+from gdbpool.notify.subscription import Subscription
 
-__all__ = ["ListenConnection", "keepalive_options"]
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IDLE_CHECK",
+    "DEFAULT_RECONNECT_INITIAL",
+    "DEFAULT_RECONNECT_MAX",
+    "HubState",
+    "ListenConnection",
+    "ListeningChannels",
+    "Route",
+    "Subscribe",
+    "Unsubscribe",
+    "keepalive_options",
+]
+
+#: Seconds allowed for opening the LISTEN connection (each attempt).
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: First reconnect delay, in seconds (doubled per failed attempt, with jitter).
+DEFAULT_RECONNECT_INITIAL = 0.1
+#: Upper bound of the reconnect delay, in seconds.
+DEFAULT_RECONNECT_MAX = 10.0
+#: Seconds without anything read before the idle check (``SELECT 1``), which in
+#: turn must answer within as many seconds; None switches it off.
+DEFAULT_IDLE_CHECK = 5.0
+
+
+class Route(Protocol):
+    """What the connection needs from a channel's fan-out (a ChannelListener's handle)."""
+
+    count: int
+
+    def deliver(self, batch: tuple[Notification, ...]) -> None: ...
+
+    def gap(self, event: Reconnected) -> None: ...
+
+    def add(self, subscription: Subscription) -> None: ...
+
+    def remove(self, subscription: Subscription) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(slots=True)
+class HubState:
+    """State of a hub's LISTEN connection that must survive a restart of its actor.
+
+    Mutated only from the ListenConnection actor's greenlet (the hub reads it).
+    """
+
+    dsn: str = field(repr=False)  # carries the password
+    application_name: str
+    source: str
+    spawn_route: Callable[[str], Route]
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    reconnect_initial: float = DEFAULT_RECONNECT_INITIAL
+    reconnect_max: float = DEFAULT_RECONNECT_MAX
+    idle_check: float | None = DEFAULT_IDLE_CHECK
+    routes: dict[str, Route] = field(default_factory=dict)
+    received: int = 0  # notifications received so far: also the last seq handed out
+    reconnects: int = 0
+    started: bool = False
+    connected: bool = False
+    up: Event = field(default_factory=Event)  # set while connected (for waiters)
+    down: Event = field(default_factory=Event)  # set while disconnected
+    backend_pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Add a subscription; LISTEN on its channel if it is the first (ask it)."""
+
+    subscription: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Remove a subscription; UNLISTEN its channel if it was the last (ask or tell)."""
+
+    subscription: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class ListeningChannels:
+    """Ask for ``pg_listening_channels()`` as the server sees it on the LISTEN connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Readable:
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Idle:
+    """Nothing was read for ``idle_check`` seconds: check the connection."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Reconnect:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _ReaderFailed:
+    error: BaseException
+
 
 # libpq TCP keepalives on the LISTEN connection (a DSN's own values win): the
 # kernel gives up on a silent peer after about idle + interval * count seconds.
