@@ -32,7 +32,7 @@ exclude_patterns = ["_build"]
 
 # Headings get anchors, so pages can link to a section: [text](page.md#section).
 myst_heading_anchors = 3
-myst_enable_extensions = ["colon_fence"]
+myst_enable_extensions = ["colon_fence", "deflist"]
 
 # The API is documented through the public names (gdbpool.X, actors.X) only.
 autodoc_default_options = {"members": True, "member-order": "bysource"}
