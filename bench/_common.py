@@ -178,8 +178,7 @@ def raw_query(
 def green_client() -> None:
     """Make this process the gevent client: our packages, cooperative psycopg2, quiet logs."""
     use_repository_packages()
-    from gdbpool.green import make_psycopg_green
-    from gdbpool.logging import configure_logging
+    from gdbpool import configure_logging, make_psycopg_green
 
     make_psycopg_green()
     configure_logging(level="WARNING")

@@ -40,10 +40,8 @@ PACE = 0.0005
 
 
 def _hub_class() -> Any:
-    try:
-        from gdbpool import NotificationHub  # type: ignore[attr-defined]
-    except ImportError:
-        from gdbpool.notify.hub import NotificationHub
+    from gdbpool import NotificationHub
+
     return NotificationHub
 
 
@@ -69,7 +67,7 @@ def summary(latencies: list[float], count: int, expected: int, elapsed: float) -
 def role_bridge(args: argparse.Namespace) -> None:
     from gevent.socket import wait_read
 
-    from gdbpool.notify.bridge import ZmqNotifyBridge
+    from gdbpool import ZmqNotifyBridge
 
     hub = _hub_class()(args.dsn)
     bridge = ZmqNotifyBridge(hub, ["bench"], queue_size=100_000, sndhwm=100_000)
@@ -86,8 +84,7 @@ def role_sub(args: argparse.Namespace) -> None:
     """Receive until ``n`` bench messages (or a quiet second); print a summary line."""
     import zmq
 
-    from gdbpool.notify.notification import Notification
-    from gdbpool.notify.subscriber import NotifySubscriber
+    from gdbpool import Notification, NotifySubscriber
 
     lat: list[float] = []
     first = last = 0.0
@@ -285,15 +282,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100)
     args = parser.parse_args()
     if args.role != "main":
-        from gdbpool.logging import configure_logging
+        from gdbpool import configure_logging
 
         configure_logging(level="WARNING", stream=sys.stderr)  # stdout talks to the conductor
         {"bridge": role_bridge, "sub": role_sub, "send": role_send}[args.role](args)
         return
 
     import gdbpool  # noqa: F401 - cooperative psycopg2 for the in-process path
-    from gdbpool.logging import configure_logging
-    from gdbpool.server.embedded import EmbeddedPostgres
+    from gdbpool import EmbeddedPostgres, configure_logging
 
     configure_logging(level="WARNING")
     rows: list[tuple[str, str, dict[str, Any]]] = []

@@ -157,7 +157,7 @@ def _create_table(dsn: str) -> None:
 
 def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
     green_client()
-    from gdbpool.routing.interaction_pool import DBInteractionPool
+    from gdbpool import DBInteractionPool
 
     cursors = raw_cursors(dsn)
     raw_select1 = raw_query(cursors, SELECT_1)
@@ -202,7 +202,7 @@ def main() -> None:
         return
 
     use_repository_packages()
-    from gdbpool.server.embedded import EmbeddedPostgres
+    from gdbpool import EmbeddedPostgres
 
     with EmbeddedPostgres() as server:
         dsn = server.dsn()

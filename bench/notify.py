@@ -147,7 +147,7 @@ def raw_latency(dsn: str, rate: float, seconds: float) -> list[float]:
 def hub_throughput(dsn: str, n: int, subscribers: int, live: bool = False) -> tuple[float, int]:
     import gevent
 
-    from gdbpool.notify.hub import NotificationHub
+    from gdbpool import NotificationHub
 
     with NotificationHub(dsn) as hub:
         subs = [hub.subscribe(CHANNEL, maxsize=n) for _ in range(subscribers)]
@@ -171,7 +171,7 @@ def hub_throughput(dsn: str, n: int, subscribers: int, live: bool = False) -> tu
 
 
 def hub_latency(dsn: str, rate: float, seconds: float) -> list[float]:
-    from gdbpool.notify.hub import NotificationHub
+    from gdbpool import NotificationHub
 
     n = int(rate * seconds)
     latencies: list[float] = []
@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     import gdbpool  # noqa: F401 - cooperative psycopg2, as applications get it
-    from gdbpool.logging import configure_logging
-    from gdbpool.server.embedded import EmbeddedPostgres
+    from gdbpool import EmbeddedPostgres, configure_logging
 
     configure_logging(level="WARNING")
     n, fan_n, subs, r = args.notifications, args.fanout_notifications, args.subscribers, args.repeat

@@ -69,8 +69,7 @@ def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
 
 def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
     green_client()
-    from gdbpool.interaction import Interaction
-    from gdbpool.pool.connection_pool import DBConnectionPool
+    from gdbpool import DBConnectionPool, Interaction
 
     # (a) the ceiling: one raw connection per greenlet.
     cursors = raw_cursors(dsn)
@@ -121,7 +120,7 @@ def main() -> None:
         return
 
     use_repository_packages()
-    from gdbpool.server.embedded import EmbeddedPostgres
+    from gdbpool import EmbeddedPostgres
 
     with EmbeddedPostgres() as server:
         dsn = server.dsn()

@@ -23,7 +23,7 @@ import psycopg2
 import pytest
 
 import gdbpool  # noqa: F401 - makes psycopg2 cooperative for every test
-from gdbpool.server.embedded import EmbeddedPostgres
+from gdbpool import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")

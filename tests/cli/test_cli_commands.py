@@ -244,7 +244,7 @@ def test_a_wrong_password_exits_1_without_printing_any_password(dsn: str, comman
 
 
 def test_notify_waits_for_a_server_that_comes_up() -> None:
-    from gdbpool.server.embedded import EmbeddedPostgres
+    from gdbpool import EmbeddedPostgres
 
     port = free_port()
     server = EmbeddedPostgres(port=port, password="pw-wait")

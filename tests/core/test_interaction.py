@@ -14,10 +14,15 @@ import pytest
 from psycopg2.extras import RealDictCursor
 from tcp_proxy import TcpProxy
 
-from gdbpool import Interaction, run_interaction
-from gdbpool.errors import ConfigurationError, DBInteractionException, InteractionTimeout
+from gdbpool import (
+    ConfigurationError,
+    DBInteractionException,
+    EmbeddedPostgres,
+    Interaction,
+    InteractionTimeout,
+    run_interaction,
+)
 from gdbpool.green import CANCEL_GRACE
-from gdbpool.server.embedded import EmbeddedPostgres
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import json
 import pytest
 import structlog
 
-from gdbpool.logging import configure_logging, get_logger, redact
+from gdbpool import configure_logging, redact
+from gdbpool.logging import get_logger
 
 SECRET = "s3cr3t-Pa55"
 

@@ -16,10 +16,15 @@ from gevent.event import Event
 from gevent.queue import Queue
 from structlog.testing import capture_logs
 
-from gdbpool.errors import ConfigurationError, NotificationError, PoolClosed, PoolConnectionError
-from gdbpool.notify.hub import NotificationHub
-from gdbpool.notify.notification import Notification
-from gdbpool.notify.subscription import Subscription
+from gdbpool import (
+    ConfigurationError,
+    Notification,
+    NotificationError,
+    NotificationHub,
+    PoolClosed,
+    PoolConnectionError,
+    Subscription,
+)
 
 WAIT = 5.0  # bound on every wait for a notification
 

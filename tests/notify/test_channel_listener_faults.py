@@ -17,11 +17,15 @@ from gevent.event import Event
 from gevent.queue import Queue
 from tcp_proxy import TcpProxy
 
-from gdbpool.errors import ConfigurationError, NotificationError
-from gdbpool.notify.hub import NotificationHub
+from gdbpool import (
+    ConfigurationError,
+    EmbeddedPostgres,
+    Notification,
+    NotificationError,
+    NotificationHub,
+    Reconnected,
+)
 from gdbpool.notify.listen_connection import _ReaderFailed, keepalive_options
-from gdbpool.notify.notification import Notification, Reconnected
-from gdbpool.server.embedded import EmbeddedPostgres
 
 WAIT = 5.0
 

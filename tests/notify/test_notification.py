@@ -7,16 +7,18 @@ import pytest
 from gevent.queue import Queue
 from structlog.testing import capture_logs
 
-from gdbpool.errors import ConfigurationError, NotificationError, SubscriptionClosed
-from gdbpool.notify.notification import (
-    MAX_CHANNEL_BYTES,
-    MAX_PAYLOAD_BYTES,
+from gdbpool import (
+    ConfigurationError,
     Notification,
+    NotificationError,
     Reconnected,
+    Subscription,
+    SubscriptionClosed,
     check_channel,
     check_payload,
 )
-from gdbpool.notify.subscription import QueueSubscription, Subscription
+from gdbpool.notify.notification import MAX_CHANNEL_BYTES, MAX_PAYLOAD_BYTES
+from gdbpool.notify.subscription import QueueSubscription
 
 
 def note(seq: int, payload: str = "", channel: str = "c") -> Notification:

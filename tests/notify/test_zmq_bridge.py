@@ -23,8 +23,7 @@ import psycopg2
 import pytest
 import zmq
 
-from gdbpool.notify.notification import Notification, Reconnected
-from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
+from gdbpool import BridgeRestarted, BridgeSilent, Gap, Notification, NotifySubscriber, Reconnected
 from gdbpool.server.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,19 +17,23 @@ import zmq
 import zmq.green as gzmq
 from gevent.queue import Queue
 
-from gdbpool.errors import ConfigurationError, NotificationError, WireFormatError
-from gdbpool.notify.bridge import ZmqNotifyBridge
-from gdbpool.notify.hub import NotificationHub
-from gdbpool.notify.notification import Notification, Reconnected, check_channel
-from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
-from gdbpool.notify.wire import (
+from gdbpool import (
     HEARTBEAT_TOPIC,
     RESERVED_PREFIX,
-    decode,
-    encode_heartbeat,
-    encode_notify,
-    encode_reconnected,
+    BridgeRestarted,
+    BridgeSilent,
+    ConfigurationError,
+    Gap,
+    Notification,
+    NotificationError,
+    NotificationHub,
+    NotifySubscriber,
+    Reconnected,
+    WireFormatError,
+    ZmqNotifyBridge,
+    check_channel,
 )
+from gdbpool.notify.wire import decode, encode_heartbeat, encode_notify, encode_reconnected
 
 SRC = "aaaaaaaaaaaaaaaa"
 

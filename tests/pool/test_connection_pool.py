@@ -15,18 +15,19 @@ from _waits import wait_for
 from structlog.testing import capture_logs
 
 import gdbpool.pool.worker
-from gdbpool.errors import (
+from gdbpool import (
     ConfigurationError,
+    DBConnectionPool,
     DBInteractionException,
+    EmbeddedPostgres,
+    Interaction,
     PoolClosed,
     PoolConnectionError,
     PoolTimeout,
     TooManyRequests,
 )
-from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import PoolSettings
-from gdbpool.pool.connection_pool import DBConnectionPool
-from gdbpool.server.embedded import EmbeddedPostgres, free_port
+from gdbpool.server.embedded import free_port
 
 MakePool = Callable[..., DBConnectionPool]
 

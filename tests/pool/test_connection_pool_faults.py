@@ -19,11 +19,16 @@ import pytest
 from _waits import wait_for
 from tcp_proxy import TcpProxy
 
-from gdbpool.errors import DBInteractionException, PoolClosed, PoolTimeout
-from gdbpool.interaction import Interaction
-from gdbpool.pool.connection_pool import ANSWER_MARGIN, DBConnectionPool
+from gdbpool import (
+    DBConnectionPool,
+    DBInteractionException,
+    EmbeddedPostgres,
+    Interaction,
+    PoolClosed,
+    PoolTimeout,
+)
+from gdbpool.pool.connection_pool import ANSWER_MARGIN
 from gdbpool.pool.worker import Gone
-from gdbpool.server.embedded import EmbeddedPostgres
 
 MakePool = Callable[..., DBConnectionPool]
 

@@ -221,8 +221,8 @@ def test_a_promoted_replica_is_no_longer_used_for_reads(
 
 
 def test_a_probe_survives_a_primary_that_does_not_answer() -> None:
-    from gdbpool.interaction import Interaction
-    from gdbpool.routing.replicas import ReplicaProbe, ReplicaStatus
+    from gdbpool import Interaction, ReplicaStatus
+    from gdbpool.routing.replicas import ReplicaProbe
 
     def replica_answers(interaction: Interaction) -> None:
         interaction.reply.set([(True, "0/3000000", 0.0)])

@@ -17,14 +17,12 @@ import sys
 
 from gevent.socket import wait_read
 
-from gdbpool.errors import GDBPoolError
-from gdbpool.logging import configure_logging
-from gdbpool.notify.bridge import ZmqNotifyBridge
+from gdbpool import GDBPoolError, ZmqNotifyBridge, configure_logging
 
 try:  # where the hub is exported once the listener work lands
     from gdbpool import NotificationHub  # type: ignore[attr-defined]
 except ImportError:
-    from gdbpool.notify.hub import NotificationHub  # type: ignore[import-not-found,no-redef]
+    from gdbpool import NotificationHub
 
 
 def main() -> int:
