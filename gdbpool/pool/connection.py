@@ -96,7 +96,7 @@ def _cannot(settings: PoolSettings, reason: str) -> str:
     return f"pool {settings.name!r} cannot connect to {settings.target}: {reason}"
 
 
-def check_connection(conn: Any) -> bool:
+def check_connection(conn: PooledConnection) -> bool:
     """Cheap liveness check of an idle connection: no round trip.
 
     See "Checks" in the :mod:`gdbpool.pool.worker` docstring.
@@ -123,7 +123,7 @@ def check_connection(conn: Any) -> bool:
     return not conn.closed
 
 
-def reset_session_here(conn: Any) -> bool:
+def reset_session_here(conn: PooledConnection) -> bool:
     """Put ``conn`` back in the pool's default session if that needs no round trip.
 
     True when done: the connection is open, not in a transaction, and
@@ -153,7 +153,7 @@ def reset_session_here(conn: Any) -> bool:
     return True
 
 
-def ping(conn: Any, timeout: float) -> bool:
+def ping(conn: PooledConnection, timeout: float) -> bool:
     """``SELECT 1`` on an idle connection; False (and the connection closed) if it fails.
 
     The socket is shut down if the server does not answer within ``timeout``

@@ -71,6 +71,7 @@ from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, 
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
+    PooledConnection,
     PoolSettings,
     check_connection,
     open_connection,
@@ -400,7 +401,7 @@ class DBConnectionPool:
 
     # -- internals -------------------------------------------------------------------
 
-    def _checkout(self, timeout: float) -> tuple[Any, float | None]:
+    def _checkout(self, timeout: float) -> tuple[PooledConnection, float | None]:
         """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to this pool.
 
         ``idle_since`` is None for a connection handed over from its last use.
@@ -460,7 +461,7 @@ class DBConnectionPool:
 # -- checks ---------------------------------------------------------------------------
 
 
-def _usable(conn: Any, idle_since: float | None, settings: PoolSettings) -> bool:
+def _usable(conn: PooledConnection, idle_since: float | None, settings: PoolSettings) -> bool:
     """May ``get()`` hand out this loan? A socket check, and ``SELECT 1`` past ``check_after``."""
     if idle_since is None:  # handed over straight from its last use: never idle
         return not conn.closed

@@ -33,7 +33,7 @@ from gevent.event import Event
 from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
 from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
 from gdbpool.interaction import Interaction
-from gdbpool.pool.connection import PoolSettings
+from gdbpool.pool.connection import PooledConnection, PoolSettings
 from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
@@ -131,7 +131,7 @@ class _PoolActor(Actor):
         max_waiting: int,
         max_idle: float,
         supervisor: Supervisor,
-        first_conn: Any,
+        first_conn: PooledConnection | None,
         waiting: WaitQueue,
     ) -> None:
         super().__init__()
@@ -146,7 +146,7 @@ class _PoolActor(Actor):
         self.first_conn = first_conn
         self.idle: list[ActorRef] = []  # LIFO stack
         self.idle_since: dict[ActorRef, float] = {}
-        self.conns: dict[ActorRef, Any] = {}
+        self.conns: dict[ActorRef, PooledConnection] = {}
         self.expires_at: dict[ActorRef, float] = {}  # each connection's max_lifetime deadline
         self.workers: set[ActorRef] = set()  # every live worker, whatever its state
         self.spawning = 0  # _Spawn posted, worker not started yet (counts as a worker)
@@ -494,7 +494,7 @@ class _PoolActor(Actor):
             return
         self._start_worker(None)
 
-    def _start_worker(self, conn: Any) -> None:
+    def _start_worker(self, conn: PooledConnection | None) -> None:
         """Start a worker (waits for its ``on_start``); ``connecting`` already counts it."""
         name = f"{self.settings.name}.worker-{next(self.numbers)}"
         try:

@@ -47,6 +47,7 @@ from gdbpool.execute import run_interaction
 from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import (
     TRANSACTION_IDLE,
+    PooledConnection,
     PoolSettings,
     backoff,
     check_connection,
@@ -76,7 +77,7 @@ class Connect:
 class Return:
     """``put()`` gave the lent connection back: reset it (or replace it)."""
 
-    conn: Any
+    conn: PooledConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,7 @@ class Opened:
     """The worker's connection is open and idle."""
 
     worker: ActorRef
-    conn: Any
+    conn: PooledConnection
     connect_ms: int
     expires_at: float  # monotonic time past which the connection is replaced (max_lifetime)
 
@@ -312,7 +313,7 @@ class ConnectionWorker(Actor):
 
     # -- internals ------------------------------------------------------------------
 
-    def alive(self, conn: Any) -> bool:
+    def alive(self, conn: PooledConnection) -> bool:
         """Cheap check, plus ``SELECT 1`` after ``check_after`` idle seconds (module docstring)."""
         if not check_connection(conn):
             return False
@@ -320,13 +321,13 @@ class ConnectionWorker(Actor):
             return ping(conn, self.settings.connect_timeout)
         return True
 
-    def _after_use(self, conn: Any) -> None:
+    def _after_use(self, conn: PooledConnection) -> None:
         now = time.monotonic()
         if self._still_usable(conn, now):
             conn.gdbpool_idle_since = now
             self.pool.tell(self._idle_msg)
 
-    def _still_usable(self, conn: Any, now: float) -> bool:
+    def _still_usable(self, conn: PooledConnection, now: float) -> bool:
         """After a use: False (and the connection replaced) if broken or past max_lifetime."""
         if conn.closed:
             self._lose()
@@ -336,12 +337,12 @@ class ConnectionWorker(Actor):
             return False
         return True
 
-    def _fresh_cursor(self, conn: Any) -> None:
+    def _fresh_cursor(self, conn: PooledConnection) -> None:
         old, conn.gdbpool_cursor = conn.gdbpool_cursor, conn.cursor()
         if old is not None:
             old.close()
 
-    def _adopt(self, conn: Any, connect_ms: int) -> None:
+    def _adopt(self, conn: PooledConnection, connect_ms: int) -> None:
         self.conn = conn
         self._fresh_cursor(conn)
         self.failures = 0
@@ -376,7 +377,7 @@ class ConnectionWorker(Actor):
             self.ref.tell(Connect())
 
 
-def _roll_back(conn: Any) -> None:
+def _roll_back(conn: PooledConnection) -> None:
     """End the transaction ``conn`` is in, also one a ``BEGIN`` sent as SQL opened in autocommit.
 
     psycopg2's ``rollback()`` sends nothing in autocommit mode.
