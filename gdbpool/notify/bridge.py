@@ -250,7 +250,7 @@ class ZmqNotifyBridge:
     - ``source_id``: random per bridge run; ``name``: the bound endpoint.
     - ``resubscribe_initial``/``resubscribe_max``: 0.1 s doubling up to
       5.0 s between attempts to resubscribe a channel whose hub
-      subscription ended (see the module docstring).
+      subscription ended (decisions: docs/design/bridge.md).
     - CURVE: give ``curve_secret_key`` and ``curve_public_key`` (z85, as from
       ``zmq.curve_keypair()``) to encrypt; ``allowed_client_keys`` (z85
       public keys) to admit only those subscribers (None: any subscriber

@@ -8,51 +8,9 @@ requests (interactions from :meth:`~DBConnectionPool.submit`, checkouts from
 one connection and does all the I/O on it (open, check, run, reset, close).
 Workers are supervised: one that crashes is restarted and reconnects.
 
-Decisions:
-
-* **Sizing.** ``min_size`` connections are opened at start (default
-  ``pool_size``, i.e. eager, like the 2011 library); the pool grows lazily up
-  to ``max_size = pool_size`` when requests wait, and shrinks back to
-  ``min_size`` by closing connections idle longer than ``max_idle``. Idle
-  connections are reused last-in first-out, so the surplus stays idle and
-  expires while the hot ones stay warm.
-* **Waiting.** A request with no idle connection waits in FIFO order (a
-  worker finishing an interaction takes the next waiting interaction itself;
-  while requests wait, ``submit()`` appends to the queue itself instead of
-  going through the pool actor; one timer serves all the deadlines), at most
-  ``timeout`` seconds (then :class:`~gdbpool.errors.PoolTimeout`, whose
-  message names host, port and database, and the last connection error when
-  the server is unreachable). With ``max_waiting > 0`` a request arriving
-  when that many already wait fails at once with
-  :class:`~gdbpool.errors.TooManyRequests`.
-* **Returning.** :meth:`~DBConnectionPool.put` never blocks. A connection
-  that needs no round trip to be reset (no transaction open; psycopg2 sends
-  nothing to leave autocommit or to reset isolation/read-only outside it) is
-  reset by ``put()`` itself and is idle again at once, like psycopg_pool's
-  ``putconn``. Otherwise its worker rolls back the open transaction and
-  resets the session (autocommit off, default isolation and read-only) in
-  its own greenlet; a connection that is closed, or whose reset fails, is
-  discarded and replaced.
-* **Unreachable server.** Each worker reconnects on its own, with exponential
-  backoff (``reconnect_initial`` doubling up to ``reconnect_max`` seconds,
-  +-25% jitter); waiting requests time out meanwhile; the pool recovers by
-  itself when the server returns. :attr:`~DBConnectionPool.healthy` is False
-  while the last connection attempt failed and no connection is open.
-* **Closing.** :meth:`~DBConnectionPool.close` fails waiting requests with
-  :class:`~gdbpool.errors.PoolClosed` (also an interaction whose connection
-  turned out dead and was about to be retried), lets running interactions
-  finish (bounded by its ``timeout``), closes every idle connection, and
-  closes connections still checked out when they are put back. Workers stop
-  reconnecting. Any later use raises PoolClosed.
-* **Breaking.** If the workers' supervisor gives up (workers crashing over
-  and over) or the pool actor itself fails, the pool closes itself: waiting
-  requests fail with PoolClosed saying why. :meth:`~DBConnectionPool.get`
-  never waits for the pool actor longer than its timeout plus
-  :data:`ANSWER_MARGIN`, so a pool actor that died cannot hang it.
-* **Interrupted checkouts.** A ``get()`` interrupted while it waits (its
-  greenlet killed, a ``gevent.Timeout`` around it) or while it checks the
-  connection gives the connection back, or withdraws its request so the pool
-  never lends to it: no connection leaks.
+The decisions (sizing, waiting, returning, an unreachable server, closing,
+breaking, interrupted checkouts) are written once, in ``docs/design/pool.md``;
+the tunables and their defaults on :class:`DBConnectionPool`.
 """
 
 from __future__ import annotations
@@ -93,7 +51,7 @@ _ENDING = (ActorState.STOPPING, ActorState.STOPPED)
 
 
 class DBConnectionPool:
-    """A pool of connections to one PostgreSQL server (see the module docstring).
+    """A pool of connections to one PostgreSQL server (decisions: docs/design/pool.md).
 
     Tunables (all keyword arguments after ``pool_size``):
 
@@ -365,7 +323,7 @@ class DBConnectionPool:
         return result
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: see the module docstring. Idempotent.
+        """Close the pool (waiting and running work: docs/design/pool.md). Idempotent.
 
         Waits up to ``timeout`` seconds for running interactions, then stops the
         workers (closing their connections) and the pool actor.

@@ -30,7 +30,7 @@ __all__ = ["Transaction"]
 
 
 class Transaction:
-    """A server transaction on one pooled connection; see the module docstring."""
+    """A server transaction on one pooled connection (guide: docs/guide/routing.md)."""
 
     def __init__(
         self,
