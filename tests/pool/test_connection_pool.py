@@ -644,7 +644,7 @@ def test_a_thousand_greenlets_share_eight_connections_for_ten_thousand_checkouts
     print(f"10,000 checkouts by 1,000 greenlets on 8 connections: {elapsed:.2f}s")
 
 
-# -- cost (the switch counts the README and docstrings quote) ------------------------------
+# -- cost (the switch counts docs/benchmarks.md quotes) -----------------------------------------
 
 
 def test_on_an_idle_pool_a_checkout_costs_no_switch_and_a_submit_six(make_pool: MakePool) -> None:

@@ -1,4 +1,4 @@
-"""Counting greenlet switches, for the switch counts the README and docstrings quote."""
+"""Counting greenlet switches, for the switch counts docs/benchmarks.md quotes."""
 
 from __future__ import annotations
 
