@@ -17,12 +17,19 @@ from typing import Any
 
 import gevent
 import psycopg2
+from gevent.monkey import get_original
 from psycopg2 import extensions
 
 from actors import ActorRef
 from gdbpool.errors import PoolConnectionError
 from gdbpool.green import shutdown_socket
 from gdbpool.logging import redact
+
+# The OS's poll, even when gevent.monkey has patched ``select``: the liveness
+# check polls with a zero timeout, which never blocks, and gevent's cooperative
+# poll would switch to the hub and back (two switches and a timer) on every
+# checkout for nothing.
+_os_poll = get_original("select", "poll")
 
 __all__ = [
     "TRANSACTION_IDLE",
@@ -106,7 +113,7 @@ def check_connection(conn: PooledConnection) -> bool:
     try:
         poller = conn.gdbpool_poll if isinstance(conn, PooledConnection) else None
         if poller is None:
-            poller = select.poll()
+            poller = _os_poll()
             poller.register(conn.fileno(), select.POLLIN)
             if isinstance(conn, PooledConnection):
                 conn.gdbpool_poll = poller  # the socket stays the same for the connection's life
@@ -133,7 +140,9 @@ def reset_session_here(conn: PooledConnection) -> bool:
     needed, or psycopg2 refused the reset: the connection's worker does that
     (or replaces the connection), in its own greenlet.
     """
-    if conn.closed or conn.info.transaction_status != TRANSACTION_IDLE:
+    # get_transaction_status(), not conn.info.transaction_status: the latter builds
+    # a ConnectionInfo object on every read (5x the cost, on every put()).
+    if conn.closed or conn.get_transaction_status() != TRANSACTION_IDLE:
         return False  # also a BEGIN sent as SQL in autocommit, which conn.status misses
     try:
         custom = (

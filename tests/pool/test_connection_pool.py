@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -645,6 +648,37 @@ def test_a_thousand_greenlets_share_eight_connections_for_ten_thousand_checkouts
 
 
 # -- cost (the switch counts docs/benchmarks.md quotes) -----------------------------------------
+
+
+_PATCHED_CHECKOUT = """
+import sys
+from gevent import monkey
+
+monkey.patch_all()  # what gunicorn's gevent worker does: select.poll is gevent's now
+from _switches import switches_per_call
+from gdbpool import DBConnectionPool
+
+pool = DBConnectionPool(sys.stdin.readline().strip(), 2, name="patched")
+pool.wait(10)
+print("switches", switches_per_call(lambda: pool.put(pool.get()), 50))
+pool.close()
+"""
+
+
+def test_under_monkey_patching_an_idle_checkout_still_costs_no_switch(dsn: str) -> None:
+    # The socket check at checkout polls with a zero timeout; gevent's patched
+    # poll would switch to the hub and back (and start a timer) every time.
+    child = subprocess.run(
+        [sys.executable, "-c", _PATCHED_CHECKOUT],
+        input=dsn + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert child.returncode == 0, child.stderr
+    [line] = [line for line in child.stdout.splitlines() if line.startswith("switches ")]
+    assert float(line.split()[1]) == pytest.approx(0, abs=0.2)
 
 
 def test_on_an_idle_pool_a_checkout_costs_no_switch_and_a_submit_six(make_pool: MakePool) -> None:
