@@ -173,8 +173,9 @@ class DBConnectionPool:
             )
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
+        left = wait
         while True:
-            conn, idle_since = self._checkout(max(0.0, deadline - time.monotonic()))
+            conn, idle_since = self._checkout(left)
             try:
                 usable = _usable(conn, idle_since, self._settings)
             except BaseException:
@@ -183,8 +184,17 @@ class DBConnectionPool:
             if usable:
                 break
             self.put(conn)  # the worker sees it closed and replaces it
+            left = max(0.0, deadline - time.monotonic())
         autocommit = auto_commit or isolation_level == "autocommit"
-        if autocommit or read_only or isolation_level is not None:
+        if autocommit and not read_only and isolation_level in (None, "autocommit"):
+            # The pool default plus autocommit: psycopg2 sends nothing for it, and
+            # the attribute costs a fifth of set_session().
+            try:
+                conn.autocommit = True
+            except BaseException:
+                self.put(conn)
+                raise
+        elif autocommit or read_only or isolation_level is not None:
             try:
                 conn.set_session(
                     isolation_level=None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from gevent.event import AsyncResult
 
@@ -22,12 +21,21 @@ from gdbpool.interaction import Interaction
 __all__ = ["WaitQueue"]
 
 
-@dataclass(frozen=True, slots=True)
 class _Checkout:
-    """``get()``: lend a connection; the reply gets ``(conn, idle_since or None)``."""
+    """``get()``: lend a connection; the reply gets ``(conn, idle_since or None)``.
 
-    timeout: float
-    reply: AsyncResult = field(default_factory=AsyncResult)
+    A plain slotted class rather than a frozen dataclass: one is made per
+    ``get()``, and a frozen dataclass's ``__init__`` costs twice as much.
+    """
+
+    __slots__ = ("reply", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.reply: AsyncResult = AsyncResult()
+
+    def __repr__(self) -> str:
+        return f"_Checkout(timeout={self.timeout!r})"
 
 
 # One waiting request: (request, monotonic time it began waiting, deadline).

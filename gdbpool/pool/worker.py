@@ -285,7 +285,7 @@ class ConnectionWorker(Actor):
             return
         if not conn.closed:
             try:
-                if conn.info.transaction_status != TRANSACTION_IDLE:
+                if conn.get_transaction_status() != TRANSACTION_IDLE:
                     _roll_back(conn)
                 conn.cursor_factory = None
                 conn.set_session(
