@@ -160,6 +160,7 @@ class ChannelListener(Actor):
 
     def _gap(self, event: Reconnected) -> None:
         for sub in self._state.subscribers:
+            sub.gaps += 1
             try:
                 sub._offer_gap(event)
             except Exception:
@@ -388,14 +389,36 @@ class NotificationHub:
         return self._closed
 
     def stats(self) -> dict[str, int]:
-        """Counters: channels, subscriptions, received, reconnects, connected (0/1)."""
+        """Counters: channels, subscriptions, received, reconnects, connected (0/1).
+
+        Also ``restarts`` (of the hub's actors, by its supervisor) and
+        ``mailbox_depth`` (the LISTEN connection actor's).
+        """
+        connection = self._connection
         return {
             "channels": len(self._state.routes),
             "subscriptions": len(self._subscriptions),
             "received": self._state.received,
             "reconnects": self._state.reconnects,
             "connected": int(self._state.connected),
+            "restarts": self._supervisor.restarts,
+            "mailbox_depth": 0 if connection is None else connection.mailbox_depth,
         }
+
+    def subscription_stats(self) -> list[dict[str, Any]]:
+        """One dict per open subscription: ``channel``, ``overflow`` (its drop policy),
+        ``delivered``, ``dropped``, ``gaps`` (reconnects it was told of), ``pending``."""
+        return [
+            {
+                "channel": sub.channel,
+                "overflow": sub.overflow,
+                "delivered": sub.delivered,
+                "dropped": sub.dropped,
+                "gaps": sub.gaps,
+                "pending": sub.pending,
+            }
+            for sub in list(self._subscriptions)
+        ]
 
     def close(self, timeout: float = 5.0) -> None:
         """Close every subscription, stop every listener and both connections (idempotent).
