@@ -168,7 +168,7 @@ def role_sub(args: argparse.Namespace) -> None:
 
     ready = False
     while count < args.n:
-        text = receive(1.0 if ready else 30.0)
+        text = receive(1.0 if count else 30.0)  # a quiet second ends it, once it began
         if text is None:
             break
         if not text.startswith("b:"):
