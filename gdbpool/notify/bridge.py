@@ -81,6 +81,11 @@ DEFAULT_RESUBSCRIBE_INITIAL = 0.1
 #: Upper bound of the resubscribe delay, in seconds (the delay doubles per failure).
 DEFAULT_RESUBSCRIBE_MAX = 5.0
 _STOP_TIMEOUT = 5.0
+# The publisher's per-frame send: the backend's, with int flags (pyzmq's flag
+# enums and its sugar layer cost a microsecond or more per frame).
+_send_frame = zmq.backend.Socket.send
+_LAST = int(zmq.NOBLOCK)
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 # -- the publisher actor ------------------------------------------------------------
@@ -89,13 +94,19 @@ _STOP_TIMEOUT = 5.0
 # _PublisherStats asks for its counters.
 
 
-@dataclass(frozen=True, slots=True)
 class _Forward:
-    """One item taken from a channel subscription; ``dropped`` is its drop count so far."""
+    """One item taken from a channel subscription; ``dropped`` is its drop count so far.
 
-    channel: str
-    item: Any
-    dropped: int
+    A slotted class, not a frozen dataclass: one is made per notification,
+    and a frozen dataclass's ``__init__`` costs several times more.
+    """
+
+    __slots__ = ("channel", "dropped", "item")
+
+    def __init__(self, channel: str, item: Any, dropped: int) -> None:
+        self.channel = channel
+        self.item = item
+        self.dropped = dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +133,20 @@ class BridgePublisher(Actor):
     ``_Beat`` one heartbeat of the channels still bridged (none: no
     heartbeat).  Sends never block.  The socket is closed when the actor
     stops.
+
+    An ``inline`` actor (see :class:`~actors.Actor`): no handler waits (a PUB
+    socket never blocks a ``NOBLOCK`` send; at its high-water mark it drops),
+    so a pump greenlet's ``tell`` publishes on its own greenlet when the
+    actor is idle, without a hop through the mailbox.
+
+    Frames go out through a plain (not ``zmq.green``) shadow of the green
+    socket, frame by frame: the green wrapper's send exists to wait on
+    ``EAGAIN``, which a ``NOBLOCK`` PUB send never needs, and it cost more
+    than the rest of the message's path.  The green socket stays the owner
+    (CURVE and ZAP are set on it; closing it closes the shadow).
     """
+
+    inline = True
 
     def __init__(
         self,
@@ -134,6 +158,7 @@ class BridgePublisher(Actor):
     ) -> None:
         super().__init__()
         self._socket = socket
+        self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
         self._source = source
         self._bridge = bridge
         self._interval = heartbeat_interval
@@ -214,8 +239,11 @@ class BridgePublisher(Actor):
         return dict(self._counts)
 
     def _send(self, frames: list[bytes]) -> None:
+        raw = self._raw
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            for frame in frames[:-1]:
+                _send_frame(raw, frame, _MORE)
+            _send_frame(raw, frames[-1], _LAST)
         except zmq.Again:
             # PUB drops on its high-water mark rather than failing; count it anyway.
             self._counts["send_failed"] += 1
