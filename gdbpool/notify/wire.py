@@ -29,7 +29,9 @@ be added without a version bump; a new ``v`` means an incompatible change.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +63,7 @@ HEARTBEAT_TOPIC: Final = RESERVED_PREFIX + b"hb"
 MessageKind = Literal["notify", "reconnected", "heartbeat"]
 _KINDS: Final = frozenset({"notify", "reconnected", "heartbeat"})
 _EMPTY: Final = b""
+_finite = math.isfinite
 
 
 def new_source_id() -> str:
@@ -72,20 +75,40 @@ def _header(fields: Mapping[str, Any]) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+@functools.lru_cache(maxsize=64)
+def _notify_prefix(source: str, bridge: str) -> bytes:
+    """The part of a notify header that is the same for every message of one bridge run."""
+    fields = {"v": WIRE_VERSION, "type": "notify", "src": source, "bridge": bridge, "seq": 0}
+    return _header(fields)[: -len(b"0}")]
+
+
 def encode_notify(
     channel: str, payload: str, *, source: str, bridge: str, seq: int, pid: int, ts: float
 ) -> list[bytes]:
-    """Frames of one notification."""
-    header = {
-        "v": WIRE_VERSION,
-        "type": "notify",
-        "src": source,
-        "bridge": bridge,
-        "seq": seq,
-        "pid": pid,
-        "ts": ts,
-    }
-    return [channel.encode(), _header(header), payload.encode()]
+    """Frames of one notification.
+
+    The header is byte for byte what ``json.dumps`` makes of ``{"v", "type",
+    "src", "bridge", "seq", "pid", "ts"}``, but built from a cached prefix
+    and ``%``-formatting: this runs once per message on the bridge's hot path,
+    where a ``json.dumps`` call was a fifth of the bridge's CPU. ``repr`` of
+    a finite float is how ``json`` writes it; anything else (a non-finite
+    ``ts``, a non-int ``seq``/``pid``) takes the ``json.dumps`` path.
+    """
+    if type(seq) is int and type(pid) is int and type(ts) is float and _finite(ts):
+        header = b'%s%d,"pid":%d,"ts":%r}' % (_notify_prefix(source, bridge), seq, pid, ts)
+    else:
+        header = _header(
+            {
+                "v": WIRE_VERSION,
+                "type": "notify",
+                "src": source,
+                "bridge": bridge,
+                "seq": seq,
+                "pid": pid,
+                "ts": ts,
+            }
+        )
+    return [channel.encode(), header, payload.encode()]
 
 
 def encode_reconnected(
