@@ -46,6 +46,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     dsn = check_dsn(args.dsn)
     channels = check_channels(args.channel)
     bind = check_endpoint(args.bind, option="--bind", bind=True)
+    replay_bind = check_endpoint(args.replay_bind, option="--replay-bind", bind=True)
 
     from gdbpool.errors import ConfigurationError
     from gdbpool.logging import configure_logging
@@ -53,13 +54,14 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from gdbpool.notify.hub import NotificationHub
 
     configure_logging(json=args.json_logs, stream=sys.stderr)
-    if not is_loopback(bind):
-        print(
-            f"gdbpool bridge: warning: publishing on {bind}, beyond loopback, in plaintext: "
-            "anyone who can reach it can read these notifications",
-            file=sys.stderr,
-            flush=True,
-        )
+    for endpoint in (bind, replay_bind) if args.replay_size else (bind,):
+        if not is_loopback(endpoint):
+            print(
+                f"gdbpool bridge: warning: publishing on {endpoint}, beyond loopback, in "
+                "plaintext: anyone who can reach it can read these notifications",
+                file=sys.stderr,
+                flush=True,
+            )
     stop = StopFlag(green=True)
     try:
         wait_for_server(dsn, args.wait, application_name="gdbpool-cli", pause=stop.pause)
@@ -69,14 +71,21 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         try:
             try:
                 bridge = ZmqNotifyBridge(
-                    hub, channels, bind=bind, sndhwm=args.sndhwm, heartbeat_interval=args.heartbeat
+                    hub,
+                    channels,
+                    bind=bind,
+                    sndhwm=args.sndhwm,
+                    heartbeat_interval=args.heartbeat,
+                    replay_size=args.replay_size,
+                    replay_bind=replay_bind,
                 )
             except ConfigurationError as exc:  # the address is taken or not ours
                 raise GDBPoolError(str(exc)) from None
             try:
+                replay = f" replay={bridge.replay_endpoint}" if bridge.replay_endpoint else ""
                 print(
                     f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
-                    f"source={bridge.source_id}",
+                    f"source={bridge.source_id}{replay}",
                     flush=True,
                 )
                 while not stop.wait(1.0):
