@@ -204,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         "what was missed meanwhile is replayed while the bridges still hold it",
     )
     su.add_argument(
+        "--max-lateness",
+        type=positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="report (once per episode) when messages arrive over SECONDS after being sent",
+    )
+    su.add_argument(
         "--no-replay",
         action="store_true",
         help="do not ask bridges to replay what was missed (gaps are only reported)",
