@@ -623,11 +623,16 @@ class NotifySubscriber:
             self._log.warning("replay_refused", source=src, channel=key[1], error=answer.error)
             self._fill(key, first, last, ())
             return
+        lost_to = min(answer.available_from - 1, last)
         covered = min(answer.last, last)
-        if covered < first:  # nothing covered: nothing more to be had
+        if lost_to >= first and lost_to >= covered:
+            # all of the answer's range left the ring, and so did what follows up to
+            # available_from: one Gap for it all, then ask on from there
+            self._fill(key, first, lost_to, (), rest=last)
+        elif covered < first:  # nothing covered: nothing more to be had
             self._fill(key, first, last, ())
-            return
-        self._fill(key, first, covered, answer.messages, rest=last)
+        else:
+            self._fill(key, first, covered, answer.messages, rest=last)
 
     def _fill(
         self,
