@@ -34,6 +34,7 @@ ISOLATION_LEVELS: Final[Mapping[str, int]] = {
     "autocommit": extensions.ISOLATION_LEVEL_AUTOCOMMIT,
 }
 
+
 @dataclass(frozen=True, slots=True, init=False)
 class Interaction:
     """One unit of work for a pool, and the ``reply`` its outcome is set on.
