@@ -1,18 +1,25 @@
 """Benchmark: pg_notify → subscriber, through the ZeroMQ bridge, raw pyzmq and in-process.
 
-    .venv/bin/python bench/bridge.py [--n 20000] [--latency-n 2000] [--size 100]
+    ./run bench bridge [--n 30000] [--rounds 3] [--latency-n 2000] [--size 100]
 
-Starts its own EmbeddedPostgres.  Three paths, each measured twice:
+Starts its own EmbeddedPostgres.  Four paths:
 
 * ``bridge``: pg_notify (sender process) → NotificationHub + ZmqNotifyBridge
   (bridge process) → NotifySubscriber (subscriber process);
+* ``hand-rolled``: the bridge's ceiling, the same three processes without
+  gDBPool: a blocking psycopg2 LISTEN loop publishing the same three frames
+  with a JSON header (``json.dumps`` per message), and a pyzmq SUB loop that
+  decodes each header (``json.loads``) and payload;
 * ``raw zmq``: a plain pyzmq PUB (this process) → SUB (subscriber process),
   same three frames and sizes: the transport ceiling;
 * ``in-process``: pg_notify (sender process) → ``hub.subscribe()`` in this
   process.
 
 "burst" sends ``--n`` messages as fast as possible (pg_notify in
-transactions of 500) and reports messages/s and latency under load;
+transactions of 500) and reports messages/s and latency under load; the
+bridge and its hand-rolled ceiling alternate for ``--rounds`` bursts, and
+the bridge's ratio is taken against the ceiling of the same round (median
+[min..max]);
 "paced" sends ``--latency-n`` messages one every ~0.5 ms and reports latency
 at low load.  Latency is receive time minus the send time written into the
 payload (same host, same clock).
@@ -80,6 +87,39 @@ def role_bridge(args: argparse.Namespace) -> None:
     hub.close()
 
 
+def role_hand(args: argparse.Namespace) -> None:
+    """The hand-rolled bridge: LISTEN, and one JSON header + send_multipart per NOTIFY."""
+    import psycopg2
+    import zmq
+
+    conn = psycopg2.connect(args.dsn)
+    conn.autocommit = True
+    conn.cursor().execute("LISTEN bench")
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.sndhwm = 100_000
+    pub.bind("tcp://127.0.0.1:0")
+    print(json.dumps({"endpoint": pub.getsockopt_string(zmq.LAST_ENDPOINT)}), flush=True)
+    source, seq = os.urandom(8).hex(), 0
+    stdin = sys.stdin.fileno()
+    while True:
+        readable = select.select([conn, stdin], [], [], 1.0)[0]
+        if stdin in readable and not os.read(stdin, 4096):
+            break
+        conn.poll()
+        notifies = conn.notifies
+        while notifies:
+            n = notifies.pop(0)
+            seq += 1
+            header = {"v": 1, "type": "notify", "src": source, "bridge": "hand", "seq": seq,
+                      "pid": n.pid, "ts": time.time()}  # fmt: skip
+            pub.send_multipart(
+                [n.channel.encode(), json.dumps(header).encode(), n.payload.encode()]
+            )
+    ctx.destroy(linger=0)
+    conn.close()
+
+
 def role_sub(args: argparse.Namespace) -> None:
     """Receive until ``n`` bench messages (or a quiet second); print a summary line."""
     import zmq
@@ -100,6 +140,22 @@ def role_sub(args: argparse.Namespace) -> None:
             if not sock.poll(int(timeout * 1000)):
                 return None
             return str(sock.recv_multipart()[2].decode())
+    elif args.hand:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.SUB)
+        sock.rcvhwm = 100_000
+        sock.subscribe(b"bench")
+        sock.connect(args.connect)
+        expected: dict[str, int] = {}
+
+        def receive(timeout: float) -> str | None:
+            if not sock.poll(int(timeout * 1000)):
+                return None
+            _topic, raw, body = sock.recv_multipart()
+            header = json.loads(raw)
+            src = header["src"]  # the sequence tracking a subscriber needs, at its least
+            expected[src] = int(header["seq"]) + 1
+            return body.decode()
     else:
         sub = NotifySubscriber(args.connect, ["bench"], green=False, rcvhwm=100_000)
 
@@ -112,7 +168,7 @@ def role_sub(args: argparse.Namespace) -> None:
 
     ready = False
     while count < args.n:
-        text = receive(1.0 if ready else 30.0)
+        text = receive(1.0 if count else 30.0)  # a quiet second ends it, once it began
         if text is None:
             break
         if not text.startswith("b:"):
@@ -180,13 +236,15 @@ def warm_until_ready(sub: subprocess.Popen[bytes], poke: Any) -> None:
     raise TimeoutError("subscriber never became ready")
 
 
-def run_bridge(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
+def run_bridge(
+    dsn: str, n: int, size: int, paced: bool, hand: bool = False
+) -> dict[str, Any]:
     import psycopg2
 
-    bridge = child("bridge", "--dsn", dsn)
+    bridge = child("hand" if hand else "bridge", "--dsn", dsn)
     try:
         endpoint = json.loads(read_line(bridge, 30))["endpoint"]
-        sub = child("sub", "--connect", endpoint, "--n", str(n))
+        sub = child("sub", "--connect", endpoint, "--n", str(n), *(["--hand"] if hand else []))
         conn = psycopg2.connect(dsn)
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -271,13 +329,15 @@ def run_in_process(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "role", nargs="?", default="main", choices=["main", "bridge", "sub", "send"]
+        "role", nargs="?", default="main", choices=["main", "bridge", "hand", "sub", "send"]
     )
     parser.add_argument("--dsn")
     parser.add_argument("--connect")
     parser.add_argument("--raw", action="store_true")
+    parser.add_argument("--hand", action="store_true")
     parser.add_argument("--paced", action="store_true")
-    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--n", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=3, help="bursts of bridge vs hand-rolled")
     parser.add_argument("--latency-n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=100)
     args = parser.parse_args()
@@ -285,7 +345,8 @@ def main() -> None:
         from gdbpool import configure_logging
 
         configure_logging(level="WARNING", stream=sys.stderr)  # stdout talks to the conductor
-        {"bridge": role_bridge, "sub": role_sub, "send": role_send}[args.role](args)
+        roles = {"bridge": role_bridge, "hand": role_hand, "sub": role_sub, "send": role_send}
+        roles[args.role](args)
         return
 
     import gdbpool  # noqa: F401 - cooperative psycopg2 for the in-process path
@@ -293,8 +354,18 @@ def main() -> None:
 
     configure_logging(level="WARNING")
     rows: list[tuple[str, str, dict[str, Any]]] = []
+    ratios: list[float] = []
     with EmbeddedPostgres() as pg:
         dsn = pg.dsn()
+        for r in range(args.rounds):
+            pair = [("hand", True), ("bridge", False)]
+            results = {
+                name: run_bridge(dsn, args.n, args.size, False, hand=hand)
+                for name, hand in (pair if r % 2 == 0 else pair[::-1])
+            }
+            ratios.append(results["bridge"]["rate"] / results["hand"]["rate"])
+            rows.append((f"hand-rolled, round {r + 1}", "burst", results["hand"]))
+            rows.append((f"bridge, round {r + 1}", "burst", results["bridge"]))
         for mode, n, paced in (("burst", args.n, False), ("paced", args.latency_n, True)):
             rows.append(("raw zmq PUB/SUB", mode, run_raw(n, args.size, paced)))
             rows.append(("in-process subscribe", mode, run_in_process(dsn, n, args.size, paced)))
@@ -309,6 +380,10 @@ def main() -> None:
             f"{path:24} {mode:6} {r['received']:>5}/{r['expected']:<5} {r['rate']:>10.0f} "
             f"{r['p50_ms'] or 0:>8.2f} {r['p99_ms'] or 0:>8.2f}"
         )
+    print(
+        f"burst: bridge / hand-rolled ceiling, {args.rounds} rounds: "
+        f"{statistics.median(ratios):.2f} [{min(ratios):.2f}..{max(ratios):.2f}]"
+    )
     by = {(p, m): r for p, m, r in rows}
     for mode in ("burst", "paced"):
         bridge = by[("bridge (3 processes)", mode)]

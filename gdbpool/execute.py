@@ -77,6 +77,7 @@ from psycopg2 import extensions
 from gdbpool.errors import DBInteractionException, InteractionTimeout
 from gdbpool.green import _Canceller
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.interaction import SQL_TYPES as _SQL_TYPES
 
 __all__ = ["run_in_transaction", "run_interaction"]
 
@@ -113,7 +114,7 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
         if conn.status != _STATUS_READY:
             return _run_joined(conn, interaction, canceller, cursor)
         level = interaction.isolation_level
-        if isinstance(work, str) and level is None and not interaction.read_only:
+        if isinstance(work, _SQL_TYPES) and level is None and not interaction.read_only:
             result = _run_autocommit(conn, interaction, canceller, cursor)
         else:
             result = _run_transaction(conn, interaction, canceller, cursor)
@@ -270,7 +271,7 @@ _DEC2FLOAT_ARRAY = extensions.new_array_type(
 
 def _execute(conn: Any, interaction: Interaction, cursor: Any = None) -> Any:
     work = interaction.work
-    if isinstance(work, str):
+    if isinstance(work, _SQL_TYPES):
         if cursor is not None and interaction.cursor_factory is None and not interaction.dec2float:
             cursor.execute(work, interaction.args)
             return cursor.fetchall() if cursor.description is not None else cursor.rowcount

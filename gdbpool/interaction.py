@@ -15,10 +15,14 @@ from typing import Any, Final
 
 from gevent.event import AsyncResult
 from psycopg2 import extensions
+from psycopg2 import sql as pgsql
 
 from gdbpool.errors import ConfigurationError
 
-__all__ = ["ISOLATION_LEVELS", "Interaction"]
+__all__ = ["ISOLATION_LEVELS", "SQL_TYPES", "Interaction", "check_sql_text"]
+
+#: What counts as SQL text for ``work``: a string or a :mod:`psycopg2.sql` object.
+SQL_TYPES: Final = (str, pgsql.Composable)
 
 #: Isolation level names accepted by ``isolation_level`` → psycopg2 constants.
 #: ``"autocommit"`` is not an isolation level but a session mode; it is here
@@ -30,14 +34,17 @@ ISOLATION_LEVELS: Final[Mapping[str, int]] = {
     "autocommit": extensions.ISOLATION_LEVEL_AUTOCOMMIT,
 }
 
+
 @dataclass(frozen=True, slots=True, init=False)
 class Interaction:
     """One unit of work for a pool, and the ``reply`` its outcome is set on.
 
     Fields:
 
-    * ``work``: an SQL string, or a callable taking ``conn`` (and ``cursor``
-      when its signature names it) plus ``args`` (see :mod:`gdbpool.execute`).
+    * ``work``: an SQL string or :mod:`psycopg2.sql` object (``Composed``,
+      ``SQL``...), or a callable taking ``conn`` (and ``cursor`` when its
+      signature names it) plus ``args`` (see :mod:`gdbpool.execute`). SQL
+      text containing a NUL character is refused (:func:`check_sql_text`).
     * ``args``: driver parameters for an SQL string (tuple, list or mapping;
       never formatted into the string), arguments for a callable. Default None.
       Left out of the repr (they may hold passwords or personal data).
@@ -57,7 +64,8 @@ class Interaction:
       AsyncResult by default (or when None).
 
     Raises :class:`~gdbpool.errors.ConfigurationError` when built with work
-    that is neither an SQL string nor a callable, an unknown isolation level,
+    that is neither SQL text nor a callable, SQL text containing NUL, an
+    unknown isolation level,
     a timeout that is not > 0, or ``dry_run`` with a callable.
 
     ``__init__`` is written out rather than generated: a frozen dataclass's
@@ -67,7 +75,7 @@ class Interaction:
     same: equal, hashable, immutable, with the dataclass repr.
     """
 
-    work: str | Callable[..., Any]
+    work: str | pgsql.Composable | Callable[..., Any]
     args: Any = field(default=None, repr=False)  # parameters may be secrets: kept out of logs
     read_only: bool = False
     isolation_level: str | None = None
@@ -81,7 +89,7 @@ class Interaction:
 
     def __init__(
         self,
-        work: str | Callable[..., Any],
+        work: str | pgsql.Composable | Callable[..., Any],
         args: Any = None,
         read_only: bool = False,
         isolation_level: str | None = None,
@@ -93,11 +101,16 @@ class Interaction:
         session: Any = None,
         reply: AsyncResult | None = None,
     ) -> None:
-        if not isinstance(work, str):
+        if isinstance(work, str):
+            if "\x00" in work:  # one memchr: the only per-call cost of the check
+                check_sql_text(work)
+        elif isinstance(work, pgsql.Composable):
+            check_sql_text(work)
+        else:
             if not callable(work):
                 raise ConfigurationError(
-                    "interaction work must be an SQL string or a callable taking conn, "
-                    f"not {type(work).__name__}"
+                    "interaction work must be an SQL string or a callable taking conn "
+                    f"(or a psycopg2.sql object), not {type(work).__name__}"
                 )
             if dry_run:
                 raise ConfigurationError("dry_run needs an SQL string, not a callable")
@@ -119,6 +132,49 @@ class Interaction:
         _set_pool(self, pool)
         _set_session(self, session)
         _set_reply(self, AsyncResult() if reply is None else reply)
+
+
+def check_sql_text(work: str | pgsql.Composable) -> None:
+    """Refuse SQL text holding a NUL character, with :class:`~gdbpool.errors.ConfigurationError`.
+
+    libpq takes the statement as a C string, so the server would get the text
+    cut at the first NUL: ``UPDATE t SET v = 1\\x00 WHERE id = 1`` would run as
+    ``UPDATE t SET v = 1`` and change every row. A :mod:`psycopg2.sql` object
+    is walked: its ``SQL`` pieces, identifiers, placeholder names and string
+    literals. Values belong in ``args``, where the driver refuses a NUL itself.
+    """
+    where = _nul_in(work)
+    if where is not None:
+        raise ConfigurationError(
+            f"SQL text contains a NUL character (\\x00) {where}: PostgreSQL would cut the "
+            "statement there and run the rest of it; remove it (values go in args)"
+        )
+
+
+def _nul_in(part: object) -> str | None:
+    """Where ``part`` (SQL text or a piece of a psycopg2.sql object) holds a NUL, or None."""
+    if isinstance(part, str):
+        index = part.find("\x00")
+        return None if index < 0 else f"at offset {index} of {part[:index][-40:]!r}"
+    if isinstance(part, bytes):
+        return None if b"\x00" not in part else "in a bytes literal"
+    if isinstance(part, pgsql.Composed):
+        pieces: tuple[object, ...] = tuple(part.seq)
+    elif isinstance(part, pgsql.SQL):
+        pieces = (part.string,)
+    elif isinstance(part, pgsql.Identifier):
+        pieces = tuple(part.strings)
+    elif isinstance(part, pgsql.Placeholder):
+        pieces = (part.name or "",)
+    elif isinstance(part, pgsql.Literal):
+        pieces = (part.wrapped,) if isinstance(part.wrapped, str | bytes) else ()
+    else:
+        return None
+    for piece in pieces:
+        where = _nul_in(piece)
+        if where is not None:
+            return where
+    return None
 
 
 (

@@ -136,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeat interval (default 1.0)",
     )
     br.add_argument(
+        "--replay-size",
+        type=positive(int, zero=True),
+        default=10_000,
+        metavar="N",
+        help="messages kept per channel to answer replay requests (default 10000; 0: no replay)",
+    )
+    br.add_argument(
+        "--replay-bind",
+        default="tcp://127.0.0.1:0",
+        metavar="ENDPOINT",
+        help="where to answer replay requests (default tcp://127.0.0.1:0: loopback, a free "
+        "port; advertised in every heartbeat)",
+    )
+    br.add_argument(
         "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
     )
     br.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
@@ -181,6 +195,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         metavar="SECONDS",
         help="report a bridge silent after SECONDS without a message (default 3)",
+    )
+    su.add_argument(
+        "--resume-file",
+        default=None,
+        metavar="PATH",
+        help="keep the position in PATH (rewritten atomically) and resume from it on start: "
+        "what was missed meanwhile is replayed while the bridges still hold it",
+    )
+    su.add_argument(
+        "--max-lateness",
+        type=positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="report (once per episode) when messages arrive over SECONDS after being sent",
+    )
+    su.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="do not ask bridges to replay what was missed (gaps are only reported)",
     )
     su.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
     su.set_defaults(func=cmd_subscribe)
@@ -236,4 +269,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-

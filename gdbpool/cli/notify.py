@@ -10,9 +10,13 @@ NOTIFY.  Each returns its exit code; errors are raised as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import gevent
@@ -46,6 +50,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     dsn = check_dsn(args.dsn)
     channels = check_channels(args.channel)
     bind = check_endpoint(args.bind, option="--bind", bind=True)
+    replay_bind = check_endpoint(args.replay_bind, option="--replay-bind", bind=True)
 
     from gdbpool.errors import ConfigurationError
     from gdbpool.logging import configure_logging
@@ -53,13 +58,14 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from gdbpool.notify.hub import NotificationHub
 
     configure_logging(json=args.json_logs, stream=sys.stderr)
-    if not is_loopback(bind):
-        print(
-            f"gdbpool bridge: warning: publishing on {bind}, beyond loopback, in plaintext: "
-            "anyone who can reach it can read these notifications",
-            file=sys.stderr,
-            flush=True,
-        )
+    for endpoint in (bind, replay_bind) if args.replay_size else (bind,):
+        if not is_loopback(endpoint):
+            print(
+                f"gdbpool bridge: warning: publishing on {endpoint}, beyond loopback, in "
+                "plaintext: anyone who can reach it can read these notifications",
+                file=sys.stderr,
+                flush=True,
+            )
     stop = StopFlag(green=True)
     try:
         wait_for_server(dsn, args.wait, application_name="gdbpool-cli", pause=stop.pause)
@@ -69,14 +75,21 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         try:
             try:
                 bridge = ZmqNotifyBridge(
-                    hub, channels, bind=bind, sndhwm=args.sndhwm, heartbeat_interval=args.heartbeat
+                    hub,
+                    channels,
+                    bind=bind,
+                    sndhwm=args.sndhwm,
+                    heartbeat_interval=args.heartbeat,
+                    replay_size=args.replay_size,
+                    replay_bind=replay_bind,
                 )
             except ConfigurationError as exc:  # the address is taken or not ours
                 raise GDBPoolError(str(exc)) from None
             try:
+                replay = f" replay={bridge.replay_endpoint}" if bridge.replay_endpoint else ""
                 print(
                     f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
-                    f"source={bridge.source_id}",
+                    f"source={bridge.source_id}{replay}",
                     flush=True,
                 )
                 while not stop.wait(1.0):
@@ -102,7 +115,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def _event_record(event: Any) -> dict[str, Any]:
     """A subscriber event as a JSON-ready dict with a ``type`` field."""
     from gdbpool.notify.notification import Notification, Reconnected
-    from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap
+    from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, Lagging
 
     if isinstance(event, Notification):
         return {
@@ -113,7 +126,10 @@ def _event_record(event: Any) -> dict[str, Any]:
             "source": event.source,
             "pid": event.pid,
             "ts": event.received_at,
+            "replayed": event.replayed,
         }
+    if isinstance(event, Lagging):
+        return {"type": "lagging", "by": event.by, "since": event.since}
     if isinstance(event, Gap):
         return {
             "type": "gap",
@@ -151,10 +167,13 @@ def _event_line(record: dict[str, Any]) -> str:
     """A readable one-line rendering of :func:`_event_record`'s dict."""
     kind = record["type"]
     if kind == "notify":
+        replayed = " (replayed)" if record["replayed"] else ""
         return (
             f"[{record['channel']}] #{record['seq']} pid={record['pid']} "
-            f"src={record['source']}: {record['payload']}"
+            f"src={record['source']}{replayed}: {record['payload']}"
         )
+    if kind == "lagging":
+        return f"LAGGING: {record['by']:.3f} s behind"
     if kind == "gap":
         return (
             f"[{record['channel']}] GAP: {record['missed']} missed "
@@ -172,15 +191,58 @@ def _event_line(record: dict[str, Any]) -> str:
     return repr(record)
 
 
+def _read_resume_file(path: Path) -> dict[str, Any] | None:
+    """The position saved in ``path``; None when there is no file yet; BadInput when unreadable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BadInput(f"--resume-file {str(path)!r}: cannot read it: {exc.strerror}") from None
+    try:
+        saved = json.loads(text)
+    except ValueError:
+        saved = None
+    if (
+        not isinstance(saved, dict)
+        or saved.get("v") != 1
+        or not isinstance(saved.get("position"), dict)
+    ):
+        raise BadInput(
+            f"--resume-file {str(path)!r} is not a gdbpool subscribe position file; "
+            "remove it to start afresh"
+        )
+    position: dict[str, Any] = saved["position"]
+    return position
+
+
+def _write_resume_file(path: Path, position: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (write a sibling temporary file, then rename it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"v": 1, "position": position}, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def cmd_subscribe(args: argparse.Namespace) -> int:
     """Print events from one or more bridges, one line each, until --count/--timeout/a signal.
 
     Notifications count towards ``--count``; loss events (gap, reconnected,
     bridge restarted or silent) are printed too but not counted.  Once a
-    bridge is heard from, ``connected to ...`` goes to stderr.
+    bridge is heard from, ``connected to ...`` goes to stderr.  With
+    ``--resume-file``, the position is saved after every event printed (so a
+    killed run repeats at most the one event it was printing) and a later run
+    resumes from it, the bridges replaying what they still hold.
     """
     connects = [check_endpoint(c, option="--connect", bind=False) for c in args.connect]
     channels = check_channels(args.channel)
+    resume_file = Path(args.resume_file) if args.resume_file else None
+    resume = _read_resume_file(resume_file) if resume_file is not None else None
 
     from gdbpool.logging import configure_logging
     from gdbpool.notify.notification import Notification
@@ -193,7 +255,13 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     announced: set[str] = set()
     try:
         with NotifySubscriber(
-            connects, channels, green=True, heartbeat_timeout=args.heartbeat_timeout
+            connects,
+            channels,
+            green=True,
+            heartbeat_timeout=args.heartbeat_timeout,
+            replay=not args.no_replay,
+            resume=resume,
+            max_lateness=args.max_lateness,
         ) as sub:
             idle_since = time.monotonic()
             while not stop.is_set():
@@ -213,6 +281,8 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                     record = _event_record(event)
                     out.write((json.dumps(record) if args.json else _event_line(record)) + "\n")
                     out.flush()
+                    if resume_file is not None:
+                        _write_resume_file(resume_file, sub.position())
                     if isinstance(event, Notification):
                         seen += 1
                         idle_since = time.monotonic()

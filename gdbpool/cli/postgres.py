@@ -24,7 +24,6 @@ REPLICA_WAIT = 60.0
 PASSWORD_ENV = "PGPASSWORD"  # noqa: S105 - a variable name
 
 
-
 def cmd_postgres(args: argparse.Namespace) -> int:
     """Run an embedded PostgreSQL server in the foreground until SIGINT/SIGTERM."""
     from gdbpool.logging import redact

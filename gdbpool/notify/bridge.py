@@ -31,6 +31,12 @@ Decisions worth knowing:
   is lost.  If the hub is closed for good (``PoolClosed``), the channel is
   dropped from the heartbeats' ``seqs``; with no channel left the heartbeats
   stop, so subscribers see the source go silent rather than a quiet channel.
+* **Replay.**  With ``replay_size`` > 0 (default 10,000) the publisher also
+  keeps each channel's last ``replay_size`` messages in a
+  :class:`~gdbpool.notify.replay.ReplayRing`, and a ROUTER socket (same
+  context, same CURVE setup and ZAP allow-list as PUB) answers replay
+  requests from it; every heartbeat advertises its endpoint.  Bounds and
+  pacing: :mod:`gdbpool.notify.replay`; decisions: docs/design/bridge.md.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
 from gdbpool.logging import get_logger
 from gdbpool.notify.curve import authenticate, bind_zap, curve_key
 from gdbpool.notify.notification import Reconnected
+from gdbpool.notify.replay import DEFAULT_REPLAY_RATE, DEFAULT_REPLAY_SIZE, ReplayRing, ReplayServer
 from gdbpool.notify.subscription import Overflow
 from gdbpool.notify.wire import (
     encode_heartbeat,
@@ -62,6 +69,8 @@ from gdbpool.notify.wire import (
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_REPLAY_RATE",
+    "DEFAULT_REPLAY_SIZE",
     "DEFAULT_RESUBSCRIBE_INITIAL",
     "DEFAULT_RESUBSCRIBE_MAX",
     "DEFAULT_SNDHWM",
@@ -81,6 +90,11 @@ DEFAULT_RESUBSCRIBE_INITIAL = 0.1
 #: Upper bound of the resubscribe delay, in seconds (the delay doubles per failure).
 DEFAULT_RESUBSCRIBE_MAX = 5.0
 _STOP_TIMEOUT = 5.0
+# The publisher's per-frame send: the backend's, with int flags (pyzmq's flag
+# enums and its sugar layer cost a microsecond or more per frame).
+_send_frame = zmq.backend.Socket.send
+_LAST = int(zmq.NOBLOCK)
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 
 # -- the publisher actor ------------------------------------------------------------
@@ -89,13 +103,19 @@ _STOP_TIMEOUT = 5.0
 # _PublisherStats asks for its counters.
 
 
-@dataclass(frozen=True, slots=True)
 class _Forward:
-    """One item taken from a channel subscription; ``dropped`` is its drop count so far."""
+    """One item taken from a channel subscription; ``dropped`` is its drop count so far.
 
-    channel: str
-    item: Any
-    dropped: int
+    A slotted class, not a frozen dataclass: one is made per notification,
+    and a frozen dataclass's ``__init__`` costs several times more.
+    """
+
+    __slots__ = ("channel", "dropped", "item")
+
+    def __init__(self, channel: str, item: Any, dropped: int) -> None:
+        self.channel = channel
+        self.item = item
+        self.dropped = dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +142,20 @@ class BridgePublisher(Actor):
     ``_Beat`` one heartbeat of the channels still bridged (none: no
     heartbeat).  Sends never block.  The socket is closed when the actor
     stops.
+
+    An ``inline`` actor (see :class:`~actors.Actor`): no handler waits (a PUB
+    socket never blocks a ``NOBLOCK`` send; at its high-water mark it drops),
+    so a pump greenlet's ``tell`` publishes on its own greenlet when the
+    actor is idle, without a hop through the mailbox.
+
+    Frames go out through a plain (not ``zmq.green``) shadow of the green
+    socket, frame by frame: the green wrapper's send exists to wait on
+    ``EAGAIN``, which a ``NOBLOCK`` PUB send never needs, and it cost more
+    than the rest of the message's path.  The green socket stays the owner
+    (CURVE and ZAP are set on it; closing it closes the shadow).
     """
+
+    inline = True
 
     def __init__(
         self,
@@ -131,9 +164,14 @@ class BridgePublisher(Actor):
         source: str,
         bridge: str,
         heartbeat_interval: float,
+        ring: ReplayRing | None = None,
+        replay_endpoint: str = "",
     ) -> None:
         super().__init__()
         self._socket = socket
+        self._raw: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
+        self._ring = ring
+        self._replay_endpoint = replay_endpoint
         self._source = source
         self._bridge = bridge
         self._interval = heartbeat_interval
@@ -187,11 +225,15 @@ class BridgePublisher(Actor):
             )
             self._counts["reconnected"] += 1
             self._log.warning("listener_reconnected_forwarded", channel=channel, reason=reason)
+        if self._ring is not None:
+            self._ring.add(channel, seq, frames[1], frames[2])
         self._send(frames)
 
     @handles(_Unbridge)
     def unbridge(self, msg: _Unbridge) -> None:
         self._seqs.pop(msg.channel, None)
+        if self._ring is not None:
+            self._ring.drop(msg.channel)
         self._log.error("channel_unbridged", channel=msg.channel, remaining=len(self._seqs))
 
     @handles(_Beat)
@@ -206,6 +248,7 @@ class BridgePublisher(Actor):
                 ts=time.time(),
                 interval=self._interval,
                 seqs=self._seqs,
+                replay=self._replay_endpoint,
             )
         )
 
@@ -214,8 +257,11 @@ class BridgePublisher(Actor):
         return dict(self._counts)
 
     def _send(self, frames: list[bytes]) -> None:
+        raw = self._raw
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            for frame in frames[:-1]:
+                _send_frame(raw, frame, _MORE)
+            _send_frame(raw, frames[-1], _LAST)
         except zmq.Again:
             # PUB drops on its high-water mark rather than failing; count it anyway.
             self._counts["send_failed"] += 1
@@ -251,6 +297,11 @@ class ZmqNotifyBridge:
     - ``resubscribe_initial``/``resubscribe_max``: 0.1 s doubling up to
       5.0 s between attempts to resubscribe a channel whose hub
       subscription ended (decisions: docs/design/bridge.md).
+    - ``replay_size``: 10,000 messages kept per channel for replay (0: no
+      replay socket, heartbeats advertise none); ``replay_bind``:
+      ``tcp://127.0.0.1:0``; ``replay_rate``: at most 50,000 replayed
+      messages per second (see :mod:`gdbpool.notify.replay` and the wire
+      format's "Replay" section).
     - CURVE: give ``curve_secret_key`` and ``curve_public_key`` (z85, as from
       ``zmq.curve_keypair()``) to encrypt; ``allowed_client_keys`` (z85
       public keys) to admit only those subscribers (None: any subscriber
@@ -277,8 +328,21 @@ class ZmqNotifyBridge:
         curve_secret_key: str | bytes | None = None,
         curve_public_key: str | bytes | None = None,
         allowed_client_keys: Iterable[str | bytes] | None = None,
+        replay_size: int = DEFAULT_REPLAY_SIZE,
+        replay_bind: str = "tcp://127.0.0.1:0",
+        replay_rate: int = DEFAULT_REPLAY_RATE,
     ) -> None:
         channels = list(dict.fromkeys(channels))
+        for what, value in (("replay_size", replay_size), ("replay_rate", replay_rate)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+        if replay_size < 0 or replay_rate < 1:
+            raise ConfigurationError(
+                f"replay_size must be >= 0 and replay_rate >= 1, got {replay_size} "
+                f"and {replay_rate}"
+            )
+        if not isinstance(replay_bind, str):
+            raise TypeError(f"replay_bind must be a str, not {type(replay_bind).__name__}")
         if not channels or not all(isinstance(c, str) and c for c in channels):
             raise ConfigurationError(f"channels must be non-empty channel names, got {channels!r}")
         if sndhwm < 0 or queue_size < 1:
@@ -300,23 +364,20 @@ class ZmqNotifyBridge:
         self._resubscribe = (resubscribe_initial, resubscribe_max)
         self._subscriptions: dict[str, _Subscription] = {}
         self._stop = Event()
+        self._replay: ReplayServer | None = None
+        self.replay_endpoint: str = ""
+        router: zmq.Socket[bytes] | None = None
         try:
             zap = self._start_curve(curve_secret_key, curve_public_key, allowed_client_keys)
             socket = self._ctx.socket(zmq.PUB)
             socket.sndhwm = sndhwm
             socket.linger = 0
-            if zap:
-                socket.curve_server = True
-                socket.curve_secretkey = curve_key(curve_secret_key, "curve_secret_key")
-                socket.curve_publickey = curve_key(curve_public_key, "curve_public_key")
-            try:
-                socket.bind(bind)
-            except zmq.ZMQError as exc:
-                socket.close(linger=0)
-                raise ConfigurationError(
-                    f"cannot bind the bridge's PUB socket to {bind!r}: {exc.strerror}; give an "
-                    "endpoint such as tcp://127.0.0.1:5555 (port 0 picks a free port)"
-                ) from exc
+            self._bind(socket, bind, "PUB", zap, curve_secret_key, curve_public_key)
+            if replay_size:
+                router = self._ctx.socket(zmq.ROUTER)
+                ReplayServer.configure(router)
+                self._bind(router, replay_bind, "replay", zap, curve_secret_key, curve_public_key)
+                self.replay_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException:
             self._ctx.destroy(linger=0)
             for greenlet in self._greenlets:
@@ -325,14 +386,27 @@ class ZmqNotifyBridge:
         self.endpoint: str = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.name = name or self.endpoint
         self._log = get_logger("gdbpool.bridge", bridge=self.name, source=self.source_id)
+        ring = ReplayRing(self.channels, replay_size) if router is not None else None
         self._ref: ActorRef = BridgePublisher.start(
             socket,
             self.channels,
             self.source_id,
             self.name,
             heartbeat_interval,
+            ring,
+            self.replay_endpoint,
             name=f"bridge[{self.name}]",
         )
+        if router is not None and ring is not None:
+            self._replay = ReplayServer(
+                router,
+                ring,
+                source=self.source_id,
+                bridge=self.name,
+                rate=replay_rate,
+                stop=self._stop,
+            )
+            self._spawn(self._replay.serve)
         try:
             for channel in self.channels:
                 sub = hub.subscribe(channel, maxsize=queue_size, overflow="drop_oldest")
@@ -343,7 +417,11 @@ class ZmqNotifyBridge:
             raise
         self._spawn(self._heartbeat, heartbeat_interval)
         self._log.info(
-            "bridge_started", endpoint=self.endpoint, channels=list(self.channels), curve=zap
+            "bridge_started",
+            endpoint=self.endpoint,
+            channels=list(self.channels),
+            curve=zap,
+            replay=self.replay_endpoint or None,
         )
 
     # -- public API ---------------------------------------------------------
@@ -354,8 +432,16 @@ class ZmqNotifyBridge:
         return self._closed
 
     def stats(self, timeout: float = 5.0) -> dict[str, int]:
-        """Counters: published, reconnected, heartbeats, dropped_in_bridge, send_failed."""
+        """Counters: published, reconnected, heartbeats, dropped_in_bridge, send_failed.
+
+        With replay on, also: ``replay_requests`` (received), ``replay_answers``
+        (sent), ``replay_messages`` (replayed in them), ``replay_refused``
+        (error answers: malformed, busy, unknown source or channel) and
+        ``replay_unsent`` (answers dropped because the requester did not read).
+        """
         result: dict[str, int] = self._ref.ask(_PublisherStats()).get(timeout=timeout)
+        if self._replay is not None:
+            result.update(self._replay.counts)
         return result
 
     def close(self, timeout: float = _STOP_TIMEOUT) -> None:
@@ -457,6 +543,29 @@ class ZmqNotifyBridge:
             self._subscriptions[channel] = sub
             return sub
         return None
+
+    @staticmethod
+    def _bind(
+        socket: zmq.Socket[bytes],
+        endpoint: str,
+        what: str,
+        curve: bool,
+        secret: str | bytes | None,
+        public: str | bytes | None,
+    ) -> None:
+        """CURVE-serve (when on) and bind ``socket``; ConfigurationError when it cannot bind."""
+        if curve:
+            socket.curve_server = True
+            socket.curve_secretkey = curve_key(secret, "curve_secret_key")
+            socket.curve_publickey = curve_key(public, "curve_public_key")
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            raise ConfigurationError(
+                f"cannot bind the bridge's {what} socket to {endpoint!r}: {exc.strerror}; give "
+                "an endpoint such as tcp://127.0.0.1:5555 (port 0 picks a free port)"
+            ) from exc
 
     def _heartbeat(self, interval: float) -> None:
         tell = self._ref.tell

@@ -53,7 +53,9 @@ class Notification:
     for a bare ``NOTIFY channel``), ``pid`` the sending backend's process id,
     ``received_at`` the ``time.time()`` at which the hub read it from the
     socket, ``seq`` its 1-based position in everything the hub ``source``
-    received.
+    received.  ``replayed`` is True for a notification a
+    :class:`~gdbpool.NotifySubscriber` recovered from a bridge's replay ring
+    after it was lost on the way (its other fields are as first published).
     """
 
     channel: str
@@ -62,6 +64,7 @@ class Notification:
     received_at: float
     seq: int
     source: str
+    replayed: bool = False
 
     def json(self) -> Any:
         """Decode the payload as JSON.
@@ -101,9 +104,9 @@ def _fast_constructor() -> Any:
     """
     new = object.__new__
     slots = vars(Notification)
-    set_channel, set_payload, set_pid, set_at, set_seq, set_source = (
+    set_channel, set_payload, set_pid, set_at, set_seq, set_source, set_replayed = (
         slots[name].__set__
-        for name in ("channel", "payload", "pid", "received_at", "seq", "source")
+        for name in ("channel", "payload", "pid", "received_at", "seq", "source", "replayed")
     )
 
     def make(
@@ -116,6 +119,7 @@ def _fast_constructor() -> Any:
         set_at(n, received_at)
         set_seq(n, seq)
         set_source(n, source)
+        set_replayed(n, False)
         return n
 
     return make

@@ -448,6 +448,7 @@ def _usable(conn: PooledConnection, idle_since: float | None, settings: PoolSett
         return ping(conn, settings.connect_timeout)
     return True
 
+
 def _parse_dsn(dsn: str, name: str) -> dict[str, str]:
     """The DSN's parameters; PoolConnectionError, never quoting the password, if unparsable."""
     try:

@@ -53,6 +53,7 @@ __all__: list[str] = []
 # _PoolStats and _Close. _Status is the one piece of pool actor state the facade
 # reads: written by the pool actor only.
 
+
 @dataclass(frozen=True, slots=True)
 class _Expire:
     """The earliest deadline of the waiting requests passed."""

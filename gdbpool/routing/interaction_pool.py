@@ -44,6 +44,7 @@ from typing import Any, Literal
 import gevent
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
+from psycopg2 import sql
 
 from actors import ActorRef
 from gdbpool.errors import ConfigurationError, PoolClosed
@@ -228,7 +229,7 @@ class DBInteractionPool:
 
     def run(
         self,
-        interaction: str | Callable[..., Any],
+        interaction: str | sql.Composable | Callable[..., Any],
         args: Any = None,
         *,
         read_only: bool | None = None,
@@ -281,7 +282,7 @@ class DBInteractionPool:
 
     def run_many(
         self,
-        interactions: Iterable[str | Callable[..., Any] | tuple[Any, ...]],
+        interactions: Iterable[str | sql.Composable | Callable[..., Any] | tuple[Any, ...]],
         *,
         timeout: float | None = None,
         return_exceptions: bool = False,

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
+from psycopg2 import sql
 
 from gdbpool.errors import ConfigurationError, DBInteractionException
 from gdbpool.execute import run_in_transaction
@@ -75,7 +76,7 @@ class Transaction:
 
     def run(
         self,
-        interaction: str | Callable[..., Any],
+        interaction: str | sql.Composable | Callable[..., Any],
         args: Any = None,
         *,
         timeout: float | None = None,

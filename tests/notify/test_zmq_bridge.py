@@ -59,6 +59,7 @@ class BridgeProcess:
         info = json.loads(line)
         self.endpoint: str = info["endpoint"]
         self.source: str = info["source"]
+        self.replay: str = info.get("replay", "")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -225,7 +226,7 @@ def test_a_gap_is_reported_when_the_subscriber_stalls_past_the_high_water_mark(
 ) -> None:
     bridge = start_bridge(dsn, ["orders"], "--sndhwm", "10")
     total = 5000
-    with NotifySubscriber(bridge.endpoint, ["orders"], rcvhwm=10) as sub:
+    with NotifySubscriber(bridge.endpoint, ["orders"], rcvhwm=10, replay=False) as sub:
         probe = handshake(sub, notifier, "orders")
         big = "x" * 2000  # beyond what loopback TCP buffers hold, so ZeroMQ must drop
         notifier("orders", [f"{i}:{big}" for i in range(total)])  # while nobody reads

@@ -16,6 +16,8 @@ import pytest
 import zmq
 import zmq.green as gzmq
 from gevent.queue import Queue
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gdbpool import (
     HEARTBEAT_TOPIC,
@@ -423,3 +425,21 @@ def test_channels_of_a_closed_hub_are_no_longer_advertised_so_the_bridge_goes_si
             assert silent.source == bridge.source_id
     finally:
         hub.close()
+
+
+@given(
+    source=st.text(),
+    bridge=st.text(),
+    seq=st.integers(min_value=0, max_value=2**63),
+    pid=st.integers(min_value=0, max_value=2**31),
+    ts=st.floats(allow_nan=True, allow_infinity=True) | st.integers(),
+)
+def test_a_notify_header_is_byte_for_byte_what_json_dumps_makes_of_its_fields(
+    source: str, bridge: str, seq: int, pid: int, ts: float
+) -> None:
+    # encode_notify formats the header from a cached prefix (the bridge's hot path).
+    fields = {"v": 1, "type": "notify", "src": source, "bridge": bridge, "seq": seq, "pid": pid,
+              "ts": ts}  # fmt: skip
+    expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    header = encode_notify("c", "p", source=source, bridge=bridge, seq=seq, pid=pid, ts=ts)[1]
+    assert header == expected

@@ -10,6 +10,7 @@ import gevent
 import psycopg2
 import pytest
 from _switches import switches_per_call
+from psycopg2 import sql
 from psycopg2.extras import RealDictCursor
 
 from gdbpool import (
@@ -350,3 +351,35 @@ def test_under_load_a_run_costs_four_greenlet_switches(schema_dsn: str) -> None:
         assert total / done == pytest.approx(4, abs=0.3)
     finally:
         pool.close()
+
+
+NUL_SQL = [
+    "UPDATE test_values SET val1 = 0\x00 WHERE id = 1",
+    sql.SQL("UPDATE test_values SET val1 = 0\x00 WHERE id = 1"),
+    sql.SQL("UPDATE {} SET val1 = 0 WHERE id = 1").format(sql.Identifier("test_values\x00x")),
+    sql.SQL("UPDATE test_values SET val1 = {} WHERE id = 1").format(sql.Literal("0\x00")),
+    sql.Composed([sql.SQL("UPDATE test_values SET val1 = 0"), sql.SQL("\x00 WHERE id = 1")]),
+]
+
+
+@pytest.mark.parametrize(
+    "statement", NUL_SQL, ids=["str", "SQL", "Identifier", "Literal", "Composed"]
+)
+def test_sql_text_holding_a_nul_is_refused_before_it_runs_and_changes_no_row(
+    ipool: DBInteractionPool, statement: object
+) -> None:
+    before = ipool.run("SELECT id, val1 FROM test_values ORDER BY id").get(10)
+    with pytest.raises(ConfigurationError, match=r"NUL character"):
+        ipool.run(statement).get(10)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"NUL character"), ipool.transaction() as tx:
+        tx.run(statement)  # type: ignore[arg-type]
+    assert ipool.run("SELECT id, val1 FROM test_values ORDER BY id").get(10) == before
+
+
+def test_a_psycopg2_sql_object_runs_as_sql_text(ipool: DBInteractionPool) -> None:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE val1 = {}").format(
+        sql.Identifier("test_values"), sql.Placeholder()
+    )
+    assert ipool.run(query, (1,)).get(10) == [(100,)]
+    assert ipool.run(query, (1,), read_only=True).get(10) == [(100,)]
+    assert "val1 = 1" in ipool.run(query, (1,), dry_run=True).get(10)

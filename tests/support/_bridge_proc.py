@@ -2,8 +2,9 @@
 
     python tests/support/_bridge_proc.py --dsn DSN --channel a [--channel b ...] [--bind EP]
         [--sndhwm N] [--heartbeat S] [--curve-secret K --curve-public K] [--allow K ...]
+        [--replay-size N] [--replay-bind EP] [--replay-rate N]
 
-Prints one JSON line ``{"endpoint": ..., "source": ...}`` once the bridge is
+Prints one JSON line ``{"endpoint": ..., "source": ..., "replay": ...}`` once the bridge is
 listening, then runs until its stdin is closed (clean stop, exit 0).  A bad
 option or address exits 2 with the error on stderr.  Tests SIGKILL it to
 simulate a crash.
@@ -36,6 +37,9 @@ def main() -> int:
     parser.add_argument("--curve-secret")
     parser.add_argument("--curve-public")
     parser.add_argument("--allow", action="append")
+    parser.add_argument("--replay-size", type=int, default=10_000)
+    parser.add_argument("--replay-bind", default="tcp://127.0.0.1:0")
+    parser.add_argument("--replay-rate", type=int, default=50_000)
     args = parser.parse_args()
     configure_logging(stream=sys.stderr, level="WARNING")  # stdout carries the ready line
     hub = NotificationHub(args.dsn)
@@ -50,12 +54,20 @@ def main() -> int:
             curve_secret_key=args.curve_secret,
             curve_public_key=args.curve_public,
             allowed_client_keys=args.allow,
+            replay_size=args.replay_size,
+            replay_bind=args.replay_bind,
+            replay_rate=args.replay_rate,
         )
     except GDBPoolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         hub.close()
         return 2
-    print(json.dumps({"endpoint": bridge.endpoint, "source": bridge.source_id}), flush=True)
+    ready = {
+        "endpoint": bridge.endpoint,
+        "source": bridge.source_id,
+        "replay": bridge.replay_endpoint,
+    }
+    print(json.dumps(ready), flush=True)
     fd = sys.stdin.fileno()
     while True:  # until the parent closes our stdin
         wait_read(fd)
