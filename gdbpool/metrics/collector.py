@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import gevent
+
 try:
     from prometheus_client.core import (
         CounterMetricFamily,
@@ -20,6 +22,7 @@ try:
         HistogramMetricFamily,
         Metric,
     )
+    from prometheus_client.exposition import choose_encoder
     from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -58,6 +61,11 @@ _BRIDGE_COUNTERS = (
     ("dropped_in_bridge", "dropped", "Notifications the bridge's hub subscriptions dropped."),
     ("send_failed", "send_failed", "Sends refused by the PUB socket (high-water mark)."),
     ("reconnected", "reconnected", "Gap markers published after the hub reconnected."),
+    ("replay_requests", "replay_requests", "Replay requests received."),
+    ("replay_answers", "replay_answers", "Replay answers sent."),
+    ("replay_messages", "replay_messages", "Notifications replayed in those answers."),
+    ("replay_refused", "replay_refused", "Replay requests answered with an error."),
+    ("replay_unsent", "replay_unsent", "Replay answers dropped (the requester did not read)."),
 )
 
 
@@ -69,8 +77,9 @@ class GDBPoolCollector(Collector):
     :class:`~gdbpool.DBConnectionPool`, :class:`~gdbpool.NotificationHub` and
     :class:`~gdbpool.ZmqNotifyBridge`; more with :meth:`add`.
     ``queue_usage_timeout``: seconds the ``pg_notification_queue_usage()``
-    query of an interaction pool may take per scrape (default 1.0; ``None``
-    skips the query).
+    query may take per scrape (default 1.0; ``None`` skips it). It runs on a
+    hub's NOTIFY connection, or, for an interaction pool that has no hub
+    open, as one interaction on its primary pool (counted in its requests).
     """
 
     def __init__(self, *sources: Source, queue_usage_timeout: float | None = 1.0) -> None:
@@ -106,7 +115,7 @@ class GDBPoolCollector(Collector):
                 elif isinstance(source, DBConnectionPool):
                     _pool(out, source.name, source.stats())
                 elif isinstance(source, NotificationHub):
-                    _hub(out, source)
+                    self._hub(out, source)
                 else:
                     _bridge(out, source)
             except Exception as exc:  # closed, or not answering: leave it out of this scrape
@@ -120,30 +129,52 @@ class GDBPoolCollector(Collector):
         _router(out, router)
         hub = ipool.hub
         if hub is not None:
-            _hub(out, hub)
-        if self.queue_usage_timeout is not None:
+            self._hub(out, hub)  # its NOTIFY connection reads the queue usage
+        elif self.queue_usage_timeout is not None:
+            # No hub: one interaction on the primary pool (counted in its requests).
             usage = ipool.run(
                 "SELECT pg_notification_queue_usage()", timeout=self.queue_usage_timeout
             ).get(timeout=self.queue_usage_timeout + 1.0)
-            out.gauge(
-                "notification_queue_usage",
-                "pg_notification_queue_usage() on the primary (0..1).",
-                ("primary",),
-                (router["primary"],),
-                float(usage[0][0]),
+            _queue_usage(out, router["primary"], float(usage[0][0]))
+
+    def _hub(self, out: _Families, hub: NotificationHub) -> None:
+        _hub(out, hub)
+        if self.queue_usage_timeout is not None:
+            late = TimeoutError(
+                f"pg_notification_queue_usage() took over {self.queue_usage_timeout}s"
             )
+            with gevent.Timeout(self.queue_usage_timeout, late):
+                usage = hub.queue_usage()
+            _queue_usage(out, hub.name, usage)
 
 
-def exposition(collector: GDBPoolCollector) -> tuple[bytes, str]:
-    """``(body, content type)``: the OpenMetrics text of one scrape of ``collector``."""
+def _queue_usage(out: _Families, source: str, usage: float) -> None:
+    out.gauge("notification_queue_usage",
+              "pg_notification_queue_usage() of the server (0..1): NOTIFY queue held unread.",
+              ("source",), (source,), usage)  # fmt: skip
+
+
+def exposition(collector: GDBPoolCollector, accept: str | None = None) -> tuple[bytes, str]:
+    """``(body, content type)`` of one scrape of ``collector``.
+
+    ``accept``: the scraper's ``Accept`` header. None (the default) gives
+    OpenMetrics text; a header picks what it asks for, as prometheus_client's
+    own server does (OpenMetrics when it lists ``application/openmetrics-text``,
+    else the Prometheus text format 0.0.4).
+    """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    body: bytes = generate_latest(registry)  # type: ignore[no-untyped-call]
-    return body, CONTENT_TYPE_LATEST
+    if accept is None:
+        body: bytes = generate_latest(registry)  # type: ignore[no-untyped-call]
+        return body, CONTENT_TYPE_LATEST
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
 
 
 def serve(address: str, collector: GDBPoolCollector) -> Any:
-    """Serve ``GET /metrics`` (OpenMetrics text) on ``address`` (``HOST:PORT``) from a greenlet.
+    """Serve ``GET /metrics`` on ``address`` (``HOST:PORT``) from a greenlet.
+
+    The body is OpenMetrics or Prometheus text, as the scraper's ``Accept`` asks.
 
     A gevent WSGI server, so scrapes run on the hub like everything else
     (prometheus_client's own threaded server would read the actors from
@@ -161,7 +192,7 @@ def serve(address: str, collector: GDBPoolCollector) -> Any:
         if environ.get("PATH_INFO") not in ("/metrics", "/"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: GET /metrics\n"]
-        body, content_type = exposition(collector)
+        body, content_type = exposition(collector, environ.get("HTTP_ACCEPT", ""))
         start_response("200 OK", [("Content-Type", content_type)])
         return [body]
 
@@ -298,16 +329,9 @@ def _hub(out: _Families, hub: NotificationHub) -> None:
               (f"{hub.name}-connection",), stats["mailbox_depth"])  # fmt: skip
     out.counter("actor_restarts", "Actor restarts by a supervisor.", ("supervisor",),
                 (f"{hub.name}-supervisor",), stats["restarts"])  # fmt: skip
-    # Subscriptions of one channel with one policy are summed (labels must be unique).
-    summed: dict[tuple[str, str], dict[str, int]] = {}
-    for sub in hub.subscription_stats():
-        key = (sub["channel"], sub["overflow"])
-        into = summed.setdefault(key, dict.fromkeys(("delivered", "dropped", "gaps", "pending"), 0))
-        for field in into:
-            into[field] += sub[field]
     sub_labels = ("hub", "channel", "overflow")
-    for (channel, overflow), counts in summed.items():
-        sub_values = (hub.name, channel, overflow)
+    for counts in hub.subscription_stats():  # one per (channel, overflow): labels unique
+        sub_values = (hub.name, counts["channel"], counts["overflow"])
         out.counter("subscription_delivered", "Notifications handed to consumers.", sub_labels,
                     sub_values, counts["delivered"])  # fmt: skip
         out.counter("subscription_dropped", "Notifications dropped by the overflow policy.",
@@ -316,6 +340,8 @@ def _hub(out: _Families, hub: NotificationHub) -> None:
                     sub_labels, sub_values, counts["gaps"])  # fmt: skip
         out.gauge("subscription_pending", "Notifications queued, not yet consumed.", sub_labels,
                   sub_values, counts["pending"])  # fmt: skip
+        out.gauge("subscription_open", "Subscriptions open now.", sub_labels, sub_values,
+                  counts["open"])  # fmt: skip
 
 
 def _bridge(out: _Families, bridge: ZmqNotifyBridge) -> None:
