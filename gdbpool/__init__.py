@@ -31,7 +31,13 @@ from gdbpool.logging import configure_logging, redact
 from gdbpool.notify.bridge import ZmqNotifyBridge
 from gdbpool.notify.hub import ChannelListener, NotificationHub
 from gdbpool.notify.notification import Notification, Reconnected, check_channel, check_payload
-from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
+from gdbpool.notify.subscriber import (
+    BridgeRestarted,
+    BridgeSilent,
+    Gap,
+    Lagging,
+    NotifySubscriber,
+)
 from gdbpool.notify.subscription import Overflow, Subscription
 from gdbpool.notify.wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
 from gdbpool.pool.connection_pool import DBConnectionPool
@@ -66,6 +72,7 @@ __all__ = [
     "Gap",
     "Interaction",
     "InteractionTimeout",
+    "Lagging",
     "NoReplicaAvailable",
     "Notification",
     "NotificationError",
