@@ -8,16 +8,16 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import gevent
-import structlog
 from gevent import Greenlet
 
 from actors.actor import DEFAULT_START_TIMEOUT, Actor, _launch, _start
 from actors.errors import ActorError, ActorStartError, SupervisorGaveUp
+from actors.log import get_logger
 from actors.ref import DEFAULT_SEND_TIMEOUT, DEFAULT_STOP_TIMEOUT, ActorRef, MailboxOverflow
 
 __all__ = ["Supervisor"]
 
-_log = structlog.get_logger("actors")
+_log = get_logger("actors")
 
 _Child: TypeAlias = "ActorRef | Supervisor"
 
