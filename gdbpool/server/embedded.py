@@ -75,7 +75,7 @@ class EmbeddedPostgres:
     cluster a streaming replica, cloned with ``pg_basebackup -R``.
 
     ``ssl=True`` serves TLS with a certificate signed by a throwaway CA of its
-    own (made with the ``openssl`` command: :mod:`gdbpool.server._tls`); its
+    own (made with the ``openssl`` command: :mod:`gdbpool.server.tls`); its
     :meth:`dsn` then asks for ``sslmode=verify-full`` against that CA
     (:attr:`ssl_root_cert`). Plaintext stays possible with ``sslmode=disable``.
     """
@@ -183,7 +183,7 @@ class EmbeddedPostgres:
                 else:
                     self._initdb()
             if self.ssl:
-                from gdbpool.server._tls import make_certificates
+                from gdbpool.server.tls import make_certificates
 
                 self.ssl_root_cert = make_certificates(self.data_dir)
             for attempt in range(3):
@@ -471,7 +471,7 @@ class EmbeddedPostgres:
             "logging_collector": "off",
         }
         if self.ssl:
-            from gdbpool.server._tls import CERT_FILE, KEY_FILE
+            from gdbpool.server.tls import CERT_FILE, KEY_FILE
 
             conf |= {
                 "ssl": "on",

@@ -17,7 +17,7 @@ from gdbpool import (
     NotificationHub,
     PoolConnectionError,
 )
-from gdbpool.server._tls import make_certificates
+from gdbpool.server.tls import make_certificates
 
 ON_TLS = "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 
