@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from gdbpool.cli.args import BadInput
@@ -47,6 +48,9 @@ SECRET_ENV = "GDBPOOL_CURVE_SECRET_KEY"  # noqa: S105 - a variable name, not a k
 #: The variable holding the bridge's z85 public key, for ``subscribe``.
 SERVER_ENV = "GDBPOOL_CURVE_SERVER_KEY"
 
+#: A ``name = value`` line of a ZeroMQ certificate (ZPL).
+_FIELD = re.compile(r"^(?P<name>[a-z][a-z-]*)\s*=\s*(?P<value>.*)$")
+
 _BANNER = "#   gdbpool CURVE {kind}, written by `gdbpool keys` (ZeroMQ certificate format)\n"
 
 
@@ -58,6 +62,16 @@ def _check(key: bytes, where: str) -> bytes:
         return curve_key(key, where)
     except ConfigurationError:
         raise BadInput(f"{where} does not hold a z85 CURVE key of 40 characters") from None
+
+
+def _is_z85(text: str) -> bool:
+    from zmq.utils import z85
+
+    try:
+        z85.decode(text.encode())
+    except Exception:  # z85.decode raises ValueError, KeyError or struct.error
+        return False
+    return True
 
 
 def _certificate(path: str, option: str, *, secret: bool) -> tuple[bytes, bytes | None]:
@@ -113,11 +127,14 @@ def allowed_keys(path: str | None) -> list[bytes] | None:
     keys = []
     for number, line in enumerate(lines, 1):
         text = line.strip()
-        name, eq, quoted = text.partition("=")
-        if eq and name.strip() == "public-key":  # a pasted ZeroMQ certificate line
-            text = quoted.strip(" \t'\"")
-        elif not text or text.startswith("#") or text in ("metadata", "curve") or eq:
-            continue  # blank, comment, or the rest of a certificate (secret-key never read)
+        if len(text) == 40 and _is_z85(text):
+            pass  # a bare key (z85 has '#' and '=' in its alphabet: test this first)
+        elif (field := _FIELD.match(text)) is not None:
+            if field["name"] != "public-key":
+                continue  # the rest of a pasted certificate (a secret-key is never read)
+            text = field["value"].strip(" \t'\"")
+        elif not text or text.startswith("#") or text in ("metadata", "curve"):
+            continue
         keys.append(_check(text.encode(), f"--allow-file {path!r} line {number}"))
     if not keys:
         raise BadInput(f"--allow-file {path!r} lists no key: it would admit nobody")

@@ -210,3 +210,10 @@ def test_an_allow_file_takes_bare_keys_and_pasted_certificates(tmp_path: Path) -
     # a secret certificate pasted by mistake: its public key counts, its secret is never read
     listing.write_text((tmp_path / "alice.key_secret").read_text())
     assert allowed_keys(str(listing)) == [alice.encode()]
+    # z85 has '#' and '=' in its alphabet: bare keys that hold them (or start with '#') count
+    tricky = [zmq.curve_public(zmq.curve_keypair()[1]) for _ in range(200)]
+    tricky = [k for k in tricky if k.startswith(b"#") or b"=" in k][:5]
+    tricky.append(b"#" + tricky[0][1:])  # starts with '#'; may not decode: then a comment
+    listing.write_text("\n".join(k.decode() for k in tricky) + "\n")
+    got = allowed_keys(str(listing))
+    assert got[:5] == tricky[:5]
