@@ -309,7 +309,10 @@ class ListenConnection(Actor):
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
-        except _LOST:
+        except _LOST as lost:
+            # A reset lands here as well as the timer's shutdown: both are a lost
+            # connection to reconnect, never a crash of this actor.
+            exc: BaseException = lost
             if fired:
                 exc = PoolConnectionError(
                     f"no answer to the idle check (SELECT 1) within {limit} s "
