@@ -25,7 +25,8 @@ from gdbpool import (
     NotificationHub,
     Reconnected,
 )
-from gdbpool.notify.listen_connection import _ReaderFailed, keepalive_options
+from gdbpool.green import keepalive_options
+from gdbpool.notify.listen_connection import _ReaderFailed
 
 WAIT = 5.0
 
