@@ -179,10 +179,12 @@ def keepalive_options(dsn: str) -> dict[str, str]:
     return {key: value for key, value in KEEPALIVES.items() if key not in given}
 
 
-#: Seconds a timed-out statement gets to stop after the cancel request before
-#: the connection's socket is shut down (an unreachable server never answers
-#: the cancel).
-CANCEL_GRACE: Final = 2.0
+#: Seconds a timed-out (or abandoned) statement gets to stop after the cancel
+#: request before the connection's socket is shut down (an unreachable server
+#: never answers the cancel). Short, because it counts against the caller's
+#: bound: a call with ``timeout=T`` is answered within about T + CANCEL_GRACE
+#: (docs/design/pool.md, "Bounds").
+CANCEL_GRACE: Final = 0.5
 
 
 class _Canceller:

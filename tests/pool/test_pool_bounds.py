@@ -8,9 +8,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent
+import psycopg2
 import pytest
+from _waits import wait_for
 
-from gdbpool import DBConnectionPool
+from gdbpool import DBConnectionPool, Interaction
 
 MakePool = Callable[..., DBConnectionPool]
 
@@ -62,3 +65,93 @@ def test_keepalive_settings_in_the_pool_dsn_win(make_pool: MakePool, dsn: str) -
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 1
         finally:
             sock.close()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _query(dsn: str, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description is not None else []
+    finally:
+        conn.close()
+
+
+def _active(dsn: str, fragment: str) -> int:
+    rows = _query(
+        dsn,
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+        "AND query LIKE %s AND pid <> pg_backend_pid()",
+        (f"%{fragment}%",),
+    )
+    return int(rows[0][0])
+
+
+@pytest.fixture
+def side_table(dsn: str) -> Iterator[str]:
+    """A table the interactions write to: what ran is what is in it."""
+    name = f"side_{uuid.uuid4().hex[:8]}"
+    _query(dsn, f"CREATE TABLE {name} (v int)")
+    yield name
+    _query(dsn, f"DROP TABLE {name}")
+
+
+def _call(pool: DBConnectionPool, work: Any, args: Any = None, **options: Any) -> Any:
+    interaction = Interaction(work, args, **options)
+    pool.submit(interaction)
+    return interaction.reply.get()
+
+
+# -- killed callers -------------------------------------------------------------------------
+
+
+def test_callers_killed_while_queued_never_run(
+    make_pool: MakePool, dsn: str, side_table: str
+) -> None:
+    pool = make_pool(dsn, 1)
+    blocker = Interaction("SELECT pg_sleep(0.5)")
+    pool.submit(blocker)
+    assert wait_for(lambda: _active(dsn, "pg_sleep(0.5)") == 1, 5)
+    callers = [
+        gevent.spawn(_call, pool, f"INSERT INTO {side_table} VALUES (%s)", (i,))
+        for i in range(10)
+    ]
+    assert wait_for(lambda: pool.stats()["requests_waiting"] == 10, 5)
+    gevent.killall(callers, timeout=5)
+    assert blocker.reply.get(timeout=5) == [("",)]
+    assert _call(pool, "SELECT 1") == [(1,)]  # everything queued before it is done
+    assert _query(dsn, f"SELECT count(*) FROM {side_table}") == [(0,)]
+
+
+def test_a_caller_killed_mid_statement_has_it_cancelled_on_the_server(
+    make_pool: MakePool, dsn: str, side_table: str
+) -> None:
+    pool = make_pool(dsn, 1)
+
+    def work(conn: Any, cursor: Any) -> None:
+        cursor.execute("SELECT pg_sleep(30)")
+        cursor.execute(f"INSERT INTO {side_table} VALUES (1)")
+
+    caller = gevent.spawn(_call, pool, work)
+    assert wait_for(lambda: _active(dsn, "pg_sleep(30)") == 1, 5)
+    caller.kill(timeout=5)
+    # Cancelled at once on the server, not after 30 s; the insert after it never ran.
+    assert wait_for(lambda: _active(dsn, "pg_sleep(30)") == 0, 2)
+    assert _call(pool, "SELECT 2") == [(2,)]
+    assert _query(dsn, f"SELECT count(*) FROM {side_table}") == [(0,)]
+    assert pool.stats()["connections_lost"] == 0  # the cancel kept the connection usable
+
+
+def test_a_reply_waited_with_its_own_get_timeout_is_not_abandoned(
+    make_pool: MakePool, dsn: str
+) -> None:
+    pool = make_pool(dsn, 1)
+    interaction = Interaction("SELECT pg_sleep(0.3), 7")
+    pool.submit(interaction)
+    with pytest.raises(gevent.Timeout):
+        interaction.reply.get(timeout=0.05)  # the caller bounds its wait, and waits again
+    assert interaction.reply.get(timeout=5) == [("", 7)]
