@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,8 +13,16 @@ import gevent
 import psycopg2
 import pytest
 from _waits import wait_for
+from tcp_proxy import TcpProxy
 
-from gdbpool import DBConnectionPool, Interaction
+from gdbpool import (
+    DBConnectionPool,
+    DBInteractionPool,
+    EmbeddedPostgres,
+    GDBPoolError,
+    Interaction,
+    InteractionTimeout,
+)
 
 MakePool = Callable[..., DBConnectionPool]
 
@@ -155,3 +164,71 @@ def test_a_reply_waited_with_its_own_get_timeout_is_not_abandoned(
     with pytest.raises(gevent.Timeout):
         interaction.reply.get(timeout=0.05)  # the caller bounds its wait, and waits again
     assert interaction.reply.get(timeout=5) == [("", 7)]
+
+
+# -- a timeout bounds the whole call ---------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(pg_primary: EmbeddedPostgres) -> Iterator[TcpProxy]:
+    p = TcpProxy(pg_primary.port).start()
+    yield p
+    p.set_mode("pass")
+    p.close()
+
+
+def test_every_call_through_a_blackhole_returns_within_its_timeout_plus_one_second(
+    proxy: TcpProxy, dsn: str
+) -> None:
+    ipool = DBInteractionPool(
+        proxy.dsn(dsn), 4, pool_name=f"bh{uuid.uuid4().hex[:6]}", connect_timeout=1.0,
+        reconnect_initial=0.05, reconnect_max=0.3,
+    )  # fmt: skip
+    try:
+        assert ipool.run("SELECT 1").get(timeout=5) == [(1,)]
+        proxy.set_mode("blackhole")
+
+        def call() -> tuple[float, BaseException | None]:
+            started = time.monotonic()
+            try:
+                ipool.run("SELECT 1", timeout=2).get()
+            except GDBPoolError as exc:
+                return time.monotonic() - started, exc
+            return time.monotonic() - started, None
+
+        calls = [gevent.spawn(call) for _ in range(24)]
+        gevent.joinall(calls, timeout=10)
+        outcomes = [c.value for c in calls]
+        assert all(o is not None for o in outcomes)
+        for took, error in outcomes:
+            assert isinstance(error, InteractionTimeout), error
+            assert took < 3.0, took
+        proxy.set_mode("pass")
+        assert ipool.run("SELECT 2").get(timeout=10) == [(2,)]  # and the pool recovers
+    finally:
+        proxy.set_mode("pass")
+        ipool.close()
+
+
+def test_queued_callers_fail_when_their_own_timeout_runs_out(
+    make_pool: MakePool, dsn: str
+) -> None:
+    pool = make_pool(dsn, 1)  # its own timeout is 30 s
+    blocker = Interaction("SELECT pg_sleep(3)")
+    pool.submit(blocker)
+    assert wait_for(lambda: _active(dsn, "pg_sleep(3)") == 1, 5)
+
+    def call() -> tuple[float, BaseException | None]:
+        started = time.monotonic()
+        try:
+            _call(pool, "SELECT 1", timeout=1)
+        except GDBPoolError as exc:
+            return time.monotonic() - started, exc
+        return time.monotonic() - started, None
+
+    calls = [gevent.spawn(call) for _ in range(5)]
+    gevent.joinall(calls, timeout=10)
+    for c in calls:
+        took, error = c.value
+        assert isinstance(error, InteractionTimeout), error
+        assert 0.9 < took < 1.5, took
