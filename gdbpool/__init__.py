@@ -7,6 +7,7 @@ Users import from ``gdbpool`` only; submodules are internal.
 from __future__ import annotations
 
 from gdbpool.errors import (
+    ArgumentTypeError,
     BridgeClosed,
     ConfigurationError,
     DBInteractionException,
@@ -57,6 +58,7 @@ __all__ = [
     "ISOLATION_LEVELS",
     "RESERVED_PREFIX",
     "WIRE_VERSION",
+    "ArgumentTypeError",
     "BridgeClosed",
     "BridgeRestarted",
     "BridgeSilent",
