@@ -23,7 +23,9 @@ from gdbpool import (
     Notification,
     NotificationError,
     NotificationHub,
+    NotifySubscriber,
     Reconnected,
+    ZmqNotifyBridge,
 )
 from gdbpool.green import keepalive_options
 from gdbpool.notify.listen_connection import _ReaderFailed
@@ -373,3 +375,28 @@ def test_terminating_the_listen_backend_past_the_restart_limit_never_closes_the_
         hub.notify("feed", "after")
         got = sub.get(timeout=WAIT)
         assert isinstance(got, Notification) and got.payload == "after"
+
+
+def test_a_bridge_keeps_publishing_through_resets_past_the_restart_limit(
+    dsn: str, proxy: TcpProxy
+) -> None:
+    with (
+        NotificationHub(
+            proxy.dsn(dsn), idle_check=0.2, reconnect_initial=0.02, reconnect_max=0.05
+        ) as hub,
+        ZmqNotifyBridge(hub, ["feed"], heartbeat_interval=0.1) as bridge,
+        NotifySubscriber(bridge.endpoint, ["feed"]) as sub,
+    ):
+        sub.wait_connected(timeout=WAIT)
+        for round_ in range(5):
+            proxy.held = 0
+            proxy.set_mode("blackhole")
+            assert wait_for(lambda: proxy.held > 0, WAIT)
+            proxy.set_mode("drop")
+            proxy.set_mode("pass")
+            event = sub.get(timeout=WAIT)
+            assert isinstance(event, Reconnected), (round_, event)
+        assert not bridge.closed and not hub.closed
+        hub.notify("feed", "still bridged")
+        got = sub.get(timeout=WAIT)
+        assert isinstance(got, Notification) and got.payload == "still bridged"
