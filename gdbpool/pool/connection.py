@@ -22,7 +22,7 @@ from psycopg2 import extensions
 
 from actors import ActorRef
 from gdbpool.errors import PoolConnectionError
-from gdbpool.green import shutdown_socket
+from gdbpool.green import keepalive_options, shutdown_socket
 from gdbpool.logging import redact
 
 # The OS's poll, even when gevent.monkey has patched ``select``: the liveness
@@ -79,7 +79,10 @@ class PoolSettings:
 
 
 def open_connection(settings: PoolSettings) -> Any:
-    """Open one connection for the pool, bounded by ``connect_timeout``.
+    """Open one connection for the pool, bounded by ``connect_timeout``, with TCP keepalives.
+
+    Keepalives (:data:`~gdbpool.green.KEEPALIVES`, unless the DSN sets its own)
+    end a call on a connection whose peer vanished, timeout or not.
 
     Raises :class:`PoolConnectionError` naming host, port and database (never
     the password) when it cannot.
@@ -90,6 +93,7 @@ def open_connection(settings: PoolSettings) -> Any:
                 settings.dsn,
                 connection_factory=PooledConnection,
                 application_name=settings.application_name,
+                **keepalive_options(settings.dsn),
             )
     except gevent.Timeout:
         reason = f"no answer within connect_timeout={settings.connect_timeout} s"

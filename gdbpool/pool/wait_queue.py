@@ -122,6 +122,9 @@ class WaitQueue:
         if items and self.grown and not self.in_mailbox and not self.closed:
             now = time.monotonic()
             deadline = now + timeout
+            own = interaction.deadline  # the caller's timeout bounds the wait too
+            if own is not None and own < deadline:
+                deadline = own
             if deadline >= self.timer_deadline and not 0 < self.limit <= len(items):
                 items.append((interaction, now, deadline))
                 self.offered += 1
