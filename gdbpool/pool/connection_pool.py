@@ -179,9 +179,9 @@ class DBConnectionPool:
         :meth:`close`, TooManyRequests past ``max_waiting``.
         """
         if isolation_level is not None and (
-            check_type("isolation_level", isolation_level, str, "a str or None")
-            or isolation_level not in ISOLATION_LEVELS
+            type(isolation_level) is not str or isolation_level not in ISOLATION_LEVELS
         ):
+            check_type("isolation_level", isolation_level, str, "a str or None")
             raise ConfigurationError(
                 f"unknown isolation_level {isolation_level!r}; use one of "
                 f"{', '.join(ISOLATION_LEVELS)}"
