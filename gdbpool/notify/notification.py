@@ -175,7 +175,8 @@ def check_channel(channel: str) -> str:
     """Return ``channel`` if it is a usable channel name (any identifier text).
 
     Raises :class:`NotificationError` when it is not a ``str``, is empty,
-    contains NUL or a lone surrogate (not UTF-8), or is longer than :data:`MAX_CHANNEL_BYTES` bytes in UTF-8
+    contains NUL or a lone surrogate (not UTF-8), or is longer than
+    :data:`MAX_CHANNEL_BYTES` bytes in UTF-8
     (PostgreSQL would truncate it silently).  Spaces, quotes, semicolons and
     mixed case are fine: names are always quoted, never folded.
     """

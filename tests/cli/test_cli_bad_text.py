@@ -1,4 +1,4 @@
-"""Text that is not UTF-8 on the command line or stdin: one line on stderr, exit 2, no round trip."""
+"""Text that is not UTF-8 on the command line or stdin: one line on stderr, exit 2, no connect."""
 
 from __future__ import annotations
 
