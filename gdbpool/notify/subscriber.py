@@ -50,6 +50,7 @@ from gevent import monkey
 
 from gdbpool.errors import BridgeClosed, ConfigurationError, WireFormatError
 from gdbpool.logging import get_logger
+from gdbpool.notify.endpoint import check_endpoint
 from gdbpool.notify.notification import Notification, Reconnected
 from gdbpool.notify.wire import (
     RESERVED_PREFIX,
@@ -217,6 +218,8 @@ class NotifySubscriber:
         endpoints = [connect] if isinstance(connect, str) else list(connect)
         if not endpoints:
             raise ConfigurationError("connect needs at least one bridge endpoint")
+        for endpoint in endpoints:
+            check_endpoint(endpoint, name="connect", bind=False)
         if heartbeat_timeout is not None and not heartbeat_timeout > 0:
             raise ConfigurationError(
                 f"heartbeat_timeout must be > 0 or None, got {heartbeat_timeout}"

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from gdbpool import (
     HEARTBEAT_TOPIC,
     RESERVED_PREFIX,
+    ArgumentTypeError,
     BridgeRestarted,
     BridgeSilent,
     ConfigurationError,
@@ -336,6 +337,29 @@ def test_bridge_refuses_a_bad_bind_address_with_a_clear_error() -> None:
         pytest.raises(ConfigurationError, match="Address already in use"),
     ):
         ZmqNotifyBridge(FakeHub(), ["a"], bind=bridge.endpoint)
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "65537", "99999999", "", "x", "1e3", "\uff15"])
+def test_a_port_outside_1_to_65535_is_refused_before_zeromq_wraps_it(port: str) -> None:
+    # libzmq bound -1 as 65535 and 65537 as 1
+    with pytest.raises(ConfigurationError, match="port must be 1 to 65535"):
+        ZmqNotifyBridge(FakeHub(), ["a"], bind=f"tcp://127.0.0.1:{port}")
+    with pytest.raises(ConfigurationError, match="port must be 1 to 65535"):
+        ZmqNotifyBridge(FakeHub(), ["a"], replay_bind=f"tcp://127.0.0.1:{port}")
+    with pytest.raises(ConfigurationError, match="port must be 1 to 65535"):
+        NotifySubscriber(f"tcp://127.0.0.1:{port}", green=False)
+
+
+def test_port_zero_or_star_picks_a_free_port_to_bind_but_is_no_place_to_connect() -> None:
+    for free in ("0", "*"):
+        with ZmqNotifyBridge(FakeHub(), ["a"], bind=f"tcp://127.0.0.1:{free}") as bridge:
+            assert 1 <= int(bridge.endpoint.rpartition(":")[2]) <= 65535
+        with pytest.raises(ConfigurationError, match="port must be 1 to 65535"):
+            NotifySubscriber(f"tcp://127.0.0.1:{free}", green=False)
+    with pytest.raises(ArgumentTypeError, match="bind"):
+        ZmqNotifyBridge(FakeHub(), ["a"], bind=5555)  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="connect"):
+        NotifySubscriber([5555], green=False)  # type: ignore[list-item]
 
 
 def test_bridge_rejects_bad_options() -> None:
