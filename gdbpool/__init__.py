@@ -1,6 +1,8 @@
 """gDBPool: PostgreSQL connection and interaction pooling for gevent.
 
-Importing this package makes psycopg2 cooperative (see :mod:`gdbpool.green`).
+Importing this package changes nothing in psycopg2: the first pool or hub
+installs the cooperative wait callback if no other one is installed, unless
+``GDBPOOL_NO_GREEN=1`` (see :mod:`gdbpool.green`).
 Users import from ``gdbpool`` only; submodules are internal.
 """
 
@@ -41,8 +43,6 @@ from gdbpool.routing.replicas import ReplicaStatus
 from gdbpool.routing.transaction import Transaction
 from gdbpool.server.embedded import EmbeddedPostgres
 from gdbpool.server.wait import wait_for_server
-
-make_psycopg_green()
 
 __version__ = "0.1.0"
 

@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 import psycopg2
 import pytest
 
-import gdbpool  # noqa: F401 - makes psycopg2 cooperative for every test
-from gdbpool import EmbeddedPostgres
+from gdbpool import EmbeddedPostgres, make_psycopg_green
+
+make_psycopg_green()  # raw psycopg2.connect() in tests is cooperative too
 
 
 @pytest.fixture(scope="session")
