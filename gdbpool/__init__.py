@@ -8,6 +8,15 @@ Users import from ``gdbpool`` only; submodules are internal.
 
 from __future__ import annotations
 
+try:
+    import psycopg2 as _psycopg2  # noqa: F401 - the driver is an extra; say so clearly
+except ImportError as _exc:  # pragma: no cover - exercised in a venv without a driver
+    raise ImportError(
+        "gdbpool needs psycopg2, which is not installed: install "
+        "'gdbpool[binary]' (psycopg2-binary, a prebuilt wheel) or 'gdbpool[source]' "
+        "(psycopg2 built against your libpq), or install either one yourself"
+    ) from _exc
+
 from gdbpool.errors import (
     BridgeClosed,
     ConfigurationError,
