@@ -61,15 +61,17 @@ _START_TIMEOUT = 60
 
 # The parent-death guard: a tiny process that blocks reading a pipe only the owning
 # process writes to.  When the owner exits in any way (SIGKILL included), the pipe
-# reaches EOF and the guard shuts the postmaster down and removes a throwaway
+# reaches EOF with nothing written (stop() writes first) and the guard shuts the postmaster down and removes a throwaway
 # cluster's files.  stdlib only, so it runs with nothing but the interpreter.
 _GUARD = """
 import os, shutil, signal, sys, time
 pid, data_dir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 try:
-    sys.stdin.buffer.read()
+    told = sys.stdin.buffer.read()
 except BaseException:
-    pass
+    told = b""
+if told:  # the owner stopped the server itself and said so: nothing to do
+    sys.exit(0)
 def alive():
     try:
         first = open(os.path.join(data_dir, "postmaster.pid")).readline().strip()
@@ -97,15 +99,18 @@ if root:
 """
 
 
-def _reap(guard: subprocess.Popen[bytes] | None) -> None:
+def _reap(guard: subprocess.Popen[bytes] | None, stand_down: bool = False) -> None:
     """Stop a postmaster its owner forgot and remove a throwaway cluster (exit or collection).
 
-    Closing the guard's pipe is all it takes: the guard does the stopping.
+    Closing the guard's pipe is all it takes: the guard does the stopping.  With
+    ``stand_down`` (the owner stopped it itself) the guard is told to do nothing.
     """
     if guard is None:
         return
     with contextlib.suppress(OSError):
         if guard.stdin is not None:
+            if stand_down:
+                guard.stdin.write(b"stopped")
             guard.stdin.close()
     with contextlib.suppress(subprocess.TimeoutExpired):
         guard.wait(timeout=30)
@@ -258,7 +263,7 @@ class EmbeddedPostgres:
             self._finalizer = None
         guard, self._guard = self._guard, None
         if guard is not None:
-            _reap(guard)  # stopped already: the guard finds nothing and exits
+            _reap(guard, stand_down=True)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``, ``smart`` or ``immediate``); remove a throwaway cluster.
