@@ -61,8 +61,8 @@ _START_TIMEOUT = 60
 
 # The parent-death guard: a tiny process that blocks reading a pipe only the owning
 # process writes to.  When the owner exits in any way (SIGKILL included), the pipe
-# reaches EOF with nothing written (stop() writes first) and the guard shuts the postmaster down and removes a throwaway
-# cluster's files.  stdlib only, so it runs with nothing but the interpreter.
+# reaches EOF with nothing written (stop() writes first) and the guard shuts the
+# postmaster down and removes a throwaway cluster's files.  stdlib only, so it runs with nothing but the interpreter.
 _GUARD = """
 import os, shutil, signal, sys, time
 pid, data_dir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
