@@ -204,6 +204,11 @@ class ActorRef:
         """True until the actor has stopped (while stopping or restarting too)."""
         return self._state is not ActorState.STOPPED
 
+    @property
+    def mailbox_depth(self) -> int:
+        """Messages waiting in the mailbox now (for metrics; reading it costs nothing else)."""
+        return int(self._mailbox.qsize())
+
     def tell(self, message: object) -> bool:
         """Post ``message`` and return at once.
 

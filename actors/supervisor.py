@@ -76,6 +76,8 @@ class Supervisor:
         self._children: list[ActorRef] = []
         self._supervisors: list[Supervisor] = []
         self._restarts: dict[_Child, deque[float]] = {}
+        #: Restarts of children done so far, in total (for metrics).
+        self.restarts = 0
         self._running = True
         self._stopped = False  # stopped for good by stop(), not revivable
         self._restart: Greenlet | None = None  # pending restart by our parent
@@ -169,6 +171,7 @@ class Supervisor:
             self._give_up(child, exc, len(history) + 1)
             return
         history.append(now)
+        self.restarts += 1
         delay = min(self.backoff_initial * 2 ** (len(history) - 1), self.backoff_max)
         child._restart = gevent.spawn_later(delay, self._restart_child, child, len(history))
 
