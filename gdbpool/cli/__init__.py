@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gdbpool.cli.args import BadInput, positive
+from gdbpool.cli.args import BadInput, check_dsn, positive, tcp_port
 from gdbpool.cli.bench import cmd_bench
 from gdbpool.cli.keys import SECRET_ENV, SERVER_ENV, cmd_keys
 from gdbpool.cli.notify import cmd_bridge, cmd_notify, cmd_subscribe
@@ -39,6 +39,9 @@ __all__ = ["build_parser", "main"]
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end (see :mod:`gdbpool.cli.demo`)."""
     from gdbpool.cli.demo import run_demo
+
+    if args.dsn is not None:
+        check_dsn(args.dsn)  # bad input exits 2 before the tour prints anything
 
     return run_demo(dsn=args.dsn, json_logs=args.json_logs)
 
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 130 Ctrl-C",
     )
+    from gdbpool import __version__
+
+    parser.add_argument("--version", action="version", version=f"gdbpool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end tour (embedded PostgreSQL unless --dsn)")
@@ -69,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data directory (kept; initialised when empty). Default: throwaway",
     )
-    pg.add_argument("--port", type=int, default=5432, help="TCP port on 127.0.0.1 (default 5432)")
+    pg.add_argument(
+        "--port", type=tcp_port, default=5432, help="TCP port on 127.0.0.1 (default 5432)"
+    )
     pg.add_argument(
         "--password-env",
         metavar="VAR",

@@ -39,6 +39,7 @@ from gdbpool.errors import (
     PoolClosed,
     PoolConnectionError,
 )
+from gdbpool.green import ensure_green
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -246,6 +247,7 @@ class NotificationHub:
                 f"idle_check must be a number of seconds > 0 (or None to switch it off), "
                 f"not {idle_check!r}"
             )
+        ensure_green()  # as a pool does (docs/design/green.md)
         self.source = uuid.uuid4().hex[:12]
         self.name = name or f"hub-{self.source}"
         self.command_timeout = command_timeout

@@ -32,6 +32,7 @@ from gdbpool.errors import (
     PoolTimeout,
     check_type,
 )
+from gdbpool.green import ensure_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
@@ -118,6 +119,7 @@ class DBConnectionPool:
             connect_timeout, check_after, reconnect_initial, reconnect_max,
         )  # fmt: skip
         params = _parse_dsn(dsn, name)
+        ensure_green()  # the first pool makes psycopg2 cooperative (docs/design/green.md)
         self.name = name
         self.timeout = timeout
         self._log = get_logger("gdbpool.pool", pool=name)
