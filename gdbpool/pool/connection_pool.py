@@ -327,6 +327,15 @@ class DBConnectionPool:
         ``connections_ms`` (time spent connecting), ``connections_errors``
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
         (total time connections were busy or lent).
+
+        Beyond psycopg_pool's (read by :mod:`gdbpool.metrics`): ``connections_idle``,
+        ``connections_busy`` (running an interaction), ``connections_lent`` (out
+        through ``get()``), ``connections_connecting`` (now),
+        ``connections_replaced`` (past ``max_lifetime``), ``pool_mailbox_depth``
+        (the pool actor's), ``worker_restarts`` (by the workers' supervisor), and
+        ``requests_wait_bucket_<le>`` / ``requests_wait_bucket_inf``: requests
+        that waited, by wait time in seconds (bounds:
+        :data:`gdbpool.pool.wait_queue.WAIT_BUCKETS`; not cumulative).
         """
         try:
             result: dict[str, int] = self._ref.ask(_PoolStats(), timeout=5.0).get()

@@ -34,7 +34,7 @@ from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handle
 from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
 from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import PooledConnection, PoolSettings
-from gdbpool.pool.wait_queue import WaitQueue, _Checkout
+from gdbpool.pool.wait_queue import WAIT_BUCKETS, WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
     ConnectionWorker,
@@ -176,6 +176,7 @@ class _PoolActor(Actor):
                 "connections_ms",
                 "connections_errors",
                 "connections_lost",
+                "connections_replaced",
                 "usage_ms",
             ),
             0,
@@ -369,6 +370,8 @@ class _PoolActor(Actor):
         worker = msg.worker
         if msg.broken:
             self.counters["connections_lost"] += 1
+        else:
+            self.counters["connections_replaced"] += 1  # past max_lifetime (Recycle)
         self._drop(worker)
         if worker in self.workers and not self.status.closed:
             self.connecting += 1  # it reconnects (a closing worker does not)
@@ -436,17 +439,31 @@ class _PoolActor(Actor):
 
     @handles(_PoolStats)
     def stats(self, msg: _PoolStats) -> dict[str, int]:
+        waiting = self.waiting
         counters = dict(self.counters)
-        counters["requests_wait_ms"] += self.waiting.wait_ms
-        counters["requests_num"] += self.waiting.offered
-        counters["requests_queued"] += self.waiting.offered
+        counters["requests_wait_ms"] += waiting.wait_ms
+        counters["requests_num"] += waiting.offered
+        counters["requests_queued"] += waiting.offered
+        lent = len(self.lent)
+        buckets = {
+            f"requests_wait_bucket_{bound:g}": count
+            for bound, count in zip(WAIT_BUCKETS, waiting.wait_buckets, strict=False)
+        }
+        buckets["requests_wait_bucket_inf"] = waiting.wait_buckets[-1]
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,
             "pool_size": self._size(),
             "pool_available": len(self.idle),
-            "requests_waiting": self.waiting.live(),
+            "requests_waiting": waiting.live(),
             **counters,
+            "connections_idle": len(self.idle),
+            "connections_busy": len(self.busy_since) - lent,
+            "connections_lent": lent,
+            "connections_connecting": self.connecting,
+            "pool_mailbox_depth": self.ref.mailbox_depth,
+            "worker_restarts": self.supervisor.restarts,
+            **buckets,
         }
 
     @handles(_Busy)
