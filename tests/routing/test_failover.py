@@ -309,3 +309,34 @@ def test_add_pool_then_an_immediate_read_runs_on_the_replica(
         assert ports == [pg_replica.port] * 8
         assert ipool.topology()["replica"].role == "replica"
         assert ipool.topology()["default"].role == "primary"
+
+
+def test_the_bridge_publishes_the_primary_change_as_reconnected(
+    make_pair: Callable[..., PgPair],
+) -> None:
+    from gdbpool import NotifySubscriber, ZmqNotifyBridge
+
+    pair = make_pair()
+    with _open(pair) as ipool:
+        bridge = ZmqNotifyBridge(ipool.notification_hub(), ["events"])
+        subscriber = NotifySubscriber(bridge.endpoint, ["events"], green=True)
+        try:
+            subscriber.wait_connected(timeout=10)
+            pair.primary.halt(mode="immediate")
+            pair.replica.promote()
+            deadline = time.monotonic() + 10
+            event: Any = None
+            while time.monotonic() < deadline:
+                event = subscriber.get(timeout=10)
+                if isinstance(event, Reconnected):
+                    break
+            assert isinstance(event, Reconnected), event
+            assert event.reason.startswith("primary changed:")
+            ipool.notify("events", "after").get(5)
+            item = subscriber.get(timeout=5)
+            while not isinstance(item, Notification):
+                item = subscriber.get(timeout=5)
+            assert item.payload == "after"
+        finally:
+            subscriber.close()
+            bridge.close()
