@@ -73,6 +73,11 @@ class EmbeddedPostgres:
 
     ``replica_of`` (another running :class:`EmbeddedPostgres`) makes this
     cluster a streaming replica, cloned with ``pg_basebackup -R``.
+
+    ``ssl=True`` serves TLS with a certificate signed by a throwaway CA of its
+    own (made with the ``openssl`` command: :mod:`gdbpool.server.tls`); its
+    :meth:`dsn` then asks for ``sslmode=verify-full`` against that CA
+    (:attr:`ssl_root_cert`). Plaintext stays possible with ``sslmode=disable``.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class EmbeddedPostgres:
         settings: dict[str, str] | None = None,
         password: str | None = None,
         keep: bool | None = None,
+        ssl: bool = False,
     ) -> None:
         self.bindir = find_pg_bindir()
         self._throwaway = data_dir is None
@@ -108,6 +114,10 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self.socket_dir: Path | None = None
         self._running = False
+        self.ssl = ssl
+        #: With ``ssl=True``, once started: the CA certificate clients verify the server
+        #: with (``sslrootcert``; :meth:`dsn` adds it).
+        self.ssl_root_cert: Path | None = None
 
     # -- public API -------------------------------------------------------------
 
@@ -125,6 +135,8 @@ class EmbeddedPostgres:
             "password": self.password,
             "dbname": dbname,
         }
+        if self.ssl and self.ssl_root_cert is not None:
+            parts |= {"sslmode": "verify-full", "sslrootcert": str(self.ssl_root_cert)}
         parts.update(extra)
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
 
@@ -170,6 +182,10 @@ class EmbeddedPostgres:
                     self._basebackup()
                 else:
                     self._initdb()
+            if self.ssl:
+                from gdbpool.server.tls import make_certificates
+
+                self.ssl_root_cert = make_certificates(self.data_dir)
             for attempt in range(3):
                 self._write_config()
                 try:
@@ -454,6 +470,14 @@ class EmbeddedPostgres:
             "wal_log_hints": "on",
             "logging_collector": "off",
         }
+        if self.ssl:
+            from gdbpool.server.tls import CERT_FILE, KEY_FILE
+
+            conf |= {
+                "ssl": "on",
+                "ssl_cert_file": f"'{CERT_FILE}'",
+                "ssl_key_file": f"'{KEY_FILE}'",
+            }
         if self.fast:
             conf |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         conf |= self.settings
