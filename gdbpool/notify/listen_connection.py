@@ -159,6 +159,14 @@ class _Reconnect:
 
 
 @dataclass(frozen=True, slots=True)
+class Follow:
+    """Listen on another server from now on (the primary changed): reconnect there at once."""
+
+    dsn: str = field(repr=False)  # carries the password
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class _ReaderFailed:
     error: BaseException
 
@@ -315,6 +323,21 @@ class ListenConnection(Actor):
             self._connect()
         except (PoolConnectionError, ConfigurationError, psycopg2.Error) as exc:
             self._attempt += 1
+            self._schedule_reconnect(exc)
+            return
+        self._resumed()
+
+    @handles(Follow)
+    def _follow(self, msg: Follow) -> None:
+        """Move to ``msg.dsn``: subscribers get one Reconnected whose reason is ``msg.reason``."""
+        self._state.dsn = msg.dsn
+        self._lost_reason = msg.reason
+        self._log.info("listen_following", server=describe_dsn(msg.dsn), reason=msg.reason)
+        self._disconnect()  # also cancels a reconnect timer aimed at the old server
+        self._attempt = 0
+        try:
+            self._connect()
+        except (PoolConnectionError, ConfigurationError, psycopg2.Error) as exc:
             self._schedule_reconnect(exc)
             return
         self._resumed()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 import select
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,10 @@ class PoolSettings:
     backoff_initial: float
     backoff_max: float
     log: Any
+    #: Told ``"25006 ..."`` or ``"connection lost"`` when an interaction fails
+    #: that way (the interaction pool probes the server's role at once). Error
+    #: paths only.
+    on_failure: Callable[[str], None] | None = None
 
 
 def open_connection(settings: PoolSettings) -> Any:

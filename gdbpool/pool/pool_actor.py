@@ -80,6 +80,11 @@ class _PoolStats:
 
 
 @dataclass(frozen=True, slots=True)
+class _Busy:
+    """Ask for (busy or lent workers, live waiting requests)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Close:
     """Ask: stop serving; the reply is an Event set once no worker is busy."""
 
@@ -468,6 +473,10 @@ class _PoolActor(Actor):
             "worker_restarts": self.supervisor.restarts,
             **buckets,
         }
+
+    @handles(_Busy)
+    def busy(self, msg: _Busy) -> tuple[int, int]:
+        return (len(self.busy_since), self.waiting.live())
 
     @handles(_Close)
     def close(self, msg: _Close) -> Event:

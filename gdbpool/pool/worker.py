@@ -253,6 +253,12 @@ class ConnectionWorker(Actor):
                 reply.set(run_interaction(conn, interaction))
             except DBInteractionException as exc:
                 reply.set_exception(exc)
+                hook = self.settings.on_failure
+                if hook is not None:
+                    if exc.pgcode == "25006":
+                        hook("25006: read-only transaction")
+                    elif conn.closed:
+                        hook("connection lost")
             except Exception as exc:
                 # run_interaction converts what it knows; anything else is a
                 # bug somewhere below it: answer the caller, then trust
