@@ -173,6 +173,10 @@ _KEEPALIVES = {
     "keepalives_interval": "10",
     "keepalives_count": "3",
 }
+# The WAL insert position as a byte count (compares like the LSN).
+_WAL_POSITION_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+# Larger than any real LSN: a token at it sends reads to the primary.
+_PRIMARY_ONLY = (1 << 64) - 1
 # Channels per LISTEN round trip when (re)connecting.
 _LISTEN_CHUNK = 500
 _LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -429,12 +433,41 @@ class ListenConnection(Actor):
         self._route()  # notifications read along with the statement's reply
 
     def _route(self) -> None:
-        """Number the notifications read so far and tell each channel's route its batch."""
+        """Number the notifications read so far and tell each channel's route its batch.
+
+        Each batch is stamped with one WAL position read after it arrived (see
+        :meth:`_wal_position`); notifications that arrive along with that
+        read's reply form the next batch, with a read of their own.
+        """
         conn = self._conn
-        batch = conn.notifies
-        if not batch:
-            return
-        conn.notifies = []  # swap, not copy: psycopg2 appends to whatever list is there
+        lost: BaseException | None = None
+        while conn.notifies and lost is None:
+            batch = conn.notifies
+            conn.notifies = []  # swap, not copy: psycopg2 appends to whatever list is there
+            try:
+                lsn = self._wal_position(conn)
+            except _LOST as exc:
+                lost, lsn = exc, _PRIMARY_ONLY
+            self._route_batch(batch, lsn)
+        if lost is not None:
+            self._connection_lost(lost)
+
+    def _wal_position(self, conn: Any) -> int:
+        """The primary's WAL insert position now: past the commit of every NOTIFY received.
+
+        PostgreSQL delivers a notification only after its transaction
+        committed, so the position read after receiving it is at or past that
+        commit (the insert position, as for read-your-writes tokens: with
+        ``synchronous_commit=off`` the write position can lag the commit
+        record).  If it cannot be read (the connection is lost meanwhile), the
+        batch gets the end of time, which sends its readers to the primary.
+        """
+        with conn.cursor() as cur:
+            cur.execute(_WAL_POSITION_SQL)
+            row = cur.fetchone()
+        return int(row[0])
+
+    def _route_batch(self, batch: list[Any], lsn: int) -> None:
         state = self._state
         first = state.received + 1
         state.received += len(batch)
@@ -442,7 +475,7 @@ class ListenConnection(Actor):
         source = state.source
         make = make_notification
         items = [
-            make(n.channel, n.payload, n.pid, now, seq, source)
+            make(n.channel, n.payload, n.pid, now, seq, source, lsn)
             for seq, n in enumerate(batch, first)
         ]
         routes = state.routes
