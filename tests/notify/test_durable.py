@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import gevent
@@ -17,8 +18,12 @@ from gdbpool import (
     Notification,
     NotificationError,
     NotificationHub,
+    NotifySubscriber,
+    WireFormatError,
+    ZmqNotifyBridge,
 )
 from gdbpool.notify.durable_subscription import DurableSubscription
+from gdbpool.notify.wire import decode, encode_notify
 
 WAIT = 10.0
 
@@ -303,3 +308,48 @@ def test_the_notification_token_makes_replica_reads_see_the_notified_row(
 def notifications_token(ipool: DBInteractionPool, sub: DurableSubscription) -> object:
     ipool.notify("orders", "last", durable=True).get(timeout=WAIT)
     return notifications(sub, 1)[0].session()
+
+
+# -- over the bridge ---------------------------------------------------------------------
+
+
+def test_the_wire_carries_log_id_and_lsn_as_additive_header_fields() -> None:
+    plain = encode_notify("c", "p", source="s", bridge="b", seq=1, pid=2, ts=3.5)
+    assert b"log_id" not in plain[1] and b"lsn" not in plain[1]  # unchanged for plain ones
+    frames = encode_notify(
+        "c", "p", source="s", bridge="b", seq=1, pid=2, ts=3.5, log_id=7, lsn=2**40
+    )
+    header = json.loads(frames[1])
+    assert (header["log_id"], header["lsn"]) == (7, 2**40)
+    message = decode(frames)
+    assert message is not None
+    assert (message.log_id, message.lsn, message.payload) == (7, 2**40, "p")
+    assert decode(plain).log_id is None  # type: ignore[union-attr]
+    for bad in ({"log_id": "7"}, {"log_id": 0}, {"lsn": -1}, {"lsn": 2**64}, {"log_id": True}):
+        header = {**json.loads(plain[1]), **bad}
+        with pytest.raises(WireFormatError):
+            decode([plain[0], json.dumps(header).encode(), plain[2]])
+
+
+def test_a_durable_bridge_sends_log_ids_and_tokens_and_position_includes_them(
+    dsn: str, ipool: DBInteractionPool
+) -> None:
+    with (
+        NotificationHub(dsn) as hub,
+        ZmqNotifyBridge(hub, ["feed"], durable=True, heartbeat_interval=0.05) as bridge,
+        NotifySubscriber(bridge.endpoint, ["feed"]) as sub,
+    ):
+        sub.wait_connected(timeout=WAIT)
+        ids = [hub.notify("feed", f"m{i}", durable=True) for i in range(3)]
+        got = []
+        while len(got) < 3:
+            event = sub.get(timeout=WAIT)
+            if isinstance(event, Notification):
+                got.append(event)
+        assert [(n.log_id, n.payload) for n in got] == [(i, f"m{k}") for k, i in enumerate(ids)]
+        assert all(n.lsn is not None and n.lsn > 0 for n in got)
+        position = sub.position()
+        assert position[bridge.source_id]["log_ids"] == {"feed": ids[-1]}
+        json.dumps(position)  # still JSON-ready
+    with NotifySubscriber(bridge.endpoint, ["feed"], resume=position) as again:
+        assert again.position()[bridge.source_id]["log_ids"] == {"feed": ids[-1]}
