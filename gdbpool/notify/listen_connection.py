@@ -213,6 +213,7 @@ class ListenConnection(Actor):
         super().__init__()
         self._state = state
         self._conn: Any = None
+        self._lsn_conn: Any = None  # for _wal_position
         self._reader: gevent.Greenlet | None = None
         self._generation = 0
         self._attempt = 0
@@ -436,36 +437,52 @@ class ListenConnection(Actor):
         """Number the notifications read so far and tell each channel's route its batch.
 
         Each batch is stamped with one WAL position read after it arrived (see
-        :meth:`_wal_position`); notifications that arrive along with that
-        read's reply form the next batch, with a read of their own.
+        :meth:`_wal_position`).
         """
         conn = self._conn
-        lost: BaseException | None = None
-        while conn.notifies and lost is None:
-            batch = conn.notifies
-            conn.notifies = []  # swap, not copy: psycopg2 appends to whatever list is there
-            try:
-                lsn = self._wal_position(conn)
-            except _LOST as exc:
-                lost, lsn = exc, _PRIMARY_ONLY
-            self._route_batch(batch, lsn)
-        if lost is not None:
-            self._connection_lost(lost)
+        batch = conn.notifies
+        if not batch:
+            return
+        conn.notifies = []  # swap, not copy: psycopg2 appends to whatever list is there
+        self._route_batch(batch, self._wal_position())
 
-    def _wal_position(self, conn: Any) -> int:
+    def _wal_position(self) -> int:
         """The primary's WAL insert position now: past the commit of every NOTIFY received.
 
         PostgreSQL delivers a notification only after its transaction
-        committed, so the position read after receiving it is at or past that
+        committed, so a position read after receiving it is at or past that
         commit (the insert position, as for read-your-writes tokens: with
         ``synchronous_commit=off`` the write position can lag the commit
-        record).  If it cannot be read (the connection is lost meanwhile), the
-        batch gets the end of time, which sends its readers to the primary.
+        record).  Read on a second small connection of the actor's (opened on
+        first use, application_name ``<application_name>/lsn``), not on the
+        LISTEN connection: a query there would pull every notification queued
+        on the server into its reply, one huge batch instead of the socket's
+        chunks.  If it cannot be read, the batch gets the end of time, which
+        sends its readers to the primary; nothing is delivered late for it.
         """
-        with conn.cursor() as cur:
-            cur.execute(_WAL_POSITION_SQL)
-            row = cur.fetchone()
-        return int(row[0])
+        state = self._state
+        try:
+            if self._lsn_conn is None:
+                with gevent.Timeout(state.connect_timeout, PoolConnectionError("timed out")):
+                    conn = psycopg2.connect(
+                        state.dsn, application_name=f"{state.application_name}/lsn"
+                    )
+                conn.autocommit = True
+                self._lsn_conn = conn
+            with self._lsn_conn.cursor() as cur:
+                cur.execute(_WAL_POSITION_SQL)
+                row = cur.fetchone()
+            return int(row[0])
+        except (psycopg2.Error, PoolConnectionError) as exc:
+            self._log.warning("wal_position_unavailable", error=_oneline(exc))
+            self._close_lsn_connection()
+            return _PRIMARY_ONLY
+
+    def _close_lsn_connection(self) -> None:
+        conn, self._lsn_conn = self._lsn_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
 
     def _route_batch(self, batch: list[Any], lsn: int) -> None:
         state = self._state
@@ -551,3 +568,4 @@ class ListenConnection(Actor):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        self._close_lsn_connection()
