@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2.errors
+
 from gdbpool.errors import ConfigurationError, NotificationError, check_type
 from gdbpool.notify.notification import MAX_PAYLOAD_BYTES
 
@@ -144,7 +146,12 @@ def read_missed(cursor: Any, channel: str, horizon: int | None, after_id: int) -
     ``horizon=None`` means the current one (the rows not final yet).  One
     statement, so the horizon and the rows come from one snapshot.
     """
-    cursor.execute(_READ_SQL, (channel, None if horizon is None else str(horizon), after_id))
+    try:
+        cursor.execute(_READ_SQL, (channel, None if horizon is None else str(horizon), after_id))
+    except psycopg2.errors.UndefinedTable as exc:
+        raise NotificationError(
+            "durable channels are not installed in this database: run install_durable() first"
+        ) from exc
     fetched = cursor.fetchall()
     if not fetched:  # pragma: no cover - the LEFT JOIN always yields the horizon row
         raise NotificationError("catch-up read returned no horizon")

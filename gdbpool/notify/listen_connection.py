@@ -10,7 +10,10 @@ waiting on the socket again.  So LISTEN/UNLISTEN statements
 actor's mailbox and can never interleave on the connection.
 
 A read drains ``conn.notifies``, numbers each notification (hub-wide ``seq``,
-receive order, from 1) and tells each channel's route one batch per channel.
+receive order, from 1), stamps the batch with one WAL position read after it
+arrived (``Notification.lsn``, a read-your-writes token; see
+:meth:`ListenConnection._wal_position`) and tells each channel's route one
+batch per channel.
 
 A connection can also die silently (a half-open TCP connection after a
 network blackhole: nothing arrives, nothing fails).  So when nothing was read

@@ -353,3 +353,10 @@ def test_a_durable_bridge_sends_log_ids_and_tokens_and_position_includes_them(
         json.dumps(position)  # still JSON-ready
     with NotifySubscriber(bridge.endpoint, ["feed"], resume=position) as again:
         assert again.position()[bridge.source_id]["log_ids"] == {"feed": ids[-1]}
+
+
+def test_a_durable_subscription_without_the_schema_says_to_install_it(dsn: str) -> None:
+    with NotificationHub(dsn) as hub:
+        with pytest.raises(NotificationError, match="install_durable"):
+            hub.subscribe("nowhere", durable=True)
+        assert hub.channels == ()  # nothing left subscribed
