@@ -26,7 +26,7 @@ from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
-from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction, isolation_level_name
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
     PooledConnection,
@@ -153,7 +153,7 @@ class DBConnectionPool:
         timeout: float | None = None,
         auto_commit: bool = False,
         *,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         read_only: bool = False,
     ) -> Any:
         """Check out a connection; give it back with :meth:`put`.
@@ -161,16 +161,14 @@ class DBConnectionPool:
         ``timeout`` bounds the wait (default: the pool's ``timeout``; then
         :class:`~gdbpool.errors.PoolTimeout`). The connection comes in the
         session asked for: ``auto_commit=True`` (or
-        ``isolation_level="autocommit"``), one of the isolation levels, and/or
+        ``isolation_level="autocommit"``), one of the isolation levels (a name
+        or psycopg2's ``ISOLATION_LEVEL_*`` constant), and/or
         ``read_only=True``; otherwise the pool default (transactions at the
         server's default isolation, read-write). Raises PoolClosed after
         :meth:`close`, TooManyRequests past ``max_waiting``.
         """
-        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
-            raise ConfigurationError(
-                f"unknown isolation_level {isolation_level!r}; use one of "
-                f"{', '.join(ISOLATION_LEVELS)}"
-            )
+        # A name, or psycopg2's constant for one (ConfigurationError / TypeError otherwise).
+        level = None if isolation_level is None else isolation_level_name(isolation_level)
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         left = wait
@@ -185,8 +183,8 @@ class DBConnectionPool:
                 break
             self.put(conn)  # the worker sees it closed and replaces it
             left = max(0.0, deadline - time.monotonic())
-        autocommit = auto_commit or isolation_level == "autocommit"
-        if autocommit and not read_only and isolation_level in (None, "autocommit"):
+        autocommit = auto_commit or level == "autocommit"
+        if autocommit and not read_only and level in (None, "autocommit"):
             # The pool default plus autocommit: psycopg2 sends nothing for it, and
             # the attribute costs a fifth of set_session().
             try:
@@ -194,12 +192,12 @@ class DBConnectionPool:
             except BaseException:
                 self.put(conn)
                 raise
-        elif autocommit or read_only or isolation_level is not None:
+        elif autocommit or read_only or level is not None:
             try:
                 conn.set_session(
                     isolation_level=None
-                    if isolation_level in (None, "autocommit")
-                    else ISOLATION_LEVELS[isolation_level],
+                    if level in (None, "autocommit")
+                    else ISOLATION_LEVELS[level],
                     readonly=True if read_only else None,
                     autocommit=autocommit,
                 )
@@ -252,7 +250,7 @@ class DBConnectionPool:
         timeout: float | None = None,
         auto_commit: bool = False,
         *,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         read_only: bool = False,
     ) -> Iterator[Any]:
         """``with pool.connection() as conn:`` — :meth:`get`, then :meth:`put`.

@@ -234,7 +234,7 @@ class DBInteractionPool:
         read_only: bool | None = None,
         pool: str | None = None,
         timeout: float | None = None,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         cursor_factory: Any = None,
         dry_run: bool = False,
         dec2float: bool = False,
@@ -323,7 +323,7 @@ class DBInteractionPool:
     def transaction(
         self,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         *,
         pool: str | None = None,
         timeout: float | None = None,

@@ -15,6 +15,7 @@ import psycopg2
 import pytest
 from _switches import switches_per_call
 from _waits import wait_for
+from psycopg2 import extensions
 from structlog.testing import capture_logs
 
 import gdbpool.pool.worker
@@ -177,6 +178,37 @@ def test_each_isolation_level_can_be_chosen_per_checkout_and_is_reset_on_put(
         assert query(conn, "SHOW transaction_read_only") == [("off",)]
     with pool.connection() as conn:
         assert query(conn, "SHOW transaction_isolation") == [("read committed",)]
+
+
+@pytest.mark.parametrize(
+    ("constant", "level"),
+    [
+        (extensions.ISOLATION_LEVEL_SERIALIZABLE, "serializable"),
+        (extensions.ISOLATION_LEVEL_REPEATABLE_READ, "repeatable read"),
+        (extensions.ISOLATION_LEVEL_READ_COMMITTED, "read committed"),
+        # PostgreSQL runs READ UNCOMMITTED as READ COMMITTED: so does the pool.
+        (extensions.ISOLATION_LEVEL_READ_UNCOMMITTED, "read committed"),
+    ],
+)
+def test_get_takes_psycopg2_isolation_constants_like_level_names(
+    make_pool: MakePool, constant: int, level: str
+) -> None:
+    pool = make_pool(1)
+    conn = pool.get(isolation_level=constant)
+    try:
+        assert query(conn, "SHOW transaction_isolation") == [(level,)]
+        conn.rollback()
+    finally:
+        pool.put(conn)
+    conn = pool.get(isolation_level=extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    try:
+        assert conn.autocommit
+    finally:
+        pool.put(conn)
+    with pytest.raises(ConfigurationError, match="unknown isolation_level 7"):
+        pool.get(isolation_level=7)
+    with pytest.raises(TypeError, match="not bool"):
+        pool.get(isolation_level=True)  # type: ignore[arg-type]
 
 
 def test_a_read_only_checkout_refuses_writes_and_the_next_one_is_read_write(

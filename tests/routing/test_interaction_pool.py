@@ -10,7 +10,7 @@ import gevent
 import psycopg2
 import pytest
 from _switches import switches_per_call
-from psycopg2 import sql
+from psycopg2 import extensions, sql
 from psycopg2.extras import RealDictCursor
 
 from gdbpool import (
@@ -158,6 +158,23 @@ def test_rows_come_back_as_dicts_with_realdictcursor(ipool: DBInteractionPool) -
 @pytest.mark.parametrize("level", ["read committed", "repeatable read", "serializable"])
 def test_each_isolation_level_is_applied(ipool: DBInteractionPool, level: str) -> None:
     assert ipool.run("SHOW transaction_isolation", isolation_level=level).get(10) == [(level,)]
+
+
+def test_psycopg2_isolation_constants_work_for_run_and_transaction(
+    ipool: DBInteractionPool,
+) -> None:
+    serializable = extensions.ISOLATION_LEVEL_SERIALIZABLE
+    show = "SHOW transaction_isolation"
+    assert ipool.run(show, isolation_level=serializable).get(10) == [("serializable",)]
+    uncommitted = extensions.ISOLATION_LEVEL_READ_UNCOMMITTED
+    assert ipool.run(show, isolation_level=uncommitted).get(10) == [("read committed",)]
+    # Autocommit: the callable runs outside a transaction block.
+    autocommit = extensions.ISOLATION_LEVEL_AUTOCOMMIT
+    assert ipool.run(lambda conn: conn.autocommit, isolation_level=autocommit).get(10) is True
+    with ipool.transaction(isolation_level=serializable) as tx:
+        assert tx.run(show) == [("serializable",)]
+    with pytest.raises(ConfigurationError, match="autocommit"):
+        ipool.transaction(isolation_level=autocommit).__enter__()
 
 
 def test_read_only_interactions_run_in_a_read_only_transaction(ipool: DBInteractionPool) -> None:
