@@ -68,4 +68,3 @@ def test_the_wheel_installs_into_a_fresh_venv_and_serves_the_public_api(tmp_path
     assert "usage: gdbpool" in helped.stdout
     module = _run([str(python), "-m", "gdbpool", "--help"], cwd=tmp_path, timeout=60)
     assert module.returncode == 0 and module.stdout == helped.stdout
-

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import gevent
@@ -35,8 +35,18 @@ from gdbpool.pool.connection import (
     open_connection,
     ping,
     reset_session_here,
+    resolve_dsn,
+    user_check,
 )
-from gdbpool.pool.pool_actor import _Close, _PoolActor, _PoolStats, _Ready, _Status
+from gdbpool.pool.pool_actor import (
+    _Close,
+    _Drain,
+    _PoolActor,
+    _PoolStats,
+    _Ready,
+    _Resize,
+    _Status,
+)
 from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import Gone, Return
 
@@ -75,6 +85,28 @@ class DBConnectionPool:
     * ``reconnect_initial`` / ``reconnect_max``: backoff between failed
       connection attempts, doubling from the first to the second. Defaults
       0.1 and 10 seconds, +-25% jitter.
+    * ``reconnect_timeout``: seconds a connection slot keeps trying to
+      reconnect before it gives up (the pool opens a new one when a request
+      waits). Default 300, like psycopg_pool.
+    * ``reconnect_failed``: ``f(pool)`` called (in its own greenlet) each time
+      a slot gives up reconnecting. Default None.
+    * ``configure``: ``f(conn)`` called on every new connection before it is
+      used; it must leave the connection idle (commit). If it raises, the
+      connection is discarded and the attempt counts as a failed connect.
+      Default None. (``RESET ALL`` at a clean-session reset undoes its ``SET``
+      commands: put settings in the DSN's ``options`` instead.)
+    * ``check``: ``f(conn)`` called at every checkout (``get()`` and each
+      interaction on an idle connection); if it raises, the connection is
+      discarded and another one used. Default None (the built-in checks only).
+    * ``reset``: ``f(conn)`` called at return instead of the built-in
+      clean-session reset, for a connection that may have been dirtied
+      (docs/design/pool.md, "Clean sessions"); it gets the connection idle and
+      must leave it so. If it raises, the connection is discarded
+      (``returns_bad``). Default None: the built-in reset.
+
+    ``dsn`` is a string, or a callable returning the DSN string to use for each
+    new connection (credential rotation: it is called at every connect, and
+    :meth:`drain` replaces the open connections).
 
     If ``min_size > 0`` the constructor opens the first connection itself and
     raises :class:`~gdbpool.errors.PoolConnectionError` (naming host, port and
@@ -85,7 +117,7 @@ class DBConnectionPool:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         pool_size: int = 10,
         *,
         name: str = "default",
@@ -99,13 +131,32 @@ class DBConnectionPool:
         check_after: float = 30.0,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 10.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[DBConnectionPool], object] | None = None,
+        configure: Callable[[Any], object] | None = None,
+        check: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
     ) -> None:
         min_size = pool_size if min_size is None else min_size
         _check_tunables(
             pool_size, min_size, timeout, max_waiting, max_lifetime, max_idle,
             connect_timeout, check_after, reconnect_initial, reconnect_max,
         )  # fmt: skip
-        params = _parse_dsn(dsn, name)
+        if not reconnect_timeout > 0:
+            raise ConfigurationError(
+                f"reconnect_timeout must be > 0 seconds, not {reconnect_timeout}"
+            )
+        for label, hook in (
+            ("reconnect_failed", reconnect_failed),
+            ("configure", configure),
+            ("check", check),
+            ("reset", reset),
+        ):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{label} must be a callable or None, not {type(hook).__name__}")
+        if not isinstance(dsn, str) and not callable(dsn):
+            raise TypeError(f"dsn must be a string or a callable, not {type(dsn).__name__}")
+        params = _parse_dsn(resolve_dsn(dsn, name), name)
         self.name = name
         self.timeout = timeout
         self._log = get_logger("gdbpool.pool", pool=name)
@@ -122,7 +173,12 @@ class DBConnectionPool:
             backoff_initial=reconnect_initial,
             backoff_max=reconnect_max,
             log=self._log,
+            configure=configure,
+            check=check,
+            reset=reset,
+            reconnect_timeout=reconnect_timeout,
         )
+        self._reconnect_failed = reconnect_failed
         first = open_connection(self._settings) if min_size > 0 else None
         self._status = _Status()
         self._waiting = WaitQueue(max_waiting)
@@ -141,6 +197,7 @@ class DBConnectionPool:
             self._supervisor,
             first,
             self._waiting,
+            self._gave_up_reconnecting,
             name=f"{name}.pool",
         )
         self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
@@ -229,6 +286,7 @@ class DBConnectionPool:
         try:
             if (
                 worker.state is ActorState.RUNNING
+                and not conn.gdbpool_dirty  # else the worker resets it (a round trip)
                 and not self._status.closed
                 and reset_session_here(conn)
             ):
@@ -322,13 +380,58 @@ class DBConnectionPool:
         (timeouts, too many requests), ``connections_num`` (attempts),
         ``connections_ms`` (time spent connecting), ``connections_errors``
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
-        (total time connections were busy or lent).
+        (total time connections were busy or lent), ``returns_bad``
+        (connections discarded when given back: broken, or their reset failed).
         """
+        result: dict[str, int] = self._ask(_PoolStats())
+        return result
+
+    def pop_stats(self) -> dict[str, int]:
+        """:meth:`stats`, then the counters start again from zero (the gauges ``pool_*`` and
+        ``requests_waiting`` are not counters and stay as they are), like psycopg_pool's."""
+        result: dict[str, int] = self._ask(_PoolStats(pop=True))
+        return result
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``min_size`` and ``max_size`` (default: ``min_size``) of an open pool.
+
+        Growing opens connections up to the new ``min_size`` in the background.
+        Shrinking closes idle connections at once and busy or lent ones when
+        they come back; no running interaction or checkout is interrupted.
+        Raises :class:`~gdbpool.errors.ConfigurationError` for sizes out of range,
+        PoolClosed after :meth:`close`.
+        """
+        max_size = min_size if max_size is None else max_size
+        for label, value in (("min_size", min_size), ("max_size", max_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+        if max_size < 1:
+            raise ConfigurationError(f"max_size must be >= 1, not {max_size}")
+        if not 0 <= min_size <= max_size:
+            raise ConfigurationError(
+                f"min_size must be between 0 and max_size ({max_size}), not {min_size}"
+            )
+        self._ask(_Resize(min_size, max_size))
+        self._log.info("pool_resized", min_size=min_size, max_size=max_size)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, busy and lent ones when they come back.
+
+        New connections use the DSN as it is then (a callable ``dsn`` is called
+        again), and run ``configure``: use it after rotating credentials or
+        changing what ``configure`` does. Requests keep being served meanwhile
+        (they wait for the new connections within their ``timeout``). Returns
+        once the pool has marked them; it does not wait for the new ones
+        (:meth:`wait` does). Raises PoolClosed after :meth:`close`.
+        """
+        self._ask(_Drain())
+        self._log.info("pool_drained")
+
+    def _ask(self, message: object) -> Any:
         try:
-            result: dict[str, int] = self._ref.ask(_PoolStats(), timeout=5.0).get()
+            return self._ref.ask(message, timeout=5.0).get()
         except ActorStopped:
             raise PoolClosed(f"pool {self.name!r} is closed") from None
-        return result
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool (waiting and running work: docs/design/pool.md). Idempotent.
@@ -405,6 +508,7 @@ class DBConnectionPool:
         conn, idle_since = reply.get()
         conn.gdbpool_pool = self
         conn.gdbpool_lent = True
+        conn.gdbpool_dirty = False  # its cursors watch for session changes from here on
         return conn, idle_since
 
     def _abandon(self, request: _Checkout) -> None:
@@ -418,6 +522,11 @@ class DBConnectionPool:
             conn.gdbpool_pool = self
             conn.gdbpool_lent = True
             self.put(conn)
+
+    def _gave_up_reconnecting(self) -> None:
+        """A slot gave up reconnecting (``reconnect_timeout``): the user's ``reconnect_failed``."""
+        if self._reconnect_failed is not None:
+            gevent.spawn(self._reconnect_failed, self)
 
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))
@@ -433,9 +542,11 @@ def _usable(conn: PooledConnection, idle_since: float | None, settings: PoolSett
         return not conn.closed
     if not check_connection(conn):
         return False
-    if time.monotonic() - idle_since > settings.check_after:
-        return ping(conn, settings.connect_timeout)
-    return True
+    if time.monotonic() - idle_since > settings.check_after and not ping(
+        conn, settings.connect_timeout
+    ):
+        return False
+    return settings.check is None or user_check(conn, settings)
 
 
 def _parse_dsn(dsn: str, name: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
     ConnectionWorker,
+    GaveUp,
     Gone,
     Idle,
     Lost,
@@ -76,7 +78,22 @@ class _Ready:
 
 @dataclass(frozen=True, slots=True)
 class _PoolStats:
-    """Ask: the counters."""
+    """Ask: the counters; ``pop``: and start them again from zero (``pop_stats()``)."""
+
+    pop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Resize:
+    """Ask: new ``min_size`` / ``max_size`` (validated by the facade)."""
+
+    min_size: int
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Drain:
+    """Ask: replace every connection (idle ones now, busy and lent ones when they come back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +151,12 @@ class _PoolActor(Actor):
         supervisor: Supervisor,
         first_conn: PooledConnection | None,
         waiting: WaitQueue,
+        gave_up_reconnecting: Callable[[], None],
     ) -> None:
         super().__init__()
+        self.gave_up_reconnecting = gave_up_reconnecting
+        self.stale: set[ActorRef] = set()  # drain(): replace these when they are next idle
+        self.wait_base = (0, 0)  # the wait queue's (wait_ms, offered) at the last pop_stats()
         self.timeout = timeout
         self.settings = settings
         self.status = status
@@ -171,6 +192,7 @@ class _PoolActor(Actor):
                 "connections_ms",
                 "connections_errors",
                 "connections_lost",
+                "returns_bad",
                 "usage_ms",
             ),
             0,
@@ -334,14 +356,29 @@ class _PoolActor(Actor):
         now = time.monotonic()
         if since is not None:
             self.counters["usage_ms"] += int((now - since) * 1000)
-        if self.expires_at.get(worker, now) < now and not self.status.closed:
+        if self.status.closed:
+            self._retire(worker)
+            return
+        if self.stale and worker in self.stale:
+            self.stale.discard(worker)
+            self._recycle(worker)  # drain(): opened before it, replaced now it is back
+            return
+        if self.expires_at.get(worker, now) < now:
             self._recycle(worker)  # past max_lifetime (a worker checks too; put() does not)
+            return
+        if self._size() > self.max_size:
+            self._retire(worker)  # resize() made the pool smaller while it was busy
             return
         self._serve(worker, now, msg.handed)
 
     @handles(Opened)
     def opened(self, msg: Opened) -> None:
         self.connecting -= 1
+        if self.stale and msg.worker in self.stale:
+            # Connecting when drain() was called: it may have used the old DSN.
+            self.stale.discard(msg.worker)
+            self._recycle(msg.worker)  # it reports Lost (counted connecting again), then Opened
+            return
         self.conns[msg.worker] = msg.conn
         self.expires_at[msg.worker] = msg.expires_at
         self.counters["connections_num"] += 1
@@ -350,6 +387,48 @@ class _PoolActor(Actor):
         self._serve(msg.worker, time.monotonic())
         if self.ready:
             self._check_ready()
+
+    @handles(GaveUp)
+    def gave_up(self, msg: GaveUp) -> None:
+        """A worker stopped reconnecting (``reconnect_timeout``): free its slot."""
+        worker = msg.worker
+        self._drop(worker)
+        self.stale.discard(worker)
+        if worker in self.workers:
+            self.workers.discard(worker)
+            self.connecting -= 1
+            self._workers_changed()
+        self.status.last_error = msg.error
+        if not self.conns:
+            self.status.healthy = False
+        self.gave_up_reconnecting()
+        if not self.status.closed:
+            self._grow()  # a waiting request tries again with a new slot
+
+    @handles(_Resize)
+    def resize(self, msg: _Resize) -> None:
+        self.min_size, self.max_size = msg.min_size, msg.max_size
+        self._workers_changed()
+        if self.status.closed:
+            return
+        # Shrink: idle connections now (longest idle first), busy ones when they are back.
+        while self.idle and self._size() > self.max_size:
+            self._retire(self.idle[0])
+        while self._size() < self.min_size:
+            self._spawn_worker()
+        self._grow()
+        if self.ready:
+            self._check_ready()
+
+    @handles(_Drain)
+    def drain(self, msg: _Drain) -> None:
+        if self.status.closed:
+            return
+        idle = list(self.idle)
+        self.stale = set(self.workers) - set(idle)  # busy, lent, or still connecting
+        for worker in idle:
+            self.idle.remove(worker)
+            self._recycle(worker)
 
     @handles(ConnectFailed)
     def connect_failed(self, msg: ConnectFailed) -> None:
@@ -362,6 +441,8 @@ class _PoolActor(Actor):
     @handles(Lost)
     def lost(self, msg: Lost) -> None:
         worker = msg.worker
+        if msg.returned:
+            self.counters["returns_bad"] += 1
         if msg.broken:
             self.counters["connections_lost"] += 1
         self._drop(worker)
@@ -432,9 +513,13 @@ class _PoolActor(Actor):
     @handles(_PoolStats)
     def stats(self, msg: _PoolStats) -> dict[str, int]:
         counters = dict(self.counters)
-        counters["requests_wait_ms"] += self.waiting.wait_ms
-        counters["requests_num"] += self.waiting.offered
-        counters["requests_queued"] += self.waiting.offered
+        wait_ms, offered = self.waiting.wait_ms, self.waiting.offered
+        counters["requests_wait_ms"] += wait_ms - self.wait_base[0]
+        counters["requests_num"] += offered - self.wait_base[1]
+        counters["requests_queued"] += offered - self.wait_base[1]
+        if msg.pop:
+            self.counters = dict.fromkeys(self.counters, 0)
+            self.wait_base = (wait_ms, offered)
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,
@@ -532,6 +617,7 @@ class _PoolActor(Actor):
             self._spawn_worker()
 
     def _retire(self, worker: ActorRef) -> None:
+        self.stale.discard(worker)
         self.workers.discard(worker)
         self._workers_changed()
         self.conns.pop(worker, None)

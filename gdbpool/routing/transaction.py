@@ -22,6 +22,7 @@ from psycopg2 import sql
 from gdbpool.errors import ConfigurationError, DBInteractionException
 from gdbpool.execute import run_in_transaction
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction, isolation_level_name
+from gdbpool.pool.connection import changes_session
 from gdbpool.routing.read_your_writes import ReadYourWrites
 
 if TYPE_CHECKING:
@@ -98,7 +99,10 @@ class Transaction:
         msg = Interaction(
             interaction, args, timeout=timeout, cursor_factory=cursor_factory, dec2float=dec2float
         )
-        return run_in_transaction(self._conn, msg)
+        conn = self._conn
+        if not conn.gdbpool_dirty and changes_session(interaction, conn):
+            conn.gdbpool_dirty = True  # put() has it reset to a clean session
+        return run_in_transaction(conn, msg)
 
     def __exit__(
         self,
