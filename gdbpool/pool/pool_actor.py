@@ -361,6 +361,7 @@ class _PoolActor(Actor):
             return
         if self.stale and worker in self.stale:
             self.stale.discard(worker)
+            self._workers_changed()
             self._recycle(worker)  # drain(): opened before it, replaced now it is back
             return
         if self.expires_at.get(worker, now) < now:
@@ -377,6 +378,7 @@ class _PoolActor(Actor):
         if self.stale and msg.worker in self.stale:
             # Connecting when drain() was called: it may have used the old DSN.
             self.stale.discard(msg.worker)
+            self._workers_changed()
             self._recycle(msg.worker)  # it reports Lost (counted connecting again), then Opened
             return
         self.conns[msg.worker] = msg.conn
@@ -426,6 +428,7 @@ class _PoolActor(Actor):
             return
         idle = list(self.idle)
         self.stale = set(self.workers) - set(idle)  # busy, lent, or still connecting
+        self._workers_changed()
         for worker in idle:
             self.idle.remove(worker)
             self._recycle(worker)
@@ -630,7 +633,9 @@ class _PoolActor(Actor):
         self._check_drained()
 
     def _workers_changed(self) -> None:
-        self.waiting.grown = self._size() >= self.max_size
+        size = self._size()
+        self.waiting.grown = size >= self.max_size
+        self.waiting.recall = bool(self.stale) or size > self.max_size
 
     # -- timers ----------------------------------------------------------------------
     # Waiting requests have one libev timer between them, armed for the earliest

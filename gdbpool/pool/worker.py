@@ -296,6 +296,8 @@ class ConnectionWorker(Actor):
             # Then the interactions that queued meanwhile, taken from the pool's
             # wait queue, until none waits: only then report Idle. A chained
             # interaction skips alive(): see "Checks" in the module docstring.
+            if self.waiting.recall:
+                break  # the pool wants workers back (resize, drain): report Idle first
             next_interaction = take(now)
             if next_interaction is None:
                 break

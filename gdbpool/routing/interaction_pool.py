@@ -53,6 +53,7 @@ from gdbpool.logging import configure_logging, get_logger, redact
 from gdbpool.notify.hub import NotificationHub
 from gdbpool.notify.notification import check_channel, check_payload
 from gdbpool.notify.subscription import DEFAULT_MAXSIZE, DEFAULT_OVERFLOW, Overflow, Subscription
+from gdbpool.pool.connection import resolve_dsn
 from gdbpool.pool.connection_pool import DBConnectionPool
 from gdbpool.routing.read_your_writes import ReadYourWrites
 from gdbpool.routing.replicas import ReplicaProbe, ReplicaStatus
@@ -85,7 +86,9 @@ class DBInteractionPool:
     opens and supervises the primary pool named ``pool_name``; more pools come
     from :meth:`add_pool`.  Every keyword in ``pool_options`` goes to each
     :class:`~gdbpool.DBConnectionPool` it creates (``timeout``, ``max_waiting``,
-    ``min_size``...).
+    ``min_size``, ``configure``, ``check``, ``reset``, ``reconnect_failed``...);
+    ``dsn`` may be a callable as there (the notification hub calls it once,
+    when it opens).
 
     Replica routing knobs: ``max_replica_lag`` (seconds, default None: no
     bound), ``max_replica_lag_bytes`` (default None), ``replica_fallback``
@@ -98,7 +101,7 @@ class DBInteractionPool:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         pool_size: int = 10,
         pool_name: str = "default",
         do_log: bool = False,
@@ -145,7 +148,7 @@ class DBInteractionPool:
     def add_pool(
         self,
         name: str,
-        dsn: str,
+        dsn: str | Callable[[], str],
         pool_size: int = 10,
         role: PoolRole = "replica",
         **pool_options: Any,
@@ -180,7 +183,8 @@ class DBInteractionPool:
             )
             self._probes.append(probe)
             probe.start()
-        self._log.info("pool_added", name=name, role=role, dsn=redact(dsn))
+        shown = redact(dsn) if isinstance(dsn, str) else "<callable>"
+        self._log.info("pool_added", name=name, role=role, dsn=shown)
         return pool
 
     def _report_replica(self, status: ReplicaStatus) -> None:
@@ -387,8 +391,10 @@ class DBInteractionPool:
         self._check_open()
         with self._hub_lock:
             if self._hub is None:
+                # A callable DSN is called once here: the hub keeps what it got.
+                dsn = self._dsn if isinstance(self._dsn, str) else resolve_dsn(self._dsn, "hub")
                 self._hub = NotificationHub(
-                    self._dsn, application_name=f"gdbpool-listener:{self._primary_name}"
+                    dsn, application_name=f"gdbpool-listener:{self._primary_name}"
                 )
         return self._hub
 
