@@ -7,6 +7,7 @@ Users import from ``gdbpool`` only; submodules are internal.
 from __future__ import annotations
 
 from gdbpool.errors import (
+    ArgumentTypeError,
     BridgeClosed,
     ConfigurationError,
     DBInteractionException,
@@ -31,7 +32,13 @@ from gdbpool.logging import configure_logging, redact
 from gdbpool.notify.bridge import ZmqNotifyBridge
 from gdbpool.notify.hub import ChannelListener, NotificationHub
 from gdbpool.notify.notification import Notification, Reconnected, check_channel, check_payload
-from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
+from gdbpool.notify.subscriber import (
+    BridgeRestarted,
+    BridgeSilent,
+    Gap,
+    Lagging,
+    NotifySubscriber,
+)
 from gdbpool.notify.subscription import Overflow, Subscription
 from gdbpool.notify.wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
 from gdbpool.pool.connection_pool import DBConnectionPool
@@ -51,6 +58,7 @@ __all__ = [
     "ISOLATION_LEVELS",
     "RESERVED_PREFIX",
     "WIRE_VERSION",
+    "ArgumentTypeError",
     "BridgeClosed",
     "BridgeRestarted",
     "BridgeSilent",
@@ -66,6 +74,7 @@ __all__ = [
     "Gap",
     "Interaction",
     "InteractionTimeout",
+    "Lagging",
     "NoReplicaAvailable",
     "Notification",
     "NotificationError",

@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         "port; advertised in every heartbeat)",
     )
     br.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve OpenMetrics text on http://HOST:PORT/metrics (e.g. 127.0.0.1:9187; "
+        "port 0 picks a free one; needs the metrics extra). Default: off",
+    )
+    br.add_argument(
         "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
     )
     br.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")

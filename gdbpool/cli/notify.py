@@ -51,6 +51,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     channels = check_channels(args.channel)
     bind = check_endpoint(args.bind, option="--bind", bind=True)
     replay_bind = check_endpoint(args.replay_bind, option="--replay-bind", bind=True)
+    metrics = _metrics_address(args.metrics) if args.metrics else None
 
     from gdbpool.errors import ConfigurationError
     from gdbpool.logging import configure_logging
@@ -85,11 +86,16 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                 )
             except ConfigurationError as exc:  # the address is taken or not ours
                 raise GDBPoolError(str(exc)) from None
+            server = None
             try:
                 replay = f" replay={bridge.replay_endpoint}" if bridge.replay_endpoint else ""
+                served = ""
+                if metrics is not None:
+                    server, url = _serve_metrics(metrics, hub, bridge)
+                    served = f" metrics={url}"
                 print(
                     f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
-                    f"source={bridge.source_id}{replay}",
+                    f"source={bridge.source_id}{replay}{served}",
                     flush=True,
                 )
                 while not stop.wait(1.0):
@@ -101,6 +107,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                         )
                         return 1
             finally:
+                if server is not None:
+                    server.stop(timeout=1.0)
                 bridge.close()
         finally:
             hub.close()
@@ -110,6 +118,40 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         stop.cancel()
     print("gdbpool bridge: stopped", flush=True)
     return stop.code
+
+
+def _metrics_address(address: str) -> str:
+    """``--metrics HOST:PORT`` checked (BadInput), with the extra it needs installed."""
+    try:
+        from gdbpool.metrics.collector import parse_address
+    except ImportError as exc:
+        raise BadInput(f"--metrics: {exc}") from None
+    from gdbpool.errors import ConfigurationError
+
+    try:
+        host, port = parse_address(address)
+    except ConfigurationError as exc:
+        raise BadInput(f"--metrics: {exc}") from None
+    if not is_loopback(f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"):
+        print(
+            f"gdbpool bridge: warning: serving metrics on {address}, beyond loopback: "
+            "anyone who can reach it can read channel names and counters",
+            file=sys.stderr,
+            flush=True,
+        )
+    return address
+
+
+def _serve_metrics(address: str, hub: Any, bridge: Any) -> tuple[Any, str]:
+    """Serve GET /metrics over the bridge and its hub: (server, url); GDBPoolError if taken."""
+    from gdbpool.metrics import GDBPoolCollector, serve
+
+    try:
+        server = serve(address, GDBPoolCollector(hub, bridge))
+    except OSError as exc:
+        raise GDBPoolError(f"--metrics {address}: cannot listen: {exc.strerror}") from None
+    host = address.rpartition(":")[0]
+    return server, f"http://{host}:{server.server_port}/metrics"
 
 
 def _event_record(event: Any) -> dict[str, Any]:

@@ -241,6 +241,9 @@ class NotifySubscriber:
         self._request_ids = itertools.count(1)
         self._curve: tuple[bytes, bytes, bytes] | None = None
         self._closed = False
+        self._received = 0
+        self._malformed = 0
+        self._unknown = 0
         if resume is not None:
             self._resume(resume)
         self._log = get_logger("gdbpool.subscriber", endpoints=list(self.endpoints))
@@ -316,6 +319,20 @@ class NotifySubscriber:
         if key is not None:
             self._position[key] = seq
         return event
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: what arrived and what was skipped.
+
+        ``received``: messages read from the bridges' PUB sockets;
+        ``malformed``: those (and replay answers) skipped because they are not
+        the wire format (:func:`gdbpool.notify.wire.decode` says why; logged
+        as ``bad_bridge_message``), or claim a known source under another
+        bridge name; ``unknown``: well-formed messages of a type this version
+        does not know (from a newer bridge), skipped.  Without CURVE any
+        process that can reach the endpoint can publish: docs/guide/notify.md,
+        "Who can publish".
+        """
+        return {"received": self._received, "malformed": self._malformed, "unknown": self._unknown}
 
     def position(self) -> Position:
         """Where this subscriber stands: per source, the last seq handed out per channel.
@@ -395,12 +412,16 @@ class NotifySubscriber:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return True  # a replay answer woke us: the next round reads it
+        self._received += 1
         try:
             message = decode(frames)
         except WireFormatError as exc:
-            self._log.warning("bad_bridge_message", error=str(exc))
+            self._malformed += 1
+            self._log.warning("bad_bridge_message", error=str(exc)[:300])
             return True
-        if message is not None:
+        if message is None:
+            self._unknown += 1
+        else:
             self._handle(message)
         return True
 
@@ -418,6 +439,11 @@ class NotifySubscriber:
             state = self._sources[src] = _Source(m.bridge)
             self._by_bridge[m.bridge] = src
             self._bridge_of[src] = m.bridge
+        elif m.bridge != state.bridge:
+            # a source id belongs to one bridge run: this message is not from it
+            self._malformed += 1
+            self._log.warning("bad_bridge_message", error="source id under another bridge name")
+            return
         else:
             state.heard = time.monotonic()
             state.heard_wall = time.time()
@@ -614,7 +640,8 @@ class NotifySubscriber:
         try:
             answer: ReplayAnswer = decode_replay_answer(frames)
         except WireFormatError as exc:
-            self._log.warning("bad_replay_answer", source=src, error=str(exc))
+            self._malformed += 1
+            self._log.warning("bad_replay_answer", source=src, error=str(exc)[:300])
             return
         if answer.id != request_id:
             return  # an answer to a request that timed out

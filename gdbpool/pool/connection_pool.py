@@ -382,6 +382,16 @@ class DBConnectionPool:
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
         (total time connections were busy or lent), ``returns_bad``
         (connections discarded when given back: broken, or their reset failed).
+
+        Beyond psycopg_pool's (read by :mod:`gdbpool.metrics`): ``connections_idle``,
+        ``connections_busy`` (running an interaction), ``connections_lent`` (out
+        through ``get()``), ``connections_connecting`` (now),
+        ``connections_replaced`` (past ``max_lifetime``, or by :meth:`drain`),
+        ``pool_mailbox_depth`` (the pool actor's), ``worker_restarts`` (by the
+        workers' supervisor), and
+        ``requests_wait_bucket_<le>`` / ``requests_wait_bucket_inf``: requests
+        that waited, by wait time in seconds (bounds:
+        :data:`gdbpool.pool.wait_queue.WAIT_BUCKETS`; not cumulative).
         """
         result: dict[str, int] = self._ask(_PoolStats())
         return result

@@ -35,7 +35,7 @@ from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handle
 from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
 from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import PooledConnection, PoolSettings
-from gdbpool.pool.wait_queue import WaitQueue, _Checkout
+from gdbpool.pool.wait_queue import WAIT_BUCKETS, WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
     ConnectionWorker,
@@ -156,7 +156,8 @@ class _PoolActor(Actor):
         super().__init__()
         self.gave_up_reconnecting = gave_up_reconnecting
         self.stale: set[ActorRef] = set()  # drain(): replace these when they are next idle
-        self.wait_base = (0, 0)  # the wait queue's (wait_ms, offered) at the last pop_stats()
+        # The wait queue's (wait_ms, offered, wait_buckets) at the last pop_stats().
+        self.wait_base: tuple[int, int, tuple[int, ...]] = (0, 0, (0,) * len(waiting.wait_buckets))
         self.timeout = timeout
         self.settings = settings
         self.status = status
@@ -192,6 +193,7 @@ class _PoolActor(Actor):
                 "connections_ms",
                 "connections_errors",
                 "connections_lost",
+                "connections_replaced",
                 "returns_bad",
                 "usage_ms",
             ),
@@ -448,6 +450,8 @@ class _PoolActor(Actor):
             self.counters["returns_bad"] += 1
         if msg.broken:
             self.counters["connections_lost"] += 1
+        else:
+            self.counters["connections_replaced"] += 1  # past max_lifetime (Recycle)
         self._drop(worker)
         if worker in self.workers and not self.status.closed:
             self.connecting += 1  # it reconnects (a closing worker does not)
@@ -515,21 +519,37 @@ class _PoolActor(Actor):
 
     @handles(_PoolStats)
     def stats(self, msg: _PoolStats) -> dict[str, int]:
+        waiting = self.waiting
         counters = dict(self.counters)
-        wait_ms, offered = self.waiting.wait_ms, self.waiting.offered
-        counters["requests_wait_ms"] += wait_ms - self.wait_base[0]
-        counters["requests_num"] += offered - self.wait_base[1]
-        counters["requests_queued"] += offered - self.wait_base[1]
+        wait_ms, offered = waiting.wait_ms, waiting.offered
+        base_ms, base_offered, base_buckets = self.wait_base
+        counters["requests_wait_ms"] += wait_ms - base_ms
+        counters["requests_num"] += offered - base_offered
+        counters["requests_queued"] += offered - base_offered
+        lent = len(self.lent)
+        counts = [now - then for now, then in zip(waiting.wait_buckets, base_buckets, strict=False)]
+        buckets = {
+            f"requests_wait_bucket_{bound:g}": count
+            for bound, count in zip(WAIT_BUCKETS, counts, strict=False)
+        }
+        buckets["requests_wait_bucket_inf"] = counts[-1]
         if msg.pop:
             self.counters = dict.fromkeys(self.counters, 0)
-            self.wait_base = (wait_ms, offered)
+            self.wait_base = (wait_ms, offered, tuple(waiting.wait_buckets))
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,
             "pool_size": self._size(),
             "pool_available": len(self.idle),
-            "requests_waiting": self.waiting.live(),
+            "requests_waiting": waiting.live(),
             **counters,
+            "connections_idle": len(self.idle),
+            "connections_busy": len(self.busy_since) - lent,
+            "connections_lent": lent,
+            "connections_connecting": self.connecting,
+            "pool_mailbox_depth": self.ref.mailbox_depth,
+            "worker_restarts": self.supervisor.restarts,
+            **buckets,
         }
 
     @handles(_Close)

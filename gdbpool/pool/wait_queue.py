@@ -12,13 +12,19 @@ actor need it (the pool actor imports this module, never the reverse).
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
+from typing import Final
 
 from gevent.event import AsyncResult
 
 from gdbpool.interaction import Interaction
 
-__all__ = ["WaitQueue"]
+__all__ = ["WAIT_BUCKETS", "WaitQueue"]
+
+#: Upper bounds (seconds) of the wait-time histogram buckets a WaitQueue keeps
+#: (``le`` in the ``gdbpool_pool_wait_seconds`` metric; the last bucket is +Inf).
+WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 
 
 class _Checkout:
@@ -81,6 +87,7 @@ class WaitQueue:
         "offered",
         "recall",
         "timer_deadline",
+        "wait_buckets",
         "wait_ms",
     )
 
@@ -88,6 +95,9 @@ class WaitQueue:
         self._items: deque[_Entry] = deque()
         #: Total milliseconds that served requests waited (expired ones: see the pool).
         self.wait_ms = 0
+        #: Requests that waited, by :data:`WAIT_BUCKETS` bucket (one more: +Inf), served
+        #: and expired alike: one increment per request that had to wait, none for the rest.
+        self.wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
         #: Set by :meth:`close`: nothing waits any more, workers must not reconnect.
         self.closed = False
         #: ``max_waiting`` (0: unbounded); :meth:`offer` refuses at the bound.
@@ -159,7 +169,7 @@ class WaitQueue:
         while items:
             request, since, _deadline = items.popleft()
             if not request.reply.ready():
-                self.wait_ms += int((now - since) * 1000)
+                self.waited(now - since)
                 return request
         return None
 
@@ -173,9 +183,14 @@ class WaitQueue:
                 continue
             if isinstance(request, _Checkout):
                 return None
-            self.wait_ms += int((now - items.popleft()[1]) * 1000)
+            self.waited(now - items.popleft()[1])
             return request
         return None
+
+    def waited(self, seconds: float) -> None:
+        """Count a served request that waited ``seconds`` (total and histogram bucket)."""
+        self.wait_ms += int(seconds * 1000)
+        self.wait_buckets[bisect_left(WAIT_BUCKETS, seconds)] += 1
 
     def expire(self, now: float) -> list[tuple[Interaction | _Checkout, float]]:
         """Remove and return ``(request, waited)`` for requests past their deadline.
@@ -190,6 +205,7 @@ class WaitQueue:
                 continue
             if deadline <= now:
                 expired.append((request, now - since))
+                self.wait_buckets[bisect_left(WAIT_BUCKETS, now - since)] += 1
             else:
                 keep.append(entry)
         if len(keep) != len(self._items):

@@ -64,6 +64,7 @@ from gdbpool.routing.router import (
     _ReplicaReport,
     _Route,
     _Router,
+    _RouterStats,
     _Snapshot,
 )
 from gdbpool.routing.transaction import Transaction
@@ -398,6 +399,11 @@ class DBInteractionPool:
                 )
         return self._hub
 
+    @property
+    def hub(self) -> NotificationHub | None:
+        """The hub once :meth:`notification_hub` opened it, else None (never opens one)."""
+        return self._hub
+
     def session(self) -> ReadYourWrites:
         """A fresh read-your-writes token to pass as ``session=``."""
         return ReadYourWrites()
@@ -407,6 +413,19 @@ class DBInteractionPool:
     def stats(self) -> dict[str, dict[str, int]]:
         """``stats()`` of every pool, by name."""
         return {name: pool.stats() for name, pool in self._pools.items()}
+
+    def router_stats(self) -> dict[str, Any]:
+        """The router's view, for :mod:`gdbpool.metrics`.
+
+        ``primary`` (its pool's name), ``roles`` (pool name -> ``"primary"`` /
+        ``"replica"``), ``replicas`` (name -> ``healthy``, ``acceptable``,
+        ``lag_seconds``, ``lag_bytes`` (None until probed), ``probe_errors``),
+        ``decisions`` (reads routed, by reason: see
+        :data:`gdbpool.routing.router.DECISIONS`) and the router's ``mailbox_depth``.
+        """
+        self._check_open()
+        result: dict[str, Any] = self._router.ask(_RouterStats(), timeout=5.0).get()
+        return result
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every probe, listener and pool, then the router. Idempotent."""

@@ -56,6 +56,19 @@ class _Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class _RouterStats:
+    """Ask for the router's counters and replica table (see ``DBInteractionPool.router_stats``)."""
+
+
+#: Why a read went where it went: ``replica`` (a replica took it), ``lag`` (to the
+#: primary: healthy replicas were all past the lag bounds), ``token`` (to the
+#: primary: replicas within bounds had not replayed the session's token),
+#: ``fallback`` (to the primary: no replica healthy), ``refused``
+#: (``replica_fallback="fail"``: NoReplicaAvailable).
+DECISIONS = ("replica", "lag", "token", "fallback", "refused")
+
+
+@dataclass(frozen=True, slots=True)
 class _AwaitReplica:
     """Reply once replica ``name`` is reported acceptable (or not, per ``acceptable``)."""
 
@@ -98,6 +111,8 @@ class _Router(Actor):
         self._max_lag_bytes = max_lag_bytes
         self._state = _RouterState()
         self._turn = itertools.count()
+        self._decisions = dict.fromkeys(DECISIONS, 0)
+        self._probe_errors: dict[str, int] = {}
 
     def on_dropped(self, message: object) -> None:
         # Unread when the router ended (a stop that timed out): answer it.
@@ -134,6 +149,9 @@ class _Router(Actor):
     def replica_report(self, msg: _ReplicaReport) -> None:
         previous = self._state.status.get(msg.status.pool)
         self._state.status[msg.status.pool] = msg.status
+        if msg.status.error is not None:
+            errors = self._probe_errors
+            errors[msg.status.pool] = errors.get(msg.status.pool, 0) + 1
         if previous is None or previous.healthy != msg.status.healthy:
             get_logger("gdbpool.router", pool=msg.status.pool).info(
                 "replica_healthy" if msg.status.healthy else "replica_unhealthy",
@@ -172,6 +190,28 @@ class _Router(Actor):
             "replicas": {name: state.status.get(name) for name in state.replicas},
         }
 
+    @handles(_RouterStats)
+    def router_stats(self, _msg: _RouterStats) -> dict[str, Any]:
+        state = self._state
+        replicas = {}
+        for name in state.replicas:
+            status = state.status.get(name)
+            replicas[name] = {
+                "healthy": status is not None and status.healthy,
+                "acceptable": status is not None
+                and status.acceptable(self._max_lag_seconds, self._max_lag_bytes),
+                "lag_seconds": None if status is None else status.lag_seconds,
+                "lag_bytes": None if status is None else status.lag_bytes,
+                "probe_errors": self._probe_errors.get(name, 0),
+            }
+        return {
+            "primary": self._primary,
+            "roles": dict(state.roles),
+            "replicas": replicas,
+            "decisions": dict(self._decisions),
+            "mailbox_depth": self.ref.mailbox_depth,
+        }
+
     def _choose(
         self, read_only: bool, name: str | None, session: ReadYourWrites | None
     ) -> DBConnectionPool:
@@ -187,13 +227,36 @@ class _Router(Actor):
             return pools[self._primary]
         candidates = self._acceptable_replicas(session)
         if candidates:
+            self._decisions["replica"] += 1
             return pools[candidates[next(self._turn) % len(candidates)]]
         if self._fallback == "fail" and not (session is not None and session.lsn is not None):
+            self._decisions["refused"] += 1
             raise NoReplicaAvailable(
                 "no replica is healthy and within the lag bound; "
                 "reads fall back to the primary only with replica_fallback='primary'"
             )
+        self._decisions[self._why_primary(session)] += 1
         return pools[self._primary]
+
+    def _why_primary(self, session: ReadYourWrites | None) -> str:
+        """The reason a read found no replica (off the replica path: counted for metrics)."""
+        bounds = (self._max_lag_seconds, self._max_lag_bytes)
+        healthy = [
+            status
+            for name in self._state.replicas
+            if (status := self._state.status.get(name)) is not None
+            and status.healthy
+            and self._state.pools[name].healthy
+        ]
+        if not healthy:
+            return "fallback"
+        if (
+            session is not None
+            and session.lsn is not None
+            and any(s.acceptable(*bounds) for s in healthy)
+        ):
+            return "token"
+        return "lag"
 
     def _acceptable_replicas(self, session: ReadYourWrites | None) -> list[str]:
         token = session.lsn if session is not None else None

@@ -20,6 +20,12 @@ Decisions worth knowing:
   ``synchronous_commit`` and ``full_page_writes``: a crash may lose data,
   which is fine for tests and never the default of ``gdbpool postgres --data``.
 * The server listens on ``127.0.0.1`` only.
+* Changing roles (:meth:`EmbeddedPostgres.promote`,
+  :meth:`EmbeddedPostgres.make_standby_of`): ``wal_log_hints`` is always on so
+  that ``pg_rewind`` can bring an old primary whose history forked back as a
+  standby; ``pg_rewind`` also needs ``full_page_writes``, which ``fast`` turns
+  off, so a throwaway cluster that is to be rewound passes
+  ``settings={"full_page_writes": "on"}``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -198,11 +205,14 @@ class EmbeddedPostgres:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
 
-    def halt(self) -> None:
-        """Stop the server but keep its files, so :meth:`start` brings it back (restart tests)."""
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server but keep its files, so :meth:`start` brings it back (restart tests).
+
+        ``mode="immediate"`` is a crash as far as the server can tell.
+        """
         keep, self.keep = self.keep, True
         try:
-            self.stop()
+            self.stop(mode)
         finally:
             self.keep = keep
 
@@ -216,6 +226,60 @@ class EmbeddedPostgres:
         if not self.is_running:
             raise EmbeddedPostgresError("cannot create a replica of a server that is not running")
         return EmbeddedPostgres(port=port, replica_of=self, fast=self.fast).start()
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Promote this standby (``pg_ctl promote``); return once it accepts writes.
+
+        Raises :class:`EmbeddedPostgresError` when the server is not running,
+        is not a standby, or is still read-only after ``timeout`` seconds.
+        """
+        if not self.is_running:
+            raise EmbeddedPostgresError("cannot promote a server that is not running")
+        if self.psql("SELECT pg_is_in_recovery()") != "t":
+            raise EmbeddedPostgresError(f"{self!r} is not a standby: nothing to promote")
+        self._pg_ctl("promote", "-w", "-t", str(max(1, int(timeout))))
+        deadline = time.monotonic() + timeout
+        while self.psql("SELECT pg_is_in_recovery()") != "f":
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"{self!r} still in recovery {timeout} s after promote")
+            time.sleep(0.01)
+        self.replica_of = None
+        self._standby_signal().unlink(missing_ok=True)
+
+    def make_standby_of(
+        self, primary: EmbeddedPostgres, *, rewind: bool | None = None, start: bool = True
+    ) -> Self:
+        """Turn this cluster (an old primary, say) into a streaming standby of ``primary``.
+
+        A clean stop (``fast``; a server that crashed is recovered by
+        ``pg_rewind``), then ``pg_rewind`` from ``primary`` when its history
+        may have forked, then ``standby.signal`` and ``primary_conninfo``, then
+        (``start=True``) a start.  ``rewind=None`` rewinds when ``primary`` has
+        ``full_page_writes`` on (pg_rewind refuses otherwise; a switchover
+        after a clean stop needs no rewind), ``True`` always, ``False`` never.
+        The files are kept: a throwaway cluster stays throwaway.
+        """
+        if self.data_dir is None or not (self.data_dir / "PG_VERSION").exists():
+            raise EmbeddedPostgresError(f"{self!r} holds no cluster to turn into a standby")
+        if not primary.is_running:
+            raise EmbeddedPostgresError("the new primary is not running")
+        self.halt()
+        if rewind is None:
+            rewind = primary.psql("SHOW full_page_writes") == "on"
+        if rewind:
+            self._rewind(primary)
+        self.replica_of = primary
+        self.password = primary.password
+        params = parse_dsn(primary.dsn())
+        keys = ("host", "port", "user", "password")
+        conninfo = " ".join(f"{k}={_quote(params[k])}" for k in keys)
+        self.settings["primary_conninfo"] = _conf_string(conninfo)
+        signal_file = self._standby_signal()
+        signal_file.touch()
+        chown_to_server(signal_file)
+        if start:
+            self.start()
+        return self
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run one SQL command through ``psql`` on the unix socket; return its output."""
@@ -258,6 +322,23 @@ class EmbeddedPostgres:
         return f"<EmbeddedPostgres {role} {_HOST}:{self.port} data={self.data_dir}>"
 
     # -- internals --------------------------------------------------------------
+
+    def _standby_signal(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / "standby.signal"
+
+    def _rewind(self, source: EmbeddedPostgres) -> None:
+        assert self.data_dir is not None
+        # A freshly promoted server records its new timeline in pg_control only at
+        # its next checkpoint; pg_rewind reads it from there ("same timeline").
+        source.psql("CHECKPOINT")
+        params = parse_dsn(source.dsn())
+        conninfo = " ".join(f"{k}={_quote(params[k])}" for k in ("host", "port", "user", "dbname"))
+        # The password goes through the environment, never the command line.
+        run_program(
+            [str(self.bindir / "pg_rewind"), "-D", str(self.data_dir), "--source-server", conninfo],
+            env={"PGPASSWORD": source.password},
+        )
 
     @property
     def _logfile(self) -> Path:
@@ -370,6 +451,7 @@ class EmbeddedPostgres:
             "max_wal_senders": "10",
             "hot_standby": "on",
             "hot_standby_feedback": "on",
+            "wal_log_hints": "on",
             "logging_collector": "off",
         }
         if self.fast:
@@ -396,6 +478,11 @@ class EmbeddedPostgres:
             with contextlib.suppress(OSError):
                 tail = "\n".join(self._logfile.read_text().splitlines()[-15:])
             raise EmbeddedPostgresError(f"{exc}\nserver log tail:\n{tail}") from exc
+
+
+def _conf_string(value: str) -> str:
+    """``value`` as a quoted postgresql.conf string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _quote(value: str) -> str:
