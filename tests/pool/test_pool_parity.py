@@ -20,6 +20,7 @@ from gdbpool import (
     EmbeddedPostgres,
     Interaction,
 )
+from gdbpool.pool.connection import changes_session
 from gdbpool.server.embedded import free_port
 
 MakePool = Callable[..., DBConnectionPool]
@@ -80,6 +81,28 @@ class Load:
         self.stopping = True
         gevent.joinall(self.greenlets, timeout=10, raise_error=True)
         assert not self.errors, self.errors
+
+
+@pytest.mark.parametrize(
+    ("work", "dirty"),
+    [
+        ("SELECT 1", False),
+        ("UPDATE t SET settings = 1 WHERE id = %s", False),
+        ("INSERT INTO prepared_orders VALUES (1)", False),
+        ("set search_path to x", True),
+        ("  SET LOCAL work_mem = '1MB'", True),
+        ("SELECT 1; LISTEN ch", True),
+        ("create temporary table x (n int)", True),
+        ("CREATE LOCAL TEMP TABLE x (n int)", True),
+        ("PREPARE p AS SELECT 1", True),
+        ("SELECT pg_try_advisory_lock(1)", True),
+        ("SELECT set_config('search_path', 'x', false)", True),
+        ("DO $$ BEGIN PERFORM 1; END $$", True),
+        (lambda conn: None, True),
+    ],
+)
+def test_the_session_change_check_sees_what_outlives_a_transaction(work: Any, dirty: bool) -> None:
+    assert changes_session(work) is dirty
 
 
 def test_resize_grows_and_shrinks_the_pool_under_load(

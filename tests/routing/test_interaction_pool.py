@@ -177,6 +177,23 @@ def test_psycopg2_isolation_constants_work_for_run_and_transaction(
         ipool.transaction(isolation_level=autocommit).__enter__()
 
 
+def test_a_transaction_leaves_no_session_state_to_the_next_borrower(schema_dsn: str) -> None:
+    pool = DBInteractionPool(schema_dsn, pool_size=1)
+    try:
+        with pool.transaction() as tx:
+            tx.run("SET search_path TO pg_catalog")
+            tx.run("SELECT pg_advisory_lock(99)")
+            pid = tx.run("SELECT pg_backend_pid()")
+        seen = pool.run(
+            "SELECT current_setting('search_path'), pg_backend_pid(),"
+            " (SELECT count(*) FROM pg_locks WHERE locktype::text LIKE 'advis%'"
+            "  AND pid = pg_backend_pid())"
+        ).get(10)
+        assert seen == [('"$user", public', pid[0][0], 0)]
+    finally:
+        pool.close()
+
+
 def test_read_only_interactions_run_in_a_read_only_transaction(ipool: DBInteractionPool) -> None:
     assert ipool.run("SHOW transaction_read_only", read_only=True).get(10) == [("on",)]
     with pytest.raises(DBInteractionException) as info:
