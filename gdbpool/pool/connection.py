@@ -242,7 +242,10 @@ def clean_session(conn: PooledConnection, settings: PoolSettings) -> None:
         cur = conn.gdbpool_cursor
         if cur is None or cur.closed:
             cur = conn.gdbpool_cursor = extensions.cursor(conn)
-        cur.execute(CLEAN_SESSION_SQL)
+        # A transaction a callable opened itself in autocommit (BEGIN as SQL) ends
+        # first, in the same round trip.
+        idle = conn.get_transaction_status() == TRANSACTION_IDLE
+        cur.execute(CLEAN_SESSION_SQL if idle else "ROLLBACK; " + CLEAN_SESSION_SQL)
         conn.autocommit = False
     finally:
         timer.kill(block=False)

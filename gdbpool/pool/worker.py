@@ -285,7 +285,11 @@ class ConnectionWorker(Actor):
                 )
                 self._killed()
                 raise
-            if not interaction.dry_run and changes_session(interaction.work, conn):
+            if (
+                not interaction.dry_run
+                and not conn.closed
+                and changes_session(interaction.work, conn)
+            ):
                 self._clean(conn)  # a callable, or SQL that changes the session
             now = time.monotonic()
             if not self._still_usable(conn, now):

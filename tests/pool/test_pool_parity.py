@@ -288,3 +288,22 @@ def test_the_interaction_pool_passes_the_parity_options_to_its_pools(
         assert wait_for(lambda: len(configured) == 2)
     finally:
         ipool.close()
+
+
+def test_a_transaction_a_callable_left_open_in_autocommit_is_ended_by_the_reset(
+    make_pool: MakePool,
+) -> None:
+    def begin_and_leave(conn: Any, cursor: Any) -> None:
+        cursor.execute("BEGIN")
+        cursor.execute("CREATE TEMP TABLE scratch (n int)")
+
+    pool = make_pool(1)
+    submit(pool, begin_and_leave, isolation_level="autocommit")
+    seen = submit(
+        pool,
+        "SELECT count(*), (SELECT count(*) FROM pg_stat_activity"
+        "  WHERE pid = pg_backend_pid() AND xact_start IS NOT NULL"
+        "  AND xact_start < statement_timestamp())"
+        " FROM pg_class WHERE relpersistence = 't' AND relname = 'scratch'",
+    )
+    assert seen == [(0, 0)]
