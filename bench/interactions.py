@@ -28,7 +28,13 @@ Paths:
 * ``submit``: ``DBConnectionPool.submit(Interaction("SELECT 1"))`` and the
   reply's ``get()``;
 * ``getput``: ``get(auto_commit=True)``, a cursor, ``SELECT 1``, ``put()``;
-* ``checkout``: ``get()`` then ``put()``, no query (never yields when idle).
+* ``checkout``: ``get()`` then ``put()``, no query (never yields when idle);
+* ``run_metrics``, ``getput_metrics``: ``run`` and ``getput`` with metrics on:
+  a ``gdbpool.metrics.GDBPoolCollector`` over both pools, scraped
+  (``exposition()``) every ``--scrape-interval`` seconds (default 0.1, far
+  more often than any real scraper) by a greenlet beside the callers. The
+  collector adds nothing per call (it reads ``stats()``), so any difference
+  is the scrapes' share, charged to the calls. Needs the ``metrics`` extra.
 
 Switch counts are deterministic for the idle runs (the tests pin several of
 them, see docs/benchmarks.md); CPU per call moves with the machine's load, so
@@ -45,7 +51,12 @@ from typing import Any
 
 from _common import CALLERS, CONNECTIONS, use_repository_packages, warmup_seconds
 
-PATHS = ("raw", "run", "run_callable", "run_callable_noreset", "submit", "getput", "checkout")
+PATHS = (
+    "raw", "run", "run_callable", "run_callable_noreset", "submit", "getput", "checkout",
+    "run_metrics", "getput_metrics",
+)  # fmt: skip
+#: Paths measured with a scraper running: the path whose op they reuse.
+SCRAPED = {"run_metrics": "run", "getput_metrics": "getput"}
 SQL = "SELECT 1"
 
 
@@ -53,8 +64,10 @@ def _no_reset(conn: Any) -> None:
     """A ``reset=`` that leaves the session as it is: the callable path without the reset."""
 
 
-def _ops(dsn: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], None]]:
-    """``({path: op(i)}, close)``: every path's op, over pools opened here."""
+def _ops(
+    dsn: str,
+) -> tuple[dict[str, Callable[[int], None]], Callable[[], None], tuple[Any, ...]]:
+    """``({path: op(i)}, close, pools)``: every path's op, over pools opened here."""
     import psycopg2
 
     from gdbpool import DBConnectionPool, DBInteractionPool, Interaction
@@ -124,7 +137,32 @@ def _ops(dsn: str) -> tuple[dict[str, Callable[[int], None]], Callable[[], None]
         "getput": getput_op,
         "checkout": checkout_op,
     }
-    return ops, close
+    return ops, close, (ipool, pool)
+
+
+def _scraping(pools: tuple[Any, ...], interval: float) -> Callable[[], int]:
+    """Start a greenlet scraping ``pools`` every ``interval`` s; returns stop() -> scrapes."""
+    import gevent
+
+    from gdbpool.metrics import GDBPoolCollector, exposition
+
+    collector = GDBPoolCollector(*pools)
+    scrapes = 0
+
+    def loop() -> None:
+        nonlocal scrapes
+        while True:
+            exposition(collector)
+            scrapes += 1
+            gevent.sleep(interval)
+
+    scraper = gevent.spawn(loop)
+
+    def stop() -> int:
+        scraper.kill()
+        return scrapes
+
+    return stop
 
 
 def _measure(op: Callable[[int], None], callers: int, seconds: float) -> dict[str, float]:
@@ -177,6 +215,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per path and load")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--scrape-interval", type=float, default=0.1, help="metrics paths: seconds between scrapes"
+    )
     args = parser.parse_args()
     paths = [p for p in args.paths.split(",") if p]
     unknown = sorted(set(paths) - set(PATHS))
@@ -193,14 +234,20 @@ def main() -> None:
     configure_logging(level="WARNING")
     results: dict[str, dict[str, dict[str, float]]] = {}
     with EmbeddedPostgres() as server:
-        ops, close = _ops(server.dsn())
+        ops, close, pools = _ops(server.dsn())
         try:
             for path in paths:
                 loaded = CONNECTIONS if path == "raw" else CALLERS
-                results[path] = {
-                    "idle": _measure(ops[path], 1, args.seconds),
-                    "loaded": _measure(ops[path], loaded, args.seconds),
-                }
+                op = ops[SCRAPED.get(path, path)]
+                stop = _scraping(pools, args.scrape_interval) if path in SCRAPED else None
+                try:
+                    results[path] = {
+                        "idle": _measure(op, 1, args.seconds),
+                        "loaded": _measure(op, loaded, args.seconds),
+                    }
+                finally:
+                    if stop is not None:
+                        stop()
         finally:
             close()
     if args.json:

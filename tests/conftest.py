@@ -25,8 +25,9 @@ import psycopg2
 import pytest
 from _pg_pair import PgPair
 
-import gdbpool  # noqa: F401 - makes psycopg2 cooperative for every test
-from gdbpool import EmbeddedPostgres
+from gdbpool import EmbeddedPostgres, make_psycopg_green
+
+make_psycopg_green()  # raw psycopg2.connect() in tests is cooperative too
 
 
 @pytest.fixture(scope="session")

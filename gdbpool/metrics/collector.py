@@ -80,6 +80,9 @@ class GDBPoolCollector(Collector):
     query may take per scrape (default 1.0; ``None`` skips it). It runs on a
     hub's NOTIFY connection, or, for an interaction pool that has no hub
     open, as one interaction on its primary pool (counted in its requests).
+    Samples are labelled by pool, hub and bridge names: give the sources of
+    one collector distinct names (two pools both called ``default`` would
+    export the same series twice, which scrapers reject).
     """
 
     def __init__(self, *sources: Source, queue_usage_timeout: float | None = 1.0) -> None:

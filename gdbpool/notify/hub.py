@@ -39,12 +39,14 @@ from gdbpool.errors import (
     PoolClosed,
     PoolConnectionError,
 )
+from gdbpool.green import ensure_green
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_CHECK,
     DEFAULT_RECONNECT_INITIAL,
     DEFAULT_RECONNECT_MAX,
+    Follow,
     HubState,
     ListenConnection,
     ListeningChannels,
@@ -246,6 +248,7 @@ class NotificationHub:
                 f"idle_check must be a number of seconds > 0 (or None to switch it off), "
                 f"not {idle_check!r}"
             )
+        ensure_green()  # as a pool does (docs/design/green.md)
         self.source = uuid.uuid4().hex[:12]
         self.name = name or f"hub-{self.source}"
         self.command_timeout = command_timeout
@@ -560,6 +563,19 @@ class NotificationHub:
             conn.autocommit = True
             self._notify_conn = conn
         return self._notify_conn
+
+    def _follow(self, dsn: str, reason: str) -> None:
+        """Listen on ``dsn`` from now on (the interaction pool's primary changed); never blocks.
+
+        Subscribers get one :class:`Reconnected` whose ``reason`` is ``reason``,
+        then the new server's notifications; ``notify()`` goes there too.
+        """
+        if self._closed or self._connection is None:
+            return
+        self._dsn = dsn
+        self._drop_notify_connection()
+        with contextlib.suppress(ActorError):
+            self._connection.tell(Follow(dsn, reason))
 
     def _drop_notify_connection(self) -> None:
         conn, self._notify_conn = self._notify_conn, None

@@ -25,7 +25,7 @@ from psycopg2 import sql as pgsql
 
 from actors import ActorRef
 from gdbpool.errors import PoolConnectionError
-from gdbpool.green import shutdown_socket
+from gdbpool.green import keepalive_options, shutdown_socket
 from gdbpool.logging import redact
 
 # The OS's poll, even when gevent.monkey has patched ``select``: the liveness
@@ -156,6 +156,10 @@ class PoolSettings:
     backoff_initial: float
     backoff_max: float
     log: Any
+    #: Told ``"25006 ..."`` or ``"connection lost"`` when an interaction fails
+    #: that way (the interaction pool probes the server's role at once). Error
+    #: paths only.
+    on_failure: Callable[[str], None] | None = None
     configure: Callable[[Any], object] | None = None  # after connect (DBConnectionPool)
     check: Callable[[Any], object] | None = None  # at checkout
     reset: Callable[[Any], object] | None = None  # at return of a dirtied connection
@@ -176,7 +180,10 @@ def resolve_dsn(dsn: str | Callable[[], str], name: str) -> str:
 
 
 def open_connection(settings: PoolSettings) -> Any:
-    """Open one connection for the pool, bounded by ``connect_timeout``.
+    """Open one connection for the pool, bounded by ``connect_timeout``, with TCP keepalives.
+
+    Keepalives (:data:`~gdbpool.green.KEEPALIVES`, unless the DSN sets its own)
+    end a call on a connection whose peer vanished, timeout or not.
 
     Raises :class:`PoolConnectionError` naming host, port and database (never
     the password) when it cannot.
@@ -188,6 +195,7 @@ def open_connection(settings: PoolSettings) -> Any:
                 dsn,
                 connection_factory=PooledConnection,
                 application_name=settings.application_name,
+                **keepalive_options(dsn),
             )
     except gevent.Timeout:
         reason = f"no answer within connect_timeout={settings.connect_timeout} s"

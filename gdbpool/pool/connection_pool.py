@@ -25,7 +25,15 @@ from gevent.event import Event
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
+from gdbpool.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    PoolClosed,
+    PoolConnectionError,
+    PoolTimeout,
+    check_type,
+)
+from gdbpool.green import ensure_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction, isolation_level_name
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
@@ -39,6 +47,7 @@ from gdbpool.pool.connection import (
     user_check,
 )
 from gdbpool.pool.pool_actor import (
+    _Busy,
     _Close,
     _Drain,
     _PoolActor,
@@ -112,7 +121,9 @@ class DBConnectionPool:
     raises :class:`~gdbpool.errors.PoolConnectionError` (naming host, port and
     database, never the password) if it cannot; the others open in the
     background. An unparsable DSN raises PoolConnectionError too; a bad
-    tunable raises :class:`~gdbpool.errors.ConfigurationError`.
+    tunable raises :class:`~gdbpool.errors.ConfigurationError`, one of the
+    wrong type :class:`~gdbpool.errors.ArgumentTypeError`, both before
+    anything connects.
     """
 
     def __init__(
@@ -136,7 +147,14 @@ class DBConnectionPool:
         configure: Callable[[Any], object] | None = None,
         check: Callable[[Any], object] | None = None,
         reset: Callable[[Any], object] | None = None,
+        _on_failure: Callable[[str], None] | None = None,
     ) -> None:
+        if not callable(dsn):
+            what = "a libpq connection string, a postgresql:// URI, or a callable returning one"
+            check_type("dsn", dsn, str, what)
+        check_type("name", name, str, "a str")
+        if application_name is not None:
+            check_type("application_name", application_name, str, "a str or None")
         min_size = pool_size if min_size is None else min_size
         _check_tunables(
             pool_size, min_size, timeout, max_waiting, max_lifetime, max_idle,
@@ -153,10 +171,11 @@ class DBConnectionPool:
             ("reset", reset),
         ):
             if hook is not None and not callable(hook):
-                raise TypeError(f"{label} must be a callable or None, not {type(hook).__name__}")
-        if not isinstance(dsn, str) and not callable(dsn):
-            raise TypeError(f"dsn must be a string or a callable, not {type(dsn).__name__}")
+                raise ArgumentTypeError(
+                    f"{label} must be a callable or None, not {type(hook).__name__}"
+                )
         params = _parse_dsn(resolve_dsn(dsn, name), name)
+        ensure_green()  # the first pool makes psycopg2 cooperative (docs/design/green.md)
         self.name = name
         self.timeout = timeout
         self._log = get_logger("gdbpool.pool", pool=name)
@@ -177,6 +196,7 @@ class DBConnectionPool:
             check=check,
             reset=reset,
             reconnect_timeout=reconnect_timeout,
+            on_failure=_on_failure,
         )
         self._reconnect_failed = reconnect_failed
         first = open_connection(self._settings) if min_size > 0 else None
@@ -227,7 +247,11 @@ class DBConnectionPool:
         # A name, or psycopg2's constant for one (ConfigurationError / TypeError otherwise).
         level = None if isolation_level is None else isolation_level_name(isolation_level)
         wait = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        try:
+            deadline = time.monotonic() + wait
+        except TypeError:  # the check costs nothing on the way that works
+            check_type("timeout", timeout, (int, float), "a number of seconds or None")
+            raise
         left = wait
         while True:
             conn, idle_since = self._checkout(left)
@@ -414,7 +438,7 @@ class DBConnectionPool:
         max_size = min_size if max_size is None else max_size
         for label, value in (("min_size", min_size), ("max_size", max_size)):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{label} must be an int, not {type(value).__name__}")
+                raise ArgumentTypeError(f"{label} must be an int, not {type(value).__name__}")
         if max_size < 1:
             raise ConfigurationError(f"max_size must be >= 1, not {max_size}")
         if not 0 <= min_size <= max_size:
@@ -479,6 +503,22 @@ class DBConnectionPool:
         return f"<DBConnectionPool {self.name!r} {self._settings.target} {state}>"
 
     # -- internals -------------------------------------------------------------------
+
+    def _withdraw_waiting(self) -> list[Interaction]:
+        """Take back the interactions still waiting here that were routed, not aimed (pool=None).
+
+        None of them has started; the interaction pool re-routes them after a
+        change of primary (docs/design/router.md).
+        """
+        return self._waiting.withdraw_interactions()
+
+    def _busy(self) -> tuple[int, int]:
+        """``(connections running an interaction or lent, requests waiting)``, for pause()."""
+        try:
+            result: tuple[int, int] = self._ref.ask(_Busy(), timeout=5.0).get()
+        except ActorStopped:
+            return (0, 0)
+        return result
 
     def _checkout(self, timeout: float) -> tuple[PooledConnection, float | None]:
         """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to this pool.
@@ -583,7 +623,23 @@ def _check_tunables(
     reconnect_initial: float,
     reconnect_max: float,
 ) -> None:
-    """ConfigurationError for a tunable out of range (defaults: :class:`DBConnectionPool`)."""
+    """ArgumentTypeError for a tunable of the wrong type, ConfigurationError out of range.
+
+    Defaults: :class:`DBConnectionPool`.  Runs before anything connects.
+    """
+    for label, count in (("pool_size", pool_size), ("min_size", min_size),
+                         ("max_waiting", max_waiting)):  # fmt: skip
+        check_type(label, count, int, "an int")
+    for label, seconds in (
+        ("timeout", timeout),
+        ("max_lifetime", max_lifetime),
+        ("max_idle", max_idle),
+        ("connect_timeout", connect_timeout),
+        ("check_after", check_after),
+        ("reconnect_initial", reconnect_initial),
+        ("reconnect_max", reconnect_max),
+    ):
+        check_type(label, seconds, (int, float), "a number of seconds")
     if pool_size < 1:
         raise ConfigurationError(f"pool_size must be >= 1, not {pool_size}")
     if not 0 <= min_size <= pool_size:
@@ -599,7 +655,7 @@ def _check_tunables(
     ):
         if not value > 0:
             raise ConfigurationError(f"{label} must be > 0 seconds, not {value}")
-    if check_after < 0:
+    if not check_after >= 0:  # NaN too
         raise ConfigurationError(f"check_after must be >= 0 seconds, not {check_after}")
-    if reconnect_max < reconnect_initial:
+    if not reconnect_max >= reconnect_initial:
         raise ConfigurationError("reconnect_max must be >= reconnect_initial")

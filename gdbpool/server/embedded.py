@@ -36,8 +36,11 @@ import pwd
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -63,6 +66,64 @@ __all__ = ["EmbeddedPostgres", "find_pg_bindir", "free_port", "pid_alive"]
 _START_TIMEOUT = 60
 
 
+# The parent-death guard: a tiny process that blocks reading a pipe only the owning
+# process writes to.  When the owner exits in any way (SIGKILL included), the pipe
+# reaches EOF with nothing written (stop() writes first) and the guard shuts the
+# postmaster down and removes a throwaway cluster's files.  stdlib only, so it runs
+# with nothing but the interpreter.
+_GUARD = """
+import os, shutil, signal, sys, time
+pid, data_dir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+try:
+    told = sys.stdin.buffer.read()
+except BaseException:
+    told = b""
+if told:  # the owner stopped the server itself and said so: nothing to do
+    sys.exit(0)
+def alive():
+    try:
+        first = open(os.path.join(data_dir, "postmaster.pid")).readline().strip()
+    except OSError:
+        return False
+    if first != str(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+for sig, wait in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+    if not alive():
+        break
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        break
+    deadline = time.monotonic() + wait
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+if root:
+    shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def _reap(guard: subprocess.Popen[bytes] | None, stand_down: bool = False) -> None:
+    """Stop a postmaster its owner forgot and remove a throwaway cluster (exit or collection).
+
+    Closing the guard's pipe is all it takes: the guard does the stopping.  With
+    ``stand_down`` (the owner stopped it itself) the guard is told to do nothing.
+    """
+    if guard is None:
+        return
+    with contextlib.suppress(OSError):
+        if guard.stdin is not None:
+            if stand_down:
+                guard.stdin.write(b"stopped")
+            guard.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        guard.wait(timeout=30)
+
+
 class EmbeddedPostgres:
     """One PostgreSQL cluster on loopback, started and stopped by this process.
 
@@ -73,6 +134,11 @@ class EmbeddedPostgres:
 
     ``replica_of`` (another running :class:`EmbeddedPostgres`) makes this
     cluster a streaming replica, cloned with ``pg_basebackup -R``.
+
+    ``ssl=True`` serves TLS with a certificate signed by a throwaway CA of its
+    own (made with the ``openssl`` command: :mod:`gdbpool.server.tls`); its
+    :meth:`dsn` then asks for ``sslmode=verify-full`` against that CA
+    (:attr:`ssl_root_cert`). Plaintext stays possible with ``sslmode=disable``.
     """
 
     def __init__(
@@ -85,6 +151,7 @@ class EmbeddedPostgres:
         settings: dict[str, str] | None = None,
         password: str | None = None,
         keep: bool | None = None,
+        ssl: bool = False,
     ) -> None:
         self.bindir = find_pg_bindir()
         self._throwaway = data_dir is None
@@ -108,6 +175,12 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self.socket_dir: Path | None = None
         self._running = False
+        self.ssl = ssl
+        #: With ``ssl=True``, once started: the CA certificate clients verify the server
+        #: with (``sslrootcert``; :meth:`dsn` adds it).
+        self.ssl_root_cert: Path | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[..., EmbeddedPostgres] | None = None
 
     # -- public API -------------------------------------------------------------
 
@@ -125,6 +198,8 @@ class EmbeddedPostgres:
             "password": self.password,
             "dbname": dbname,
         }
+        if self.ssl and self.ssl_root_cert is not None:
+            parts |= {"sslmode": "verify-full", "sslrootcert": str(self.ssl_root_cert)}
         parts.update(extra)
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
 
@@ -170,6 +245,10 @@ class EmbeddedPostgres:
                     self._basebackup()
                 else:
                     self._initdb()
+            if self.ssl:
+                from gdbpool.server.tls import make_certificates
+
+                self.ssl_root_cert = make_certificates(self.data_dir)
             for attempt in range(3):
                 self._write_config()
                 try:
@@ -184,7 +263,31 @@ class EmbeddedPostgres:
             self.stop(mode="immediate")
             raise
         self._running = True
+        self._watch()
         return self
+
+    def _watch(self) -> None:
+        """Make sure the server dies with this process or object (see docs/design/embedded.md)."""
+        pid = self.postmaster_pid()
+        if pid is None or self.data_dir is None:
+            return
+        root = "" if self.keep or self._root is None else str(self._root)
+        self._guard = subprocess.Popen(
+            [sys.executable, "-I", "-c", _GUARD, str(pid), str(self.data_dir), root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the owner's group must not fire it early
+        )
+        self._finalizer = weakref.finalize(self, _reap, self._guard)
+
+    def _unwatch(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            _reap(guard, stand_down=True)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``, ``smart`` or ``immediate``); remove a throwaway cluster.
@@ -201,6 +304,7 @@ class EmbeddedPostgres:
                         os.kill(pid, signal.SIGKILL)
                     wait_gone(pid, 10)
         self._running = False
+        self._unwatch()
         if not self.keep and self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
@@ -454,6 +558,14 @@ class EmbeddedPostgres:
             "wal_log_hints": "on",
             "logging_collector": "off",
         }
+        if self.ssl:
+            from gdbpool.server.tls import CERT_FILE, KEY_FILE
+
+            conf |= {
+                "ssl": "on",
+                "ssl_cert_file": f"'{CERT_FILE}'",
+                "ssl_key_file": f"'{KEY_FILE}'",
+            }
         if self.fast:
             conf |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         conf |= self.settings
