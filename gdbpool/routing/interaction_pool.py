@@ -101,8 +101,8 @@ class DBInteractionPool:
     from :meth:`add_pool`.  Every keyword in ``pool_options`` goes to each
     :class:`~gdbpool.DBConnectionPool` it creates (``timeout``, ``max_waiting``,
     ``min_size``, ``configure``, ``check``, ``reset``, ``reconnect_failed``...);
-    ``dsn`` may be a callable as there (the notification hub calls it once,
-    when it opens).
+    ``dsn`` may be a callable as there (the node probe and the notification
+    hub call it once, when the pool is added: docs/design/pool.md).
 
     Replica routing knobs: ``max_replica_lag`` (seconds, default None: no
     bound), ``max_replica_lag_bytes`` (default None), ``replica_fallback``
