@@ -20,7 +20,11 @@ Paths:
   greenlets, one connection each): the floor;
 * ``run``: ``DBInteractionPool.run("SELECT 1").get()``;
 * ``run_callable``: ``run(fn).get()`` with ``fn(conn, cursor)`` executing
-  ``SELECT 1`` (a callable: the connection may have been dirtied);
+  ``SELECT 1`` (a callable: the connection may have been dirtied, so the
+  worker resets it to a clean session after it, one more round trip; see
+  "Clean sessions" in docs/design/pool.md);
+* ``run_callable_noreset``: the same on a pool whose ``reset=`` does nothing
+  (what a callable cost before clean sessions; the difference is the reset);
 * ``submit``: ``DBConnectionPool.submit(Interaction("SELECT 1"))`` and the
   reply's ``get()``;
 * ``getput``: ``get(auto_commit=True)``, a cursor, ``SELECT 1``, ``put()``;
@@ -48,11 +52,16 @@ from typing import Any
 from _common import CALLERS, CONNECTIONS, use_repository_packages, warmup_seconds
 
 PATHS = (
-    "raw", "run", "run_callable", "submit", "getput", "checkout", "run_metrics", "getput_metrics",
+    "raw", "run", "run_callable", "run_callable_noreset", "submit", "getput", "checkout",
+    "run_metrics", "getput_metrics",
 )  # fmt: skip
 #: Paths measured with a scraper running: the path whose op they reuse.
 SCRAPED = {"run_metrics": "run", "getput_metrics": "getput"}
 SQL = "SELECT 1"
+
+
+def _no_reset(conn: Any) -> None:
+    """A ``reset=`` that leaves the session as it is: the callable path without the reset."""
 
 
 def _ops(
@@ -69,10 +78,13 @@ def _ops(
         conn.autocommit = True
         raw.append(conn.cursor())
     ipool = DBInteractionPool(dsn, CONNECTIONS, pool_name="bench-run")
+    noreset = DBInteractionPool(dsn, CONNECTIONS, pool_name="bench-noreset", reset=_no_reset)
     pool = DBConnectionPool(dsn, CONNECTIONS, name="bench-pool")
     ipool.pool().wait(30)
+    noreset.pool().wait(30)
     pool.wait(30)
     run, submit, get, put = ipool.run, pool.submit, pool.get, pool.put
+    run_noreset = noreset.run
 
     def raw_op(i: int) -> None:
         cur = raw[i % CONNECTIONS]
@@ -88,6 +100,9 @@ def _ops(
 
     def run_callable_op(i: int) -> None:
         run(select).get()
+
+    def run_callable_noreset_op(i: int) -> None:
+        run_noreset(select).get()
 
     def submit_op(i: int) -> None:
         interaction = Interaction(SQL)
@@ -108,6 +123,7 @@ def _ops(
 
     def close() -> None:
         ipool.close()
+        noreset.close()
         pool.close()
         for cur in raw:
             cur.connection.close()
@@ -116,6 +132,7 @@ def _ops(
         "raw": raw_op,
         "run": run_op,
         "run_callable": run_callable_op,
+        "run_callable_noreset": run_callable_noreset_op,
         "submit": submit_op,
         "getput": getput_op,
         "checkout": checkout_op,
@@ -236,11 +253,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    print(f"{'path':<16}{'load':<8}{'calls/s':>10}{'CPU us/call':>13}{'switches/call':>15}")
+    print(f"{'path':<22}{'load':<8}{'calls/s':>10}{'CPU us/call':>13}{'switches/call':>15}")
     for path, by_load in results.items():
         for load, m in by_load.items():
             print(
-                f"{path:<16}{load:<8}{m['calls_per_s']:>10,.0f}"
+                f"{path:<22}{load:<8}{m['calls_per_s']:>10,.0f}"
                 f"{m['cpu_us_per_call']:>13.1f}{m['switches_per_call']:>15.2f}"
             )
 

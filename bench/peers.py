@@ -70,8 +70,12 @@ def _key() -> int:
 # -- measuring, inside a mode's process ------------------------------------------------
 
 
-def _measure(spawn_all: Callable[[Callable[[int], None], int, float], None],
-             op: Callable[[int], None], workers: int, seconds: float) -> dict[str, float]:
+def _measure(
+    spawn_all: Callable[[Callable[[int], None], int, float], None],
+    op: Callable[[int], None],
+    workers: int,
+    seconds: float,
+) -> dict[str, float]:
     """Run ``op`` from ``workers`` loops for ``seconds``: calls/s and CPU µs per call."""
     spawn_all(op, workers, warmup_seconds(seconds))  # off the record
     counts = [0] * workers
@@ -144,15 +148,18 @@ def _green_ops(mode: str, dsn: str) -> tuple[dict[str, Callable[[int], None]], i
 
         def raw_op(sql: str, keyed: bool) -> Callable[[int], None]:
             if keyed:
+
                 def op(i: int) -> None:
                     cur = cursors[i]
                     cur.execute(sql, (_key(),))
                     cur.fetchall()
             else:
+
                 def op(i: int) -> None:
                     cur = cursors[i]
                     cur.execute(sql)
                     cur.fetchall()
+
             return op
 
         ops = {q: raw_op(sql, keyed) for q, (sql, keyed) in QUERIES.items()}
@@ -175,6 +182,7 @@ def _green_ops(mode: str, dsn: str) -> tuple[dict[str, Callable[[int], None]], i
                         cur.fetchall()
                 finally:
                     free.put(conn)
+
             return op
 
         ops = {q: queue_op(sql, keyed) for q, (sql, keyed) in QUERIES.items()}
@@ -189,11 +197,14 @@ def _green_ops(mode: str, dsn: str) -> tuple[dict[str, Callable[[int], None]], i
 
         def run_op(sql: str, keyed: bool) -> Callable[[int], None]:
             if keyed:
+
                 def op(i: int) -> None:
                     run(sql, (_key(),)).get()
             else:
+
                 def op(i: int) -> None:
                     run(sql).get()
+
             return op
 
         ops = {q: run_op(sql, keyed) for q, (sql, keyed) in QUERIES.items()}
@@ -215,6 +226,7 @@ def _green_ops(mode: str, dsn: str) -> tuple[dict[str, Callable[[int], None]], i
                         cur.fetchall()
                 finally:
                     put(conn)
+
             return op
 
         ops = {q: getput_op(sql, keyed) for q, (sql, keyed) in QUERIES.items()}
@@ -246,6 +258,7 @@ def _child_psycopg_pool(dsn: str, seconds: float) -> dict[str, dict[str, float]]
             def op(i: int) -> None:
                 with pool.connection() as conn:
                     conn.execute(sql, (_key(),) if keyed else None).fetchall()
+
             return op
 
         return {
@@ -357,8 +370,16 @@ def versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     parts = [f"Python {sys.version.split()[0]}"]
-    for dist in ("gdbpool", "gevent", "psycopg2-binary", "psycopg2", "pyzmq",
-                 "psycopg", "psycopg-pool", "asyncpg"):
+    for dist in (
+        "gdbpool",
+        "gevent",
+        "psycopg2-binary",
+        "psycopg2",
+        "pyzmq",
+        "psycopg",
+        "psycopg-pool",
+        "asyncpg",
+    ):
         try:
             parts.append(f"{dist} {version(dist)}")
         except PackageNotFoundError:
@@ -370,8 +391,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--seconds", type=float, default=3.0, help="per mode and query")
     parser.add_argument("--rounds", type=int, default=4, help="rounds over all modes")
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help=f"comma-separated subset of {','.join(MODES)} (raw always runs)")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated subset of {','.join(MODES)} (raw always runs)",
+    )
     parser.add_argument("--json", action="store_true", help="also print every round as JSON")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -393,21 +417,25 @@ def main() -> None:
         dsn = server.dsn()
         _create_table(dsn)
         for r in range(args.rounds):
-            order = modes[r % len(modes):] + modes[: r % len(modes)]
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]
             rounds.append({mode: _run_mode(mode, dsn, args.seconds) for mode in order})
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     print(f"{time.strftime('%Y-%m-%d')}; {versions()}")
-    print(f"{args.rounds} rounds x {args.seconds:g} s per mode, each mode in its own process;"
-          " ratio = mode / raw of the same round: median [min..max]; client CPU per call")
+    print(
+        f"{args.rounds} rounds x {args.seconds:g} s per mode, each mode in its own process;"
+        " ratio = mode / raw of the same round: median [min..max]; client CPU per call"
+    )
     for q in QUERIES:
         print(f"-- {LABELS[q]}")
         for mode in modes:
             rates = [rd[mode][q]["rate"] for rd in rounds]
             ratios = [rd[mode][q]["rate"] / rd["raw"][q]["rate"] for rd in rounds]
             cpu = statistics.median(rd[mode][q]["cpu_us"] for rd in rounds)
-            print(f"{MODE_LABELS[mode]:34} {statistics.median(rates):9.0f}/s"
-                  f"  {_spread(ratios):>19}  {cpu:6.1f} us cpu/call")
+            print(
+                f"{MODE_LABELS[mode]:34} {statistics.median(rates):9.0f}/s"
+                f"  {_spread(ratios):>19}  {cpu:6.1f} us cpu/call"
+            )
     if args.json:
         print(json.dumps(rounds))
 

@@ -18,9 +18,16 @@ from gevent.event import AsyncResult
 from psycopg2 import extensions
 from psycopg2 import sql as pgsql
 
-from gdbpool.errors import ConfigurationError, DBInteractionException
+from gdbpool.errors import ArgumentTypeError, ConfigurationError, DBInteractionException
 
-__all__ = ["ISOLATION_LEVELS", "SQL_TYPES", "Interaction", "Reply", "check_sql_text"]
+__all__ = [
+    "ISOLATION_LEVELS",
+    "SQL_TYPES",
+    "Interaction",
+    "Reply",
+    "check_sql_text",
+    "isolation_level_name",
+]
 
 #: What counts as SQL text for ``work``: a string or a :mod:`psycopg2.sql` object.
 SQL_TYPES: Final = (str, pgsql.Composable)
@@ -34,6 +41,45 @@ ISOLATION_LEVELS: Final[Mapping[str, int]] = {
     "serializable": extensions.ISOLATION_LEVEL_SERIALIZABLE,
     "autocommit": extensions.ISOLATION_LEVEL_AUTOCOMMIT,
 }
+
+#: psycopg2's isolation-level constants (what the 2011 library took) -> level names.
+#: ``ISOLATION_LEVEL_READ_UNCOMMITTED`` is read committed: PostgreSQL runs READ
+#: UNCOMMITTED as READ COMMITTED (``SHOW transaction_isolation`` would still say
+#: "read uncommitted"; the behaviour is the same, so one name is kept).
+_CONSTANTS: Final[Mapping[int, str]] = {
+    extensions.ISOLATION_LEVEL_AUTOCOMMIT: "autocommit",
+    extensions.ISOLATION_LEVEL_READ_UNCOMMITTED: "read committed",
+    extensions.ISOLATION_LEVEL_READ_COMMITTED: "read committed",
+    extensions.ISOLATION_LEVEL_REPEATABLE_READ: "repeatable read",
+    extensions.ISOLATION_LEVEL_SERIALIZABLE: "serializable",
+}
+
+
+def isolation_level_name(level: str | int) -> str:
+    """The level name for ``level``: a name of :data:`ISOLATION_LEVELS` or a psycopg2 constant.
+
+    ``psycopg2.extensions.ISOLATION_LEVEL_*`` constants map to their names
+    (``ISOLATION_LEVEL_READ_UNCOMMITTED`` to ``"read committed"``, as PostgreSQL
+    runs it). Raises :class:`~gdbpool.errors.ArgumentTypeError` (a TypeError)
+    for anything that is neither a string nor an int (``bool`` included),
+    :class:`~gdbpool.errors.ConfigurationError` for an unknown name or constant.
+    """
+    if isinstance(level, str):
+        if level in ISOLATION_LEVELS:
+            return level
+    elif isinstance(level, int) and not isinstance(level, bool):
+        name = _CONSTANTS.get(level)
+        if name is not None:
+            return name
+    else:
+        raise ArgumentTypeError(
+            "isolation_level must be a level name or a psycopg2 ISOLATION_LEVEL_* "
+            f"constant, not {type(level).__name__}"
+        )
+    raise ConfigurationError(
+        f"unknown isolation_level {level!r}; use one of {', '.join(ISOLATION_LEVELS)} "
+        "or a psycopg2.extensions.ISOLATION_LEVEL_* constant"
+    )
 
 
 _get = AsyncResult.get
@@ -111,8 +157,10 @@ class Interaction:
       Left out of the repr (they may hold passwords or personal data).
     * ``read_only``: run in a read-only transaction. Default False.
     * ``isolation_level``: ``"read committed"``, ``"repeatable read"``,
-      ``"serializable"`` or ``"autocommit"``; None (default) keeps the
-      connection's default (the server's, normally read committed).
+      ``"serializable"`` or ``"autocommit"``, or psycopg2's
+      ``ISOLATION_LEVEL_*`` constant for one (stored as the name;
+      ``ISOLATION_LEVEL_READ_UNCOMMITTED`` is read committed); None (default)
+      keeps the connection's default (the server's, normally read committed).
     * ``timeout``: seconds the whole call may take, from this object's
       creation (``run()``): waiting for a connection, its check, running; then
       the statement is cancelled on the server and the reply fails with
@@ -159,7 +207,7 @@ class Interaction:
         work: str | pgsql.Composable | Callable[..., Any],
         args: Any = None,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         timeout: float | None = None,
         cursor_factory: Any = None,
         dry_run: bool = False,
@@ -182,10 +230,7 @@ class Interaction:
             if dry_run:
                 raise ConfigurationError("dry_run needs an SQL string, not a callable")
         if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
-            raise ConfigurationError(
-                f"unknown isolation_level {isolation_level!r}; "
-                f"use one of {', '.join(ISOLATION_LEVELS)}"
-            )
+            isolation_level = isolation_level_name(isolation_level)
         if timeout is not None:
             if not timeout > 0:
                 raise ConfigurationError(

@@ -75,7 +75,6 @@ def test_the_wheel_installs_into_a_fresh_venv_and_serves_the_public_api(tmp_path
     assert module.returncode == 0 and module.stdout == helped.stdout
 
 
-
 def test_importing_gdbpool_without_a_driver_says_which_extra_to_install() -> None:
     script = (
         "import sys\n"

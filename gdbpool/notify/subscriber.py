@@ -796,9 +796,7 @@ class NotifySubscriber:
                 self._log.warning("bridge_silent", source=src, bridge=state.bridge)
 
     def _next_silence(self, now: float) -> float | None:
-        due = [
-            s.heard + s.silent_after - now for s in self._sources.values() if not s.silent
-        ]
+        due = [s.heard + s.silent_after - now for s in self._sources.values() if not s.silent]
         return max(0.0, min(due)) if due else None
 
 

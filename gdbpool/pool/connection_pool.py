@@ -26,6 +26,7 @@ from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
 from gdbpool.errors import (
+    ArgumentTypeError,
     ConfigurationError,
     PoolClosed,
     PoolConnectionError,
@@ -33,7 +34,7 @@ from gdbpool.errors import (
     check_type,
 )
 from gdbpool.green import ensure_green
-from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction, isolation_level_name
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
     PooledConnection,
@@ -42,8 +43,19 @@ from gdbpool.pool.connection import (
     open_connection,
     ping,
     reset_session_here,
+    resolve_dsn,
+    user_check,
 )
-from gdbpool.pool.pool_actor import _Busy, _Close, _PoolActor, _PoolStats, _Ready, _Status
+from gdbpool.pool.pool_actor import (
+    _Busy,
+    _Close,
+    _Drain,
+    _PoolActor,
+    _PoolStats,
+    _Ready,
+    _Resize,
+    _Status,
+)
 from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import Gone, Return
 
@@ -82,6 +94,28 @@ class DBConnectionPool:
     * ``reconnect_initial`` / ``reconnect_max``: backoff between failed
       connection attempts, doubling from the first to the second. Defaults
       0.1 and 10 seconds, +-25% jitter.
+    * ``reconnect_timeout``: seconds a connection slot keeps trying to
+      reconnect before it gives up (the pool opens a new one when a request
+      waits). Default 300, like psycopg_pool.
+    * ``reconnect_failed``: ``f(pool)`` called (in its own greenlet) each time
+      a slot gives up reconnecting. Default None.
+    * ``configure``: ``f(conn)`` called on every new connection before it is
+      used; it must leave the connection idle (commit). If it raises, the
+      connection is discarded and the attempt counts as a failed connect.
+      Default None. (``RESET ALL`` at a clean-session reset undoes its ``SET``
+      commands: put settings in the DSN's ``options`` instead.)
+    * ``check``: ``f(conn)`` called at every checkout (``get()`` and each
+      interaction on an idle connection); if it raises, the connection is
+      discarded and another one used. Default None (the built-in checks only).
+    * ``reset``: ``f(conn)`` called at return instead of the built-in
+      clean-session reset, for a connection that may have been dirtied
+      (docs/design/pool.md, "Clean sessions"); it gets the connection idle and
+      must leave it so. If it raises, the connection is discarded
+      (``returns_bad``). Default None: the built-in reset.
+
+    ``dsn`` is a string, or a callable returning the DSN string to use for each
+    new connection (credential rotation: it is called at every connect, and
+    :meth:`drain` replaces the open connections).
 
     If ``min_size > 0`` the constructor opens the first connection itself and
     raises :class:`~gdbpool.errors.PoolConnectionError` (naming host, port and
@@ -94,7 +128,7 @@ class DBConnectionPool:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         pool_size: int = 10,
         *,
         name: str = "default",
@@ -108,9 +142,16 @@ class DBConnectionPool:
         check_after: float = 30.0,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 10.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[DBConnectionPool], object] | None = None,
+        configure: Callable[[Any], object] | None = None,
+        check: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
         _on_failure: Callable[[str], None] | None = None,
     ) -> None:
-        check_type("dsn", dsn, str, "a libpq connection string or postgresql:// URI")
+        if not callable(dsn):
+            what = "a libpq connection string, a postgresql:// URI, or a callable returning one"
+            check_type("dsn", dsn, str, what)
         check_type("name", name, str, "a str")
         if application_name is not None:
             check_type("application_name", application_name, str, "a str or None")
@@ -119,7 +160,21 @@ class DBConnectionPool:
             pool_size, min_size, timeout, max_waiting, max_lifetime, max_idle,
             connect_timeout, check_after, reconnect_initial, reconnect_max,
         )  # fmt: skip
-        params = _parse_dsn(dsn, name)
+        if not reconnect_timeout > 0:
+            raise ConfigurationError(
+                f"reconnect_timeout must be > 0 seconds, not {reconnect_timeout}"
+            )
+        for label, hook in (
+            ("reconnect_failed", reconnect_failed),
+            ("configure", configure),
+            ("check", check),
+            ("reset", reset),
+        ):
+            if hook is not None and not callable(hook):
+                raise ArgumentTypeError(
+                    f"{label} must be a callable or None, not {type(hook).__name__}"
+                )
+        params = _parse_dsn(resolve_dsn(dsn, name), name)
         ensure_green()  # the first pool makes psycopg2 cooperative (docs/design/green.md)
         self.name = name
         self.timeout = timeout
@@ -137,8 +192,13 @@ class DBConnectionPool:
             backoff_initial=reconnect_initial,
             backoff_max=reconnect_max,
             log=self._log,
+            configure=configure,
+            check=check,
+            reset=reset,
+            reconnect_timeout=reconnect_timeout,
             on_failure=_on_failure,
         )
+        self._reconnect_failed = reconnect_failed
         first = open_connection(self._settings) if min_size > 0 else None
         self._status = _Status()
         self._waiting = WaitQueue(max_waiting)
@@ -157,6 +217,7 @@ class DBConnectionPool:
             self._supervisor,
             first,
             self._waiting,
+            self._gave_up_reconnecting,
             name=f"{name}.pool",
         )
         self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
@@ -169,7 +230,7 @@ class DBConnectionPool:
         timeout: float | None = None,
         auto_commit: bool = False,
         *,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         read_only: bool = False,
     ) -> Any:
         """Check out a connection; give it back with :meth:`put`.
@@ -177,19 +238,14 @@ class DBConnectionPool:
         ``timeout`` bounds the wait (default: the pool's ``timeout``; then
         :class:`~gdbpool.errors.PoolTimeout`). The connection comes in the
         session asked for: ``auto_commit=True`` (or
-        ``isolation_level="autocommit"``), one of the isolation levels, and/or
+        ``isolation_level="autocommit"``), one of the isolation levels (a name
+        or psycopg2's ``ISOLATION_LEVEL_*`` constant), and/or
         ``read_only=True``; otherwise the pool default (transactions at the
         server's default isolation, read-write). Raises PoolClosed after
         :meth:`close`, TooManyRequests past ``max_waiting``.
         """
-        if isolation_level is not None and (
-            type(isolation_level) is not str or isolation_level not in ISOLATION_LEVELS
-        ):
-            check_type("isolation_level", isolation_level, str, "a str or None")
-            raise ConfigurationError(
-                f"unknown isolation_level {isolation_level!r}; use one of "
-                f"{', '.join(ISOLATION_LEVELS)}"
-            )
+        # A name, or psycopg2's constant for one (ConfigurationError / TypeError otherwise).
+        level = None if isolation_level is None else isolation_level_name(isolation_level)
         wait = self.timeout if timeout is None else timeout
         try:
             deadline = time.monotonic() + wait
@@ -208,8 +264,8 @@ class DBConnectionPool:
                 break
             self.put(conn)  # the worker sees it closed and replaces it
             left = max(0.0, deadline - time.monotonic())
-        autocommit = auto_commit or isolation_level == "autocommit"
-        if autocommit and not read_only and isolation_level in (None, "autocommit"):
+        autocommit = auto_commit or level == "autocommit"
+        if autocommit and not read_only and level in (None, "autocommit"):
             # The pool default plus autocommit: psycopg2 sends nothing for it, and
             # the attribute costs a fifth of set_session().
             try:
@@ -217,12 +273,12 @@ class DBConnectionPool:
             except BaseException:
                 self.put(conn)
                 raise
-        elif autocommit or read_only or isolation_level is not None:
+        elif autocommit or read_only or level is not None:
             try:
                 conn.set_session(
                     isolation_level=None
-                    if isolation_level in (None, "autocommit")
-                    else ISOLATION_LEVELS[isolation_level],
+                    if level in (None, "autocommit")
+                    else ISOLATION_LEVELS[level],
                     readonly=True if read_only else None,
                     autocommit=autocommit,
                 )
@@ -254,6 +310,7 @@ class DBConnectionPool:
         try:
             if (
                 worker.state is ActorState.RUNNING
+                and not conn.gdbpool_dirty  # else the worker resets it (a round trip)
                 and not self._status.closed
                 and reset_session_here(conn)
             ):
@@ -275,7 +332,7 @@ class DBConnectionPool:
         timeout: float | None = None,
         auto_commit: bool = False,
         *,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         read_only: bool = False,
     ) -> Iterator[Any]:
         """``with pool.connection() as conn:`` — :meth:`get`, then :meth:`put`.
@@ -347,22 +404,68 @@ class DBConnectionPool:
         (timeouts, too many requests), ``connections_num`` (attempts),
         ``connections_ms`` (time spent connecting), ``connections_errors``
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
-        (total time connections were busy or lent).
+        (total time connections were busy or lent), ``returns_bad``
+        (connections discarded when given back: broken, or their reset failed).
 
         Beyond psycopg_pool's (read by :mod:`gdbpool.metrics`): ``connections_idle``,
         ``connections_busy`` (running an interaction), ``connections_lent`` (out
         through ``get()``), ``connections_connecting`` (now),
-        ``connections_replaced`` (past ``max_lifetime``), ``pool_mailbox_depth``
-        (the pool actor's), ``worker_restarts`` (by the workers' supervisor), and
+        ``connections_replaced`` (past ``max_lifetime``, or by :meth:`drain`),
+        ``pool_mailbox_depth`` (the pool actor's), ``worker_restarts`` (by the
+        workers' supervisor), and
         ``requests_wait_bucket_<le>`` / ``requests_wait_bucket_inf``: requests
         that waited, by wait time in seconds (bounds:
         :data:`gdbpool.pool.wait_queue.WAIT_BUCKETS`; not cumulative).
         """
+        result: dict[str, int] = self._ask(_PoolStats())
+        return result
+
+    def pop_stats(self) -> dict[str, int]:
+        """:meth:`stats`, then the counters start again from zero (the gauges ``pool_*`` and
+        ``requests_waiting`` are not counters and stay as they are), like psycopg_pool's."""
+        result: dict[str, int] = self._ask(_PoolStats(pop=True))
+        return result
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``min_size`` and ``max_size`` (default: ``min_size``) of an open pool.
+
+        Growing opens connections up to the new ``min_size`` in the background.
+        Shrinking closes idle connections at once and busy or lent ones when
+        they come back; no running interaction or checkout is interrupted.
+        Raises :class:`~gdbpool.errors.ConfigurationError` for sizes out of range,
+        PoolClosed after :meth:`close`.
+        """
+        max_size = min_size if max_size is None else max_size
+        for label, value in (("min_size", min_size), ("max_size", max_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ArgumentTypeError(f"{label} must be an int, not {type(value).__name__}")
+        if max_size < 1:
+            raise ConfigurationError(f"max_size must be >= 1, not {max_size}")
+        if not 0 <= min_size <= max_size:
+            raise ConfigurationError(
+                f"min_size must be between 0 and max_size ({max_size}), not {min_size}"
+            )
+        self._ask(_Resize(min_size, max_size))
+        self._log.info("pool_resized", min_size=min_size, max_size=max_size)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, busy and lent ones when they come back.
+
+        New connections use the DSN as it is then (a callable ``dsn`` is called
+        again), and run ``configure``: use it after rotating credentials or
+        changing what ``configure`` does. Requests keep being served meanwhile
+        (they wait for the new connections within their ``timeout``). Returns
+        once the pool has marked them; it does not wait for the new ones
+        (:meth:`wait` does). Raises PoolClosed after :meth:`close`.
+        """
+        self._ask(_Drain())
+        self._log.info("pool_drained")
+
+    def _ask(self, message: object) -> Any:
         try:
-            result: dict[str, int] = self._ref.ask(_PoolStats(), timeout=5.0).get()
+            return self._ref.ask(message, timeout=5.0).get()
         except ActorStopped:
             raise PoolClosed(f"pool {self.name!r} is closed") from None
-        return result
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool (waiting and running work: docs/design/pool.md). Idempotent.
@@ -455,6 +558,7 @@ class DBConnectionPool:
         conn, idle_since = reply.get()
         conn.gdbpool_pool = self
         conn.gdbpool_lent = True
+        conn.gdbpool_dirty = False  # its cursors watch for session changes from here on
         return conn, idle_since
 
     def _abandon(self, request: _Checkout) -> None:
@@ -468,6 +572,11 @@ class DBConnectionPool:
             conn.gdbpool_pool = self
             conn.gdbpool_lent = True
             self.put(conn)
+
+    def _gave_up_reconnecting(self) -> None:
+        """A slot gave up reconnecting (``reconnect_timeout``): the user's ``reconnect_failed``."""
+        if self._reconnect_failed is not None:
+            gevent.spawn(self._reconnect_failed, self)
 
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))
@@ -483,9 +592,11 @@ def _usable(conn: PooledConnection, idle_since: float | None, settings: PoolSett
         return not conn.closed
     if not check_connection(conn):
         return False
-    if time.monotonic() - idle_since > settings.check_after:
-        return ping(conn, settings.connect_timeout)
-    return True
+    if time.monotonic() - idle_since > settings.check_after and not ping(
+        conn, settings.connect_timeout
+    ):
+        return False
+    return settings.check is None or user_check(conn, settings)
 
 
 def _parse_dsn(dsn: str, name: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from gdbpool.pool.wait_queue import WAIT_BUCKETS, WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
     ConnectionWorker,
+    GaveUp,
     Gone,
     Idle,
     Lost,
@@ -76,7 +78,22 @@ class _Ready:
 
 @dataclass(frozen=True, slots=True)
 class _PoolStats:
-    """Ask: the counters."""
+    """Ask: the counters; ``pop``: and start them again from zero (``pop_stats()``)."""
+
+    pop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Resize:
+    """Ask: new ``min_size`` / ``max_size`` (validated by the facade)."""
+
+    min_size: int
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Drain:
+    """Ask: replace every connection (idle ones now, busy and lent ones when they come back)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +162,13 @@ class _PoolActor(Actor):
         supervisor: Supervisor,
         first_conn: PooledConnection | None,
         waiting: WaitQueue,
+        gave_up_reconnecting: Callable[[], None],
     ) -> None:
         super().__init__()
+        self.gave_up_reconnecting = gave_up_reconnecting
+        self.stale: set[ActorRef] = set()  # drain(): replace these when they are next idle
+        # The wait queue's (wait_ms, offered, wait_buckets) at the last pop_stats().
+        self.wait_base: tuple[int, int, tuple[int, ...]] = (0, 0, (0,) * len(waiting.wait_buckets))
         self.timeout = timeout
         self.settings = settings
         self.status = status
@@ -183,6 +205,7 @@ class _PoolActor(Actor):
                 "connections_errors",
                 "connections_lost",
                 "connections_replaced",
+                "returns_bad",
                 "usage_ms",
             ),
             0,
@@ -348,14 +371,31 @@ class _PoolActor(Actor):
         now = time.monotonic()
         if since is not None:
             self.counters["usage_ms"] += int((now - since) * 1000)
-        if self.expires_at.get(worker, now) < now and not self.status.closed:
+        if self.status.closed:
+            self._retire(worker)
+            return
+        if self.stale and worker in self.stale:
+            self.stale.discard(worker)
+            self._workers_changed()
+            self._recycle(worker)  # drain(): opened before it, replaced now it is back
+            return
+        if self.expires_at.get(worker, now) < now:
             self._recycle(worker)  # past max_lifetime (a worker checks too; put() does not)
+            return
+        if self._size() > self.max_size:
+            self._retire(worker)  # resize() made the pool smaller while it was busy
             return
         self._serve(worker, now, msg.handed)
 
     @handles(Opened)
     def opened(self, msg: Opened) -> None:
         self.connecting -= 1
+        if self.stale and msg.worker in self.stale:
+            # Connecting when drain() was called: it may have used the old DSN.
+            self.stale.discard(msg.worker)
+            self._workers_changed()
+            self._recycle(msg.worker)  # it reports Lost (counted connecting again), then Opened
+            return
         self.conns[msg.worker] = msg.conn
         self.expires_at[msg.worker] = msg.expires_at
         self.counters["connections_num"] += 1
@@ -364,6 +404,49 @@ class _PoolActor(Actor):
         self._serve(msg.worker, time.monotonic())
         if self.ready:
             self._check_ready()
+
+    @handles(GaveUp)
+    def gave_up(self, msg: GaveUp) -> None:
+        """A worker stopped reconnecting (``reconnect_timeout``): free its slot."""
+        worker = msg.worker
+        self._drop(worker)
+        self.stale.discard(worker)
+        if worker in self.workers:
+            self.workers.discard(worker)
+            self.connecting -= 1
+            self._workers_changed()
+        self.status.last_error = msg.error
+        if not self.conns:
+            self.status.healthy = False
+        self.gave_up_reconnecting()
+        if not self.status.closed:
+            self._grow()  # a waiting request tries again with a new slot
+
+    @handles(_Resize)
+    def resize(self, msg: _Resize) -> None:
+        self.min_size, self.max_size = msg.min_size, msg.max_size
+        self._workers_changed()
+        if self.status.closed:
+            return
+        # Shrink: idle connections now (longest idle first), busy ones when they are back.
+        while self.idle and self._size() > self.max_size:
+            self._retire(self.idle[0])
+        while self._size() < self.min_size:
+            self._spawn_worker()
+        self._grow()
+        if self.ready:
+            self._check_ready()
+
+    @handles(_Drain)
+    def drain(self, msg: _Drain) -> None:
+        if self.status.closed:
+            return
+        idle = list(self.idle)
+        self.stale = set(self.workers) - set(idle)  # busy, lent, or still connecting
+        self._workers_changed()
+        for worker in idle:
+            self.idle.remove(worker)
+            self._recycle(worker)
 
     @handles(ConnectFailed)
     def connect_failed(self, msg: ConnectFailed) -> None:
@@ -376,6 +459,8 @@ class _PoolActor(Actor):
     @handles(Lost)
     def lost(self, msg: Lost) -> None:
         worker = msg.worker
+        if msg.returned:
+            self.counters["returns_bad"] += 1
         if msg.broken:
             self.counters["connections_lost"] += 1
         else:
@@ -449,15 +534,21 @@ class _PoolActor(Actor):
     def stats(self, msg: _PoolStats) -> dict[str, int]:
         waiting = self.waiting
         counters = dict(self.counters)
-        counters["requests_wait_ms"] += waiting.wait_ms
-        counters["requests_num"] += waiting.offered
-        counters["requests_queued"] += waiting.offered
+        wait_ms, offered = waiting.wait_ms, waiting.offered
+        base_ms, base_offered, base_buckets = self.wait_base
+        counters["requests_wait_ms"] += wait_ms - base_ms
+        counters["requests_num"] += offered - base_offered
+        counters["requests_queued"] += offered - base_offered
         lent = len(self.lent)
+        counts = [now - then for now, then in zip(waiting.wait_buckets, base_buckets, strict=False)]
         buckets = {
             f"requests_wait_bucket_{bound:g}": count
-            for bound, count in zip(WAIT_BUCKETS, waiting.wait_buckets, strict=False)
+            for bound, count in zip(WAIT_BUCKETS, counts, strict=False)
         }
-        buckets["requests_wait_bucket_inf"] = waiting.wait_buckets[-1]
+        buckets["requests_wait_bucket_inf"] = counts[-1]
+        if msg.pop:
+            self.counters = dict.fromkeys(self.counters, 0)
+            self.wait_base = (wait_ms, offered, tuple(waiting.wait_buckets))
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,
@@ -566,6 +657,7 @@ class _PoolActor(Actor):
             self._spawn_worker()
 
     def _retire(self, worker: ActorRef) -> None:
+        self.stale.discard(worker)
         self.workers.discard(worker)
         self._workers_changed()
         self.conns.pop(worker, None)
@@ -578,7 +670,9 @@ class _PoolActor(Actor):
         self._check_drained()
 
     def _workers_changed(self) -> None:
-        self.waiting.grown = self._size() >= self.max_size
+        size = self._size()
+        self.waiting.grown = size >= self.max_size
+        self.waiting.recall = bool(self.stale) or size > self.max_size
 
     # -- timers ----------------------------------------------------------------------
     # Waiting requests have one libev timer between them, armed for the earliest

@@ -75,7 +75,7 @@ class WaitQueue:
     and no longer reconnect, and :meth:`offer` refuses.
 
     No lock: greenlets switch only where they block, and nothing here blocks.
-    The pool actor alone writes :attr:`grown` and :attr:`timer_deadline`.
+    The pool actor alone writes :attr:`grown`, :attr:`recall` and :attr:`timer_deadline`.
     """
 
     __slots__ = (
@@ -85,6 +85,7 @@ class WaitQueue:
         "in_mailbox",
         "limit",
         "offered",
+        "recall",
         "timer_deadline",
         "wait_buckets",
         "wait_ms",
@@ -103,6 +104,9 @@ class WaitQueue:
         self.limit = limit
         #: True while the pool has all ``max_size`` workers (set by the pool actor).
         self.grown = False
+        #: True while the pool wants busy workers back between interactions (a
+        #: resize() down, a drain()): workers then report Idle instead of chaining.
+        self.recall = False
         #: When the armed deadline timer fires (inf when none is armed; the pool actor's).
         self.timer_deadline = float("inf")
         #: Requests told to the pool actor and not yet handled by it.

@@ -50,9 +50,12 @@ from gdbpool.pool.connection import (
     PooledConnection,
     PoolSettings,
     backoff,
+    changes_session,
     check_connection,
+    clean_session,
     open_connection,
     ping,
+    user_check,
 )
 
 if TYPE_CHECKING:
@@ -121,6 +124,7 @@ class Lost:
     worker: ActorRef
     retry: Interaction | None = None
     broken: bool = True
+    returned: bool = False  # found broken, or failed its reset, when put() gave it back
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,14 @@ class Gone:
     """The worker was killed (not a crash), or put() found it stopped: replace it."""
 
     worker: ActorRef
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    """Reconnecting failed for longer than ``reconnect_timeout``: the worker stops."""
+
+    worker: ActorRef
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +184,7 @@ class ConnectionWorker(Actor):
         self.conn: Any = None
         self.expires_at = 0.0
         self.failures = 0
+        self.failing_since = 0.0  # monotonic time of the first failed attempt in a row
         self._initial = conn
         self._idle_msg: Idle | None = None
 
@@ -220,6 +233,15 @@ class ConnectionWorker(Actor):
             raise
         except PoolConnectionError as exc:
             self.failures += 1
+            if self.failures == 1:
+                self.failing_since = started
+            elif started - self.failing_since > self.settings.reconnect_timeout:
+                self.settings.log.warning(
+                    "reconnect_given_up", attempts=self.failures, error=str(exc)
+                )
+                self.pool.tell(GaveUp(self.ref, str(exc)))
+                self.ref.stop()
+                return
             delay = backoff(self.failures, self.settings.backoff_initial, self.settings.backoff_max)
             self.settings.log.warning(
                 "reconnect_failed", attempt=self.failures, retry_in=round(delay, 3), error=str(exc)
@@ -288,6 +310,12 @@ class ConnectionWorker(Actor):
                 reply.running = None
             if running is not conn:
                 running.finish()  # abandoned while running: its cancel lands before the next use
+            if (
+                not interaction.dry_run
+                and not conn.closed
+                and changes_session(interaction.work, conn)
+            ):
+                self._clean(conn)  # a callable, or SQL that changes the session
             now = time.monotonic()
             if not self._still_usable(conn, now):
                 return
@@ -297,6 +325,8 @@ class ConnectionWorker(Actor):
             # Then the interactions that queued meanwhile, taken from the pool's
             # wait queue, until none waits: only then report Idle. A chained
             # interaction skips alive(): see "Checks" in the module docstring.
+            if self.waiting.recall:
+                break  # the pool wants workers back (resize, drain): report Idle first
             next_interaction = take(now)
             if next_interaction is None:
                 break
@@ -324,6 +354,12 @@ class ConnectionWorker(Actor):
             except GreenletExit:
                 self._killed()
                 raise
+            else:
+                if conn.gdbpool_dirty:
+                    self._clean(conn)
+        if conn.closed:
+            self._lose(returned=True)
+            return
         self._after_use(conn)
 
     @handles(Recycle)
@@ -349,14 +385,31 @@ class ConnectionWorker(Actor):
         if not check_connection(conn):
             return False
         now = time.monotonic()
-        if now - conn.gdbpool_idle_since > self.settings.check_after:
-            limit = self.settings.connect_timeout
+        settings = self.settings
+        if now - conn.gdbpool_idle_since > settings.check_after:
+            limit = settings.connect_timeout
             if deadline is not None:
                 if deadline <= now:
                     return True
                 limit = min(limit, deadline - now)
-            return ping(conn, limit)
-        return True
+            if not ping(conn, limit):
+                return False
+        return settings.check is None or user_check(conn, settings)
+
+    def _clean(self, conn: PooledConnection) -> None:
+        """Reset ``conn`` to a clean session (docs/design/pool.md); closed if that fails."""
+        try:
+            clean_session(conn, self.settings)
+        except GreenletExit:
+            self._killed()
+            raise
+        except Exception as exc:
+            # Its session cannot be vouched for: the next borrower gets a new one.
+            self.settings.log.warning(
+                "session_reset_failed", worker=self.ref.name, error=f"{type(exc).__name__}: {exc}"
+            )
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
 
     def _after_use(self, conn: PooledConnection) -> None:
         now = time.monotonic()
@@ -391,10 +444,10 @@ class ConnectionWorker(Actor):
         self.settings.log.debug("connection_opened", worker=self.ref.name, connect_ms=connect_ms)
         self.pool.tell(Opened(self.ref, conn, connect_ms, self.expires_at))
 
-    def _lose(self, retry: Interaction | None = None) -> None:
+    def _lose(self, retry: Interaction | None = None, returned: bool = False) -> None:
         self.settings.log.info("connection_lost", worker=self.ref.name)
         self._discard()
-        self.pool.tell(Lost(self.ref, retry))
+        self.pool.tell(Lost(self.ref, retry, returned=returned))
         if not self.waiting.closed:
             self.ref.tell(Connect())
 

@@ -59,6 +59,7 @@ from gdbpool.notify import durable as durable_module
 from gdbpool.notify.hub import NotificationHub
 from gdbpool.notify.notification import check_channel, check_payload
 from gdbpool.notify.subscription import DEFAULT_MAXSIZE, DEFAULT_OVERFLOW, Overflow, Subscription
+from gdbpool.pool.connection import resolve_dsn
 from gdbpool.pool.connection_pool import DBConnectionPool
 from gdbpool.routing.node_probe import NodeProbe, NodeStatus
 from gdbpool.routing.read_your_writes import ReadYourWrites
@@ -100,7 +101,9 @@ class DBInteractionPool:
     opens and supervises the primary pool named ``pool_name``; more pools come
     from :meth:`add_pool`.  Every keyword in ``pool_options`` goes to each
     :class:`~gdbpool.DBConnectionPool` it creates (``timeout``, ``max_waiting``,
-    ``min_size``...).
+    ``min_size``, ``configure``, ``check``, ``reset``, ``reconnect_failed``...);
+    ``dsn`` may be a callable as there (the node probe and the notification
+    hub call it once, when the pool is added: docs/design/pool.md).
 
     Replica routing knobs: ``max_replica_lag`` (seconds, default None: no
     bound), ``max_replica_lag_bytes`` (default None), ``replica_fallback``
@@ -116,7 +119,7 @@ class DBInteractionPool:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         pool_size: int = 10,
         pool_name: str = "default",
         do_log: bool = False,
@@ -177,7 +180,7 @@ class DBInteractionPool:
     def add_pool(
         self,
         name: str,
-        dsn: str,
+        dsn: str | Callable[[], str],
         pool_size: int = 10,
         role: PoolRole = "replica",
         **pool_options: Any,
@@ -207,10 +210,11 @@ class DBInteractionPool:
             pool.close()
             raise
         self._pools[name] = pool
-        self._dsns[name] = dsn
+        # The probe and the hub keep one DSN each: a callable one is called once, here.
+        self._dsns[name] = dsn if isinstance(dsn, str) else resolve_dsn(dsn, name)
         probe = NodeProbe(
             name,
-            dsn,
+            self._dsns[name],
             self._submit_to_primary,
             self._report_node,
             self._health_interval,
@@ -222,7 +226,8 @@ class DBInteractionPool:
         first = probe.probe_once()
         self._router.ask(_NodeReport(first)).get(timeout=10)
         probe.start()
-        self._log.info("pool_added", name=name, role=role, dsn=redact(dsn))
+        shown = redact(dsn) if isinstance(dsn, str) else "<callable>"
+        self._log.info("pool_added", name=name, role=role, dsn=shown)
         return pool
 
     def _report_node(self, status: NodeStatus) -> None:
@@ -351,7 +356,7 @@ class DBInteractionPool:
         read_only: bool | None = None,
         pool: str | None = None,
         timeout: float | None = None,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         cursor_factory: Any = None,
         dry_run: bool = False,
         dec2float: bool = False,
@@ -440,7 +445,7 @@ class DBInteractionPool:
     def transaction(
         self,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         *,
         pool: str | None = None,
         timeout: float | None = None,
@@ -558,6 +563,8 @@ class DBInteractionPool:
         with self._hub_lock:
             if self._hub is None:
                 dsn = self._dsns.get(self.primary or self._primary_name, self._dsn)
+                # A callable DSN is called once here: the hub keeps what it got.
+                dsn = dsn if isinstance(dsn, str) else resolve_dsn(dsn, "hub")
                 self._hub = NotificationHub(
                     dsn, application_name=f"gdbpool-listener:{self._primary_name}"
                 )

@@ -21,7 +21,8 @@ from psycopg2 import sql
 
 from gdbpool.errors import ConfigurationError, DBInteractionException
 from gdbpool.execute import run_in_transaction
-from gdbpool.interaction import ISOLATION_LEVELS, Interaction
+from gdbpool.interaction import ISOLATION_LEVELS, Interaction, isolation_level_name
+from gdbpool.pool.connection import changes_session
 from gdbpool.routing.read_your_writes import ReadYourWrites
 
 if TYPE_CHECKING:
@@ -38,21 +39,25 @@ class Transaction:
         pool: DBConnectionPool | None,
         *,
         read_only: bool = False,
-        isolation_level: str | None = None,
+        isolation_level: str | int | None = None,
         timeout: float | None = None,
         session: ReadYourWrites | None = None,
     ) -> None:
-        if isolation_level == "autocommit":
+        level: str | None = None
+        if isolation_level is not None:
+            try:
+                level = isolation_level_name(isolation_level)  # or psycopg2's constant for one
+            except ConfigurationError:
+                levels = ", ".join(name for name in ISOLATION_LEVELS if name != "autocommit")
+                raise ConfigurationError(
+                    f"unknown isolation_level {isolation_level!r}; use one of {levels}"
+                ) from None
+        if level == "autocommit":
             raise ConfigurationError("a transaction cannot run in autocommit mode")
-        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
-            levels = ", ".join(level for level in ISOLATION_LEVELS if level != "autocommit")
-            raise ConfigurationError(
-                f"unknown isolation_level {isolation_level!r}; use one of {levels}"
-            )
         #: The pool the connection comes from (set by the router when None here).
         self.pool = pool
         self._read_only = read_only
-        self._isolation_level = isolation_level
+        self._isolation_level = level
         self._timeout = timeout
         self._session = session
         self._conn: Any = None
@@ -94,7 +99,10 @@ class Transaction:
         msg = Interaction(
             interaction, args, timeout=timeout, cursor_factory=cursor_factory, dec2float=dec2float
         )
-        return run_in_transaction(self._conn, msg)
+        conn = self._conn
+        if not conn.gdbpool_dirty and changes_session(interaction, conn):
+            conn.gdbpool_dirty = True  # put() has it reset to a clean session
+        return run_in_transaction(conn, msg)
 
     def __exit__(
         self,

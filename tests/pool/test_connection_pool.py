@@ -15,6 +15,7 @@ import psycopg2
 import pytest
 from _switches import switches_per_call
 from _waits import wait_for
+from psycopg2 import extensions
 from structlog.testing import capture_logs
 
 import gdbpool.pool.worker
@@ -177,6 +178,37 @@ def test_each_isolation_level_can_be_chosen_per_checkout_and_is_reset_on_put(
         assert query(conn, "SHOW transaction_read_only") == [("off",)]
     with pool.connection() as conn:
         assert query(conn, "SHOW transaction_isolation") == [("read committed",)]
+
+
+@pytest.mark.parametrize(
+    ("constant", "level"),
+    [
+        (extensions.ISOLATION_LEVEL_SERIALIZABLE, "serializable"),
+        (extensions.ISOLATION_LEVEL_REPEATABLE_READ, "repeatable read"),
+        (extensions.ISOLATION_LEVEL_READ_COMMITTED, "read committed"),
+        # PostgreSQL runs READ UNCOMMITTED as READ COMMITTED: so does the pool.
+        (extensions.ISOLATION_LEVEL_READ_UNCOMMITTED, "read committed"),
+    ],
+)
+def test_get_takes_psycopg2_isolation_constants_like_level_names(
+    make_pool: MakePool, constant: int, level: str
+) -> None:
+    pool = make_pool(1)
+    conn = pool.get(isolation_level=constant)
+    try:
+        assert query(conn, "SHOW transaction_isolation") == [(level,)]
+        conn.rollback()
+    finally:
+        pool.put(conn)
+    conn = pool.get(isolation_level=extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+    try:
+        assert conn.autocommit
+    finally:
+        pool.put(conn)
+    with pytest.raises(ConfigurationError, match="unknown isolation_level 7"):
+        pool.get(isolation_level=7)
+    with pytest.raises(TypeError, match="not bool"):
+        pool.get(isolation_level=True)  # type: ignore[arg-type]
 
 
 def test_a_read_only_checkout_refuses_writes_and_the_next_one_is_read_write(
@@ -645,6 +677,94 @@ def test_a_thousand_greenlets_share_eight_connections_for_ten_thousand_checkouts
     assert stats["connections_num"] == 8 and stats["connections_lost"] == 0
     assert backends(pg_primary, "gdbpool:stress") == 8
     print(f"10,000 checkouts by 1,000 greenlets on 8 connections: {elapsed:.2f}s")
+
+
+# -- clean sessions ----------------------------------------------------------------------------
+
+_SESSION_SEEN = (
+    "SELECT current_setting('search_path'),"
+    " (SELECT count(*) FROM pg_listening_channels()),"
+    " (SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relname = 'scratch'),"
+    " (SELECT count(*) FROM pg_locks"
+    "  WHERE locktype::text LIKE 'advis%' AND pid = pg_backend_pid()),"
+    " (SELECT count(*) FROM pg_prepared_statements),"
+    " pg_backend_pid()"
+)
+_CLEAN = ('"$user", public', 0, 0, 0, 0)
+
+
+def _dirty_the_session(conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SET search_path TO pg_catalog")
+        cur.execute("LISTEN leftover")
+        cur.execute("CREATE TEMP TABLE scratch (n int)")
+        cur.execute("SELECT pg_advisory_lock(4242)")
+        cur.execute("PREPARE leftover_plan AS SELECT 1")
+    conn.commit()
+
+
+def test_a_callable_leaves_no_session_state_to_the_next_borrower(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    pid = submit(pool, _dirty_the_session) and None
+    *seen, pid = submit(pool, _SESSION_SEEN)[0]
+    assert tuple(seen) == _CLEAN
+    # The same backend (one connection): reset, not replaced; and get() sees it clean too.
+    with pool.connection() as conn:
+        *seen, again = query(conn, _SESSION_SEEN)[0]
+    assert tuple(seen) == _CLEAN and again == pid
+
+
+def test_a_checkout_leaves_no_session_state_to_the_next_borrower(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    conn = pool.get()
+    _dirty_the_session(conn)
+    pid = conn.get_backend_pid()
+    pool.put(conn)
+    *seen, again = submit(pool, _SESSION_SEEN)[0]
+    assert tuple(seen) == _CLEAN and again == pid
+    assert pool.stats()["returns_bad"] == 0
+
+
+def test_session_changing_sql_strings_are_reset_too(make_pool: MakePool) -> None:
+    pool = make_pool(1)
+    submit(pool, "SET search_path TO pg_catalog")
+    submit(pool, "SELECT pg_advisory_lock(7)")
+    submit(pool, "select 1; listen leftover")
+    *seen, _ = submit(pool, _SESSION_SEEN)[0]
+    assert tuple(seen) == _CLEAN
+
+
+def test_a_reset_callback_replaces_the_built_in_reset(make_pool: MakePool) -> None:
+    calls: list[int] = []
+
+    def reset(conn: Any) -> None:
+        calls.append(conn.get_backend_pid())
+        conn.autocommit = True  # DISCARD ALL cannot run in a transaction block
+        with conn.cursor() as cur:
+            cur.execute("DISCARD ALL")
+        conn.autocommit = False
+
+    pool = make_pool(1, reset=reset)
+    submit(pool, _dirty_the_session)
+    submit(pool, "SELECT 1")  # plain SQL: nothing to reset
+    *seen, pid = submit(pool, _SESSION_SEEN)[0]
+    assert tuple(seen) == _CLEAN and calls == [pid]
+
+
+def test_a_failing_reset_replaces_the_connection_and_counts_a_bad_return(
+    make_pool: MakePool,
+) -> None:
+    def reset(conn: Any) -> None:
+        raise RuntimeError("no")
+
+    pool = make_pool(1, reset=reset)
+    conn = pool.get()
+    _dirty_the_session(conn)
+    pid = conn.get_backend_pid()
+    pool.put(conn)
+    *seen, again = submit(pool, _SESSION_SEEN)[0]
+    assert tuple(seen) == _CLEAN and again != pid
+    assert pool.stats()["returns_bad"] == 1
 
 
 # -- cost (the switch counts docs/benchmarks.md quotes) -----------------------------------------

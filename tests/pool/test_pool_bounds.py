@@ -126,8 +126,7 @@ def test_callers_killed_while_queued_never_run(
     pool.submit(blocker)
     assert wait_for(lambda: _active(dsn, "pg_sleep(0.5)") == 1, 5)
     callers = [
-        gevent.spawn(_call, pool, f"INSERT INTO {side_table} VALUES (%s)", (i,))
-        for i in range(10)
+        gevent.spawn(_call, pool, f"INSERT INTO {side_table} VALUES (%s)", (i,)) for i in range(10)
     ]
     assert wait_for(lambda: pool.stats()["requests_waiting"] == 10, 5)
     gevent.killall(callers, timeout=5)
@@ -210,9 +209,7 @@ def test_every_call_through_a_blackhole_returns_within_its_timeout_plus_one_seco
         ipool.close()
 
 
-def test_queued_callers_fail_when_their_own_timeout_runs_out(
-    make_pool: MakePool, dsn: str
-) -> None:
+def test_queued_callers_fail_when_their_own_timeout_runs_out(make_pool: MakePool, dsn: str) -> None:
     pool = make_pool(dsn, 1)  # its own timeout is 30 s
     blocker = Interaction("SELECT pg_sleep(3)")
     pool.submit(blocker)

@@ -10,7 +10,7 @@ import gevent
 import psycopg2
 import pytest
 from _switches import switches_per_call
-from psycopg2 import sql
+from psycopg2 import extensions, sql
 from psycopg2.extras import RealDictCursor
 
 from gdbpool import (
@@ -158,6 +158,40 @@ def test_rows_come_back_as_dicts_with_realdictcursor(ipool: DBInteractionPool) -
 @pytest.mark.parametrize("level", ["read committed", "repeatable read", "serializable"])
 def test_each_isolation_level_is_applied(ipool: DBInteractionPool, level: str) -> None:
     assert ipool.run("SHOW transaction_isolation", isolation_level=level).get(10) == [(level,)]
+
+
+def test_psycopg2_isolation_constants_work_for_run_and_transaction(
+    ipool: DBInteractionPool,
+) -> None:
+    serializable = extensions.ISOLATION_LEVEL_SERIALIZABLE
+    show = "SHOW transaction_isolation"
+    assert ipool.run(show, isolation_level=serializable).get(10) == [("serializable",)]
+    uncommitted = extensions.ISOLATION_LEVEL_READ_UNCOMMITTED
+    assert ipool.run(show, isolation_level=uncommitted).get(10) == [("read committed",)]
+    # Autocommit: the callable runs outside a transaction block.
+    autocommit = extensions.ISOLATION_LEVEL_AUTOCOMMIT
+    assert ipool.run(lambda conn: conn.autocommit, isolation_level=autocommit).get(10) is True
+    with ipool.transaction(isolation_level=serializable) as tx:
+        assert tx.run(show) == [("serializable",)]
+    with pytest.raises(ConfigurationError, match="autocommit"):
+        ipool.transaction(isolation_level=autocommit).__enter__()
+
+
+def test_a_transaction_leaves_no_session_state_to_the_next_borrower(schema_dsn: str) -> None:
+    pool = DBInteractionPool(schema_dsn, pool_size=1)
+    try:
+        with pool.transaction() as tx:
+            tx.run("SET search_path TO pg_catalog")
+            tx.run("SELECT pg_advisory_lock(99)")
+            pid = tx.run("SELECT pg_backend_pid()")
+        seen = pool.run(
+            "SELECT current_setting('search_path'), pg_backend_pid(),"
+            " (SELECT count(*) FROM pg_locks WHERE locktype::text LIKE 'advis%'"
+            "  AND pid = pg_backend_pid())"
+        ).get(10)
+        assert seen == [('"$user", public', pid[0][0], 0)]
+    finally:
+        pool.close()
 
 
 def test_read_only_interactions_run_in_a_read_only_transaction(ipool: DBInteractionPool) -> None:
