@@ -75,7 +75,7 @@ _GUARD = """
 import os, shutil, signal, sys, time
 pid, data_dir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 try:
-    told = sys.stdin.buffer.read()
+    told = sys.stdin.buffer.read(1)  # one byte or EOF: a forked copy of the owner may hold the pipe
 except BaseException:
     told = b""
 if told:  # the owner stopped the server itself and said so: nothing to do
@@ -121,7 +121,7 @@ def _reap(guard: subprocess.Popen[bytes] | None, stand_down: bool = False) -> No
                 guard.stdin.write(b"stopped")
             guard.stdin.close()
     with contextlib.suppress(subprocess.TimeoutExpired):
-        guard.wait(timeout=30)
+        guard.wait(timeout=5 if stand_down else 30)
 
 
 class EmbeddedPostgres:
