@@ -78,3 +78,24 @@ def test_postgres_without_a_password_writes_a_usable_pgpass_file_and_never_print
         assert not os.path.exists(pgpass)  # a throwaway cluster's file goes with it
     finally:
         child.kill()
+
+
+def test_postgres_stops_its_server_on_sighup_like_on_sigterm() -> None:
+    import signal
+
+    from _cli_process import ChildProcess
+
+    from gdbpool.server.embedded import free_port, pid_alive
+
+    child = ChildProcess(
+        [*GDBPOOL_CMD, "postgres", "--port", str(free_port()), "--fast", "--password", "pw-hup"]
+    )
+    try:
+        found = child.wait_for(r"ready on \S+ data=(\S+)", timeout=60)
+        data_dir = Path(found.group(1))
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        assert child.stop(signal.SIGHUP, timeout=30) == 0, child.transcript()
+        assert not pid_alive(postmaster)
+        assert not data_dir.exists()
+    finally:
+        child.kill()
