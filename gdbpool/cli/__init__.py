@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 130 Ctrl-C",
     )
-    from gdbpool import __version__
+    from importlib.metadata import version  # the installed one; pyproject reads __version__
 
-    parser.add_argument("--version", action="version", version=f"gdbpool {__version__}")
+    parser.add_argument("--version", action="version", version=f"gdbpool {version('gdbpool')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end tour (embedded PostgreSQL unless --dsn)")
