@@ -26,6 +26,7 @@ from gdbpool.errors import (
     EmbeddedPostgresError,
     GDBPoolError,
     InteractionTimeout,
+    NoPrimaryAvailable,
     NoReplicaAvailable,
     NotificationError,
     PoolClosed,
@@ -54,8 +55,17 @@ from gdbpool.notify.subscription import Overflow, Subscription
 from gdbpool.notify.wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
 from gdbpool.pool.connection_pool import DBConnectionPool
 from gdbpool.routing.interaction_pool import DBInteractionPool, PoolRole
+from gdbpool.routing.node_probe import NodeStatus
 from gdbpool.routing.read_your_writes import ReadYourWrites
 from gdbpool.routing.replicas import ReplicaStatus
+from gdbpool.routing.topology import (
+    NodeDown,
+    NodeRole,
+    NodeState,
+    NodeUp,
+    PrimaryChanged,
+    TopologyWatch,
+)
 from gdbpool.routing.transaction import Transaction
 from gdbpool.server.embedded import EmbeddedPostgres
 from gdbpool.server.wait import wait_for_server
@@ -84,7 +94,13 @@ __all__ = [
     "Interaction",
     "InteractionTimeout",
     "Lagging",
+    "NoPrimaryAvailable",
     "NoReplicaAvailable",
+    "NodeDown",
+    "NodeRole",
+    "NodeState",
+    "NodeStatus",
+    "NodeUp",
     "Notification",
     "NotificationError",
     "NotificationHub",
@@ -95,12 +111,14 @@ __all__ = [
     "PoolConnectionException",
     "PoolRole",
     "PoolTimeout",
+    "PrimaryChanged",
     "ReadYourWrites",
     "Reconnected",
     "ReplicaStatus",
     "Subscription",
     "SubscriptionClosed",
     "TooManyRequests",
+    "TopologyWatch",
     "Transaction",
     "WireFormatError",
     "ZmqNotifyBridge",

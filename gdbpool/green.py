@@ -49,11 +49,13 @@ from gdbpool.errors import ConfigurationError
 __all__ = [
     "CANCEL_GRACE",
     "CANCEL_TIMEOUT",
+    "KEEPALIVES",
     "NO_GREEN_ENV",
     "cancel_backend",
     "ensure_green",
     "gevent_wait_callback",
     "is_green",
+    "keepalive_options",
     "make_psycopg_green",
     "shutdown_socket",
 ]
@@ -254,10 +256,34 @@ def shutdown_socket(conn: Any) -> None:
         sock.close()
 
 
-#: Seconds a timed-out statement gets to stop after the cancel request before
-#: the connection's socket is shut down (an unreachable server never answers
-#: the cancel).
-CANCEL_GRACE: Final = 2.0
+#: libpq TCP keepalives on every connection gdbpool opens (pool and LISTEN
+#: connections; a DSN's own values win). The kernel gives up on a peer that
+#: stopped acknowledging after about idle + interval * count = 60 seconds, and
+#: the connection's pending call fails: this is what bounds a call that has no
+#: ``timeout`` when the network is cut (docs/design/pool.md, "Bounds").
+KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+
+def keepalive_options(dsn: str) -> dict[str, str]:
+    """The :data:`KEEPALIVES` parameters that ``dsn`` does not set itself."""
+    try:
+        given = extensions.parse_dsn(dsn)
+    except psycopg2.Error:
+        given = {}  # psycopg2.connect reports the bad DSN
+    return {key: value for key, value in KEEPALIVES.items() if key not in given}
+
+
+#: Seconds a timed-out (or abandoned) statement gets to stop after the cancel
+#: request before the connection's socket is shut down (an unreachable server
+#: never answers the cancel). Short, because it counts against the caller's
+#: bound: a call with ``timeout=T`` is answered within about T + CANCEL_GRACE
+#: (docs/design/pool.md, "Bounds").
+CANCEL_GRACE: Final = 0.5
 
 
 class _Canceller:

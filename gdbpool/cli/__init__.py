@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument(
         "--heartbeat-timeout",
         type=positive(float),
-        default=3.0,
+        default=None,
         metavar="SECONDS",
-        help="report a bridge silent after SECONDS without a message (default 3)",
+        help="report a bridge silent after SECONDS without a message "
+        "(default: 3 of its own heartbeat intervals)",
     )
     su.add_argument(
         "--resume-file",

@@ -362,6 +362,20 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     return stop.code
 
 
+def _stdin_text() -> str:
+    """stdin as strict UTF-8, its last newline dropped; NotificationError if it is not UTF-8."""
+    from gdbpool.errors import NotificationError
+
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8").rstrip("\n")
+    except UnicodeDecodeError as exc:
+        raise NotificationError(
+            f"stdin is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+            "(NOTIFY payloads are UTF-8)"
+        ) from None
+
+
 def cmd_notify(args: argparse.Namespace) -> int:
     """Send one NOTIFY (``SELECT pg_notify(%s, %s)``, parameters) and exit.
 
@@ -373,8 +387,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
     dsn = check_dsn(args.dsn)
     (channel,) = check_channels([args.channel])
-    payload = sys.stdin.read().rstrip("\n") if args.payload == "-" else args.payload
     try:
+        payload = _stdin_text() if args.payload == "-" else args.payload
         check_payload(payload)
     except GDBPoolError as exc:
         raise BadInput(f"--payload: {exc}") from None

@@ -46,6 +46,7 @@ from gdbpool.notify.listen_connection import (
     DEFAULT_IDLE_CHECK,
     DEFAULT_RECONNECT_INITIAL,
     DEFAULT_RECONNECT_MAX,
+    Follow,
     HubState,
     ListenConnection,
     ListeningChannels,
@@ -562,6 +563,19 @@ class NotificationHub:
             conn.autocommit = True
             self._notify_conn = conn
         return self._notify_conn
+
+    def _follow(self, dsn: str, reason: str) -> None:
+        """Listen on ``dsn`` from now on (the interaction pool's primary changed); never blocks.
+
+        Subscribers get one :class:`Reconnected` whose ``reason`` is ``reason``,
+        then the new server's notifications; ``notify()`` goes there too.
+        """
+        if self._closed or self._connection is None:
+            return
+        self._dsn = dsn
+        self._drop_notify_connection()
+        with contextlib.suppress(ActorError):
+            self._connection.tell(Follow(dsn, reason))
 
     def _drop_notify_connection(self) -> None:
         conn, self._notify_conn = self._notify_conn, None

@@ -31,7 +31,7 @@ import gevent
 from gevent.event import Event
 
 from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
-from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
+from gdbpool.errors import InteractionTimeout, PoolClosed, PoolTimeout, TooManyRequests
 from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import PooledConnection, PoolSettings
 from gdbpool.pool.wait_queue import WAIT_BUCKETS, WaitQueue, _Checkout
@@ -80,6 +80,11 @@ class _PoolStats:
 
 
 @dataclass(frozen=True, slots=True)
+class _Busy:
+    """Ask for (busy or lent workers, live waiting requests)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Close:
     """Ask: stop serving; the reply is an Event set once no worker is busy."""
 
@@ -102,6 +107,12 @@ class _Status:
 
 
 _EXPIRE = _Expire()
+
+
+def _deadline(request: Interaction | _Checkout, pool_deadline: float) -> float:
+    """When ``request`` stops waiting: the pool's timeout, or the interaction's own if sooner."""
+    own = request.deadline if isinstance(request, Interaction) else None
+    return pool_deadline if own is None or own > pool_deadline else own
 
 
 class _PoolActor(Actor):
@@ -302,7 +313,7 @@ class _PoolActor(Actor):
             return
         self.counters["requests_queued"] += 1
         now = time.monotonic()
-        deadline = now + timeout
+        deadline = _deadline(request, now + timeout)
         waiting.append(request, now, deadline)
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline, now)
@@ -317,7 +328,9 @@ class _PoolActor(Actor):
         if self._hand_to_idle(request):
             return
         now = time.monotonic()
-        deadline = now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
+        deadline = _deadline(
+            request, now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
+        )
         self.waiting.appendleft(request, now, deadline)
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline, now)
@@ -461,6 +474,10 @@ class _PoolActor(Actor):
             **buckets,
         }
 
+    @handles(_Busy)
+    def busy(self, msg: _Busy) -> tuple[int, int]:
+        return (len(self.busy_since), self.waiting.live())
+
     @handles(_Close)
     def close(self, msg: _Close) -> Event:
         if self.drained is not None:
@@ -600,10 +617,22 @@ class _PoolActor(Actor):
         for request, waited in self.waiting.expire(now):
             self.counters["requests_errors"] += 1
             self.counters["requests_wait_ms"] += int(waited * 1000)
-            request.reply.set_exception(PoolTimeout(self._timeout_message(waited)))
+            request.reply.set_exception(self._timeout_error(request, waited, now))
         deadline = self.waiting.next_deadline()
         if deadline is not None:
             self._arm(deadline, now)
+
+    def _timeout_error(
+        self, request: Interaction | _Checkout, waited: float, now: float
+    ) -> PoolTimeout | InteractionTimeout:
+        """InteractionTimeout when the interaction's own timeout ran out, else PoolTimeout."""
+        own = request.deadline if isinstance(request, Interaction) else None
+        if own is not None and own <= now:
+            return InteractionTimeout(
+                f"interaction ran past its timeout of {request.timeout} s waiting for a "
+                f"connection; nothing was run ({self._timeout_message(waited)})"
+            )
+        return PoolTimeout(self._timeout_message(waited))
 
     def _timeout_message(self, waited: float) -> str:
         text = (

@@ -122,6 +122,9 @@ class WaitQueue:
         if items and self.grown and not self.in_mailbox and not self.closed:
             now = time.monotonic()
             deadline = now + timeout
+            own = interaction.deadline  # the caller's timeout bounds the wait too
+            if own is not None and own < deadline:
+                deadline = own
             if deadline >= self.timer_deadline and not 0 < self.limit <= len(items):
                 items.append((interaction, now, deadline))
                 self.offered += 1
@@ -212,6 +215,26 @@ class WaitQueue:
     def next_deadline(self) -> float | None:
         """The earliest deadline of the waiting requests (None when none waits)."""
         return min((entry[2] for entry in self._items), default=None)
+
+    def withdraw_interactions(self) -> list[Interaction]:
+        """Remove and return the waiting interactions not aimed at this pool (``pool`` None).
+
+        Checkouts and ``pool=NAME`` interactions stay, in order.
+        """
+        out: list[Interaction] = []
+        keep: list[_Entry] = []
+        for entry in self._items:
+            request = entry[0]
+            if request.reply.ready():
+                continue
+            if isinstance(request, Interaction) and request.pool is None:
+                out.append(request)
+            else:
+                keep.append(entry)
+        if out:
+            self._items.clear()
+            self._items.extend(keep)
+        return out
 
     def close(self) -> list[Interaction | _Checkout]:
         """Mark the queue closed; remove and return every request still waiting."""
