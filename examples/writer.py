@@ -9,7 +9,8 @@ a JSON payload ``{"id": ..., "n": ..., "at": ...}`` that a bridge publishes.
 
 The DSN defaults to the Procfile's embedded server, built from
 ``GDBPOOL_PG_PORT`` (55432) and ``GDBPOOL_PG_PASSWORD`` (gdbpool-demo).
-Stops cleanly on SIGTERM/SIGINT (exit 0), after ``--count`` rows when given.
+Stops cleanly on SIGTERM/SIGINT/SIGHUP (exit 0), also while it waits for the
+server (saying so on stderr), after ``--count`` rows when given.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from _env import procfile_dsn
 from gevent.event import Event
 from wait_for_postgres import wait_for_postgres
 
-from gdbpool import DBInteractionPool, configure_logging
+from gdbpool import DBInteractionPool, GDBPoolError, configure_logging, redact
 
 # The trigger makes the database, not the application, responsible for the
 # notification: it is sent at commit, only if the row really was written.
@@ -67,10 +68,24 @@ def main() -> int:
 
     configure_logging(level="WARNING")  # our own lines on stdout are the story here
     stop = Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGHUP: the terminal closed
         gevent.signal_handler(sig, stop.set)
 
-    wait_for_postgres(dsn, args.wait)  # bounded retry: the server may still be starting
+    # Bounded retry (the server may still be starting), in a greenlet so that a stop
+    # signal ends the wait at once instead of after it.
+    print(f"writer: waiting up to {args.wait:g} s for PostgreSQL at {redact(dsn)}",
+          file=sys.stderr, flush=True)
+    waiter = gevent.spawn(wait_for_postgres, dsn, args.wait)
+    gevent.wait([waiter, stop], count=1)
+    if stop.is_set():
+        waiter.kill()
+        print("writer: stopped while waiting for PostgreSQL", file=sys.stderr, flush=True)
+        return 0
+    try:
+        waiter.get()
+    except GDBPoolError as exc:
+        print(f"writer: {exc}", file=sys.stderr, flush=True)
+        return 1
     ipool = DBInteractionPool(dsn, pool_size=2)
     try:
         # Several statements in one string: runs as one transaction on the primary.

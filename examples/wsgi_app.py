@@ -18,8 +18,8 @@ Routes (all JSON):
   scraper (``gdbpool.metrics``; needs the ``metrics`` extra, else 501).
 
 One process, one gevent hub: every request is a greenlet, queries never
-block the others (``import gdbpool`` makes psycopg2 cooperative).  Stops
-cleanly on SIGTERM/SIGINT.
+block the others (the first pool makes psycopg2 cooperative).  Stops
+cleanly on SIGTERM/SIGINT/SIGHUP.  Under gunicorn: :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from gevent.pywsgi import WSGIServer
 from wait_for_postgres import wait_for_postgres
 from writer import SCHEMA
 
-from gdbpool import DBInteractionPool, configure_logging
+from gdbpool import DBInteractionPool, configure_logging, redact
 
 try:  # the optional metrics extra (prometheus_client)
     from gdbpool.metrics import GDBPoolCollector, exposition
@@ -57,6 +57,10 @@ class EventsApp:
     def __init__(self, ipool: DBInteractionPool) -> None:
         self.ipool = ipool
         self.collector = GDBPoolCollector(ipool) if GDBPoolCollector is not None else None
+
+    def close(self) -> None:
+        """Close the pool (every connection); for ``main`` and gunicorn's ``worker_exit``."""
+        self.ipool.close()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
@@ -113,32 +117,65 @@ class EventsApp:
                 "replicas": {name: repr(s) for name, s in status.items()}}
 
 
+def create_app(
+    primary: str | None = None, replica: str | None = None, wait: float | None = None
+) -> EventsApp:
+    """The app factory gunicorn loads: wait for the servers, open the pools, return the app.
+
+        gunicorn -k gevent -b 127.0.0.1:58080 --chdir examples 'wsgi_app:create_app()'
+
+    Call it in each worker (no ``--preload``: a pool must not cross a fork).
+    DSNs default to ``GDBPOOL_APP_PRIMARY`` / ``GDBPOOL_APP_REPLICA``, else the
+    Procfile's servers; ``replica=""`` (or ``GDBPOOL_APP_REPLICA=""``) serves
+    without a replica.  ``wait`` (``GDBPOOL_APP_WAIT``, default 90 s) bounds each
+    wait, and each one says on stderr what it waits for.  ``app.close()`` closes
+    the pool (gunicorn's ``worker_exit`` hook; see docs/guide/serving.md).
+    """
+    primary = primary or os.environ.get("GDBPOOL_APP_PRIMARY") or procfile_dsn()
+    if replica is None:
+        replica = os.environ.get("GDBPOOL_APP_REPLICA")
+    if replica is None:
+        replica = procfile_dsn("GDBPOOL_REPLICA_PORT", "55433")
+    wait = float(os.environ.get("GDBPOOL_APP_WAIT", 90.0)) if wait is None else wait
+    configure_logging(level="WARNING")
+    for role, dsn in (("primary", primary), ("replica", replica)):
+        if dsn:
+            print(f"wsgi_app: waiting up to {wait:g} s for the {role} at {redact(dsn)}",
+                  file=sys.stderr, flush=True)
+            wait_for_postgres(dsn, wait)   # bounded retries, not a blind sleep
+    ipool = DBInteractionPool(primary, pool_size=4)
+    try:
+        ipool.run(SCHEMA).get(timeout=30)        # the writer's table, in case it is not up yet
+        if replica:
+            ipool.add_pool("replica", replica, 4, role="replica")
+            ipool.wait_for_replica("replica", timeout=30)
+    except BaseException:
+        ipool.close()
+        raise
+    return EventsApp(ipool)
+
+
 def main() -> int:
     """Wait for both servers, open the pools, serve until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(description="gevent WSGI app over DBInteractionPool")
-    parser.add_argument("--primary", default=procfile_dsn("GDBPOOL_PG_PORT", "55432"))
-    parser.add_argument("--replica", default=procfile_dsn("GDBPOOL_REPLICA_PORT", "55433"))
+    parser.add_argument("--primary", default=None, help="default: the Procfile's primary")
+    parser.add_argument("--replica", default=None,
+                        help="default: the Procfile's replica; '' serves without one")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GDBPOOL_APP_PORT", 58080)))
-    parser.add_argument("--wait", type=float, default=90.0,
+    parser.add_argument("--wait", type=float, default=None,
                         help="seconds to wait for the servers to come up (default 90)")
     args = parser.parse_args()
-    configure_logging(level="WARNING")
 
-    wait_for_postgres(args.primary, args.wait)   # bounded retries, not a blind sleep
-    wait_for_postgres(args.replica, args.wait)
-    ipool = DBInteractionPool(args.primary, pool_size=4)
+    app = create_app(args.primary, args.replica, args.wait)
     try:
-        ipool.run(SCHEMA).get(timeout=30)        # the writer's table, in case it is not up yet
-        ipool.add_pool("replica", args.replica, 4, role="replica")
-        ipool.wait_for_replica("replica", timeout=30)
-        server = WSGIServer(("127.0.0.1", args.port), EventsApp(ipool), log=None)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        server = WSGIServer(("127.0.0.1", args.port), app, log=None)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             gevent.signal_handler(sig, server.stop, 5)
         server.start()                           # bound: say so only now
         print(f"wsgi_app: listening on http://127.0.0.1:{args.port}/events", flush=True)
         server.serve_forever()                   # returns once server.stop() ran
     finally:
-        ipool.close()
+        app.close()
     print("wsgi_app: stopped", flush=True)
     return 0
 

@@ -27,6 +27,8 @@ from _pg_pair import PgPair
 
 from gdbpool import EmbeddedPostgres, make_psycopg_green
 
+pytest_plugins = ["pytester"]  # tests/test_pytest_plugin.py drives a throwaway project
+
 make_psycopg_green()  # raw psycopg2.connect() in tests is cooperative too
 
 

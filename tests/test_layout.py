@@ -107,7 +107,7 @@ def _area(module: str) -> str:
     parts = module.split(".")
     if parts[0] != "gdbpool":
         return "actors"
-    if len(parts) == 1 or parts[1] == "__main__":
+    if len(parts) == 1 or parts[1] in ("__main__", "pytest_plugin"):  # entry points
         return "root"
     return parts[1] if parts[1] in SUBPACKAGES else "core"
 

@@ -54,6 +54,13 @@ def cmd_postgres(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(f"gdbpool postgres: dsn: {redact(server.dsn())}", flush=True)
+        if password is None and replica_of is None:
+            pgpass = _write_pgpass(server)
+            print(
+                f"gdbpool postgres: generated password in {pgpass} (0600; connect with "
+                f"PGPASSFILE={pgpass})",
+                flush=True,
+            )
         while not stop.wait(0.5):
             if not server.is_running:
                 print("gdbpool postgres: server exited unexpectedly", file=sys.stderr)
@@ -62,6 +69,26 @@ def cmd_postgres(args: argparse.Namespace) -> int:
         server.stop()
         print("gdbpool postgres: stopped", flush=True)
     return stop.code
+
+
+def _write_pgpass(server: Any) -> str:
+    """Write the generated password to a 0600 pgpass file beside the data dir; its path.
+
+    The password never goes to the output (which a process manager may log);
+    libpq reads the file with ``PGPASSFILE``.  A throwaway cluster's file goes
+    with its directory.
+    """
+    data_dir = server.data_dir
+    path = data_dir.parent / f".{data_dir.name}.pgpass"
+    entry = ":".join(
+        part.replace("\\", "\\\\").replace(":", "\\:")
+        for part in (server.host, str(server.port), "*", "*", server.password)
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(entry + "\n")
+    os.chmod(path, 0o600)
+    return str(path)
 
 
 def _password(args: argparse.Namespace) -> str | None:

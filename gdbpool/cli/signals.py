@@ -22,7 +22,10 @@ class Stopped(Exception):
 
 
 class StopFlag:
-    """SIGINT/SIGTERM → a flag plus the exit code (0 for SIGTERM, 130 for SIGINT).
+    """SIGINT/SIGTERM/SIGHUP → a flag plus the exit code (130 for SIGINT, else 0).
+
+    SIGHUP (the terminal of ``honcho start`` closed) is handled like SIGTERM, so
+    a foreground server or bridge stops cleanly instead of leaking.
 
     ``green=True`` installs the handlers through ``gevent.signal_handler`` so a
     greenlet waiting on :meth:`wait` wakes up at once; otherwise plain
@@ -38,11 +41,11 @@ class StopFlag:
             from gevent.event import Event
 
             self._event = Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._handles.append(gevent.signal_handler(sig, self._on_signal, sig))
         else:
             self._event = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
 
     def _on_signal(self, signum: int) -> None:
