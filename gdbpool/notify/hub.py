@@ -39,6 +39,7 @@ from gdbpool.errors import (
     PoolClosed,
     PoolConnectionError,
 )
+from gdbpool.fork import TrackedConnection
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -480,7 +481,9 @@ class NotificationHub:
                     ),
                 ):
                     conn = psycopg2.connect(
-                        self._dsn, application_name=f"{self._application_name}/notify"
+                        self._dsn,
+                        application_name=f"{self._application_name}/notify",
+                        connection_factory=TrackedConnection,
                     )
             except psycopg2.Error as exc:
                 raise PoolConnectionError(

@@ -53,6 +53,7 @@ from psycopg2.extensions import parse_dsn
 
 from actors import Actor, ActorError, handles
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
+from gdbpool.fork import TrackedConnection
 from gdbpool.green import shutdown_socket
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.notification import Notification, Reconnected, make_notification
@@ -354,6 +355,7 @@ class ListenConnection(Actor):
             ):
                 conn = psycopg2.connect(
                     state.dsn,
+                    connection_factory=TrackedConnection,
                     application_name=state.application_name,
                     **keepalive_options(state.dsn),
                 )

@@ -22,6 +22,7 @@ from psycopg2 import extensions
 
 from actors import ActorRef
 from gdbpool.errors import PoolConnectionError
+from gdbpool.fork import TrackedConnection
 from gdbpool.green import shutdown_socket
 from gdbpool.logging import redact
 
@@ -46,7 +47,7 @@ __all__ = [
 TRANSACTION_IDLE = extensions.TRANSACTION_STATUS_IDLE
 
 
-class PooledConnection(extensions.connection):  # type: ignore[misc]
+class PooledConnection(TrackedConnection):
     """A psycopg2 connection that knows the pool and worker it belongs to.
 
     ``put()`` uses these attributes to refuse foreign connections and double

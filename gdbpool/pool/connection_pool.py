@@ -22,10 +22,12 @@ from typing import Any, Final
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
 from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
+from gdbpool.fork import register
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
@@ -123,12 +125,22 @@ class DBConnectionPool:
             backoff_max=reconnect_max,
             log=self._log,
         )
-        first = open_connection(self._settings) if min_size > 0 else None
+        self._sizes = (min_size, pool_size, timeout, max_waiting, max_idle)
+        self._forked = False  # in a fork() child, until the pool reopened there
+        self._reopen_lock = Semaphore()
+        self._start(open_connection(self._settings) if min_size > 0 else None)
+        register(self)
+        self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
+                       max_size=pool_size)  # fmt: skip
+
+    def _start(self, first: PooledConnection | None) -> None:
+        """Make the pool's actors (the constructor, and a reopen in a fork() child)."""
+        min_size, pool_size, timeout, max_waiting, max_idle = self._sizes
         self._status = _Status()
         self._waiting = WaitQueue(max_waiting)
         self._shut = False  # close() has stopped the workers and the pool actor
         self._supervisor = Supervisor(
-            f"{name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
+            f"{self.name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
         )
         self._ref = _PoolActor.start(
             self._settings,
@@ -141,10 +153,8 @@ class DBConnectionPool:
             self._supervisor,
             first,
             self._waiting,
-            name=f"{name}.pool",
+            name=f"{self.name}.pool",
         )
-        self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
-                       max_size=pool_size)  # fmt: skip
 
     # -- the 2011 API ------------------------------------------------------------
 
@@ -283,6 +293,9 @@ class DBConnectionPool:
         try:
             self._ref.tell(interaction)
         except ActorStopped:
+            if self._forked:  # first use in a fork() child: reopen off the caller's greenlet
+                gevent.spawn(self._submit_reopened, interaction)
+                return
             interaction.reply.set_exception(self._status.closed_error(self.name))
 
     def wait(self, timeout: float = 30.0) -> None:
@@ -291,6 +304,8 @@ class DBConnectionPool:
         Raises :class:`~gdbpool.errors.PoolTimeout` after ``timeout`` seconds,
         with the last connection error when the server is unreachable.
         """
+        if self._forked:
+            self._reopen()
         try:
             ready: Event = self._ref.ask(_Ready(), timeout=timeout).get()
         except ActorStopped:
@@ -326,6 +341,8 @@ class DBConnectionPool:
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
         (total time connections were busy or lent).
         """
+        if self._forked:
+            self._reopen()
         try:
             result: dict[str, int] = self._ref.ask(_PoolStats(), timeout=5.0).get()
         except ActorStopped:
@@ -341,6 +358,9 @@ class DBConnectionPool:
         self._close(timeout, "")
 
     def _close(self, timeout: float, reason: str) -> None:
+        if self._forked:  # closed in a fork() child before any use: it stays closed
+            self._forked = False
+            self._status.closed = True
         if self._shut:
             return
         deadline = time.monotonic() + timeout
@@ -384,6 +404,9 @@ class DBConnectionPool:
             handled = self._ref.tell(request)
         except ActorStopped:
             self._waiting.received()
+            if self._forked:  # first use in a fork() child
+                self._reopen()
+                return self._checkout(timeout)
             raise status.closed_error(self.name) from None
         reply = request.reply
         # Handled already (the pool actor was idle and ran it on this greenlet):
@@ -420,6 +443,49 @@ class DBConnectionPool:
             conn.gdbpool_pool = self
             conn.gdbpool_lent = True
             self.put(conn)
+
+    # -- fork() ------------------------------------------------------------------------
+    # The rule and its decisions: docs/design/fork.md and gdbpool.fork.
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork() child (the at-fork hook: no I/O, no switch): abandon, reopen on first use."""
+        if self._shut or self._status.closed:
+            return  # closed (or broken) in the parent: closed here too
+        old_status, old_waiting = self._status, self._waiting
+        old_status.reason = "its requests were made before fork(), in the parent process"
+        old_status.closed = True
+        for request in old_waiting.close():
+            request.reply.set_exception(old_status.closed_error(self.name))
+        self._supervisor._abandon()
+        self._ref._abandon()
+        # Placeholders until the reopen: every call finds the pool actor stopped,
+        # and that (already an error path) reopens the pool.
+        self._status = _Status()
+        self._waiting = WaitQueue(self._sizes[3])
+        self._reopen_lock = Semaphore()
+        self._forked = True
+
+    def _reopen(self) -> None:
+        """Start afresh in a fork() child: new actors, new connections (the first one here).
+
+        Raises PoolConnectionError like the constructor when the first
+        connection cannot be opened; the next call tries again.
+        """
+        with self._reopen_lock:
+            if not self._forked:
+                return  # reopened by another caller meanwhile, or closed
+            first = open_connection(self._settings) if self._sizes[0] > 0 else None
+            self._start(first)
+            self._forked = False
+        self._log.info("pool_reopened_after_fork", target=self._settings.target)
+
+    def _submit_reopened(self, interaction: Interaction) -> None:
+        try:
+            self._reopen()
+        except PoolConnectionError as exc:
+            interaction.reply.set_exception(exc)
+            return
+        self.submit(interaction)
 
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))

@@ -116,6 +116,12 @@ class ReplicaProbe:
             self._greenlet.kill(block=True, timeout=self._timeout + 1)
             self._greenlet = None
 
+    def _abandon(self) -> None:
+        """In a fork() child: the probing greenlet is the parent's; kill it (no switch here)."""
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=False)
+
     def probe_once(self) -> ReplicaStatus:
         """Run one probe now and return its status (also used by tests)."""
         now = time.time()

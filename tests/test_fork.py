@@ -1,0 +1,100 @@
+"""Fork safety (issue 16): what a child inherits through fork() never touches the parent's sockets.
+
+Real processes (gevent's fork, and gunicorn ``-k gevent --preload``) against
+the real PostgreSQL from the fixtures.  The rule: docs/design/fork.md.
+"""
+
+from __future__ import annotations
+
+import gevent
+from _fork import Child
+
+from gdbpool import DBConnectionPool, DBInteractionPool
+
+CALLS = 300
+
+
+def _echo_run(ipool: DBInteractionPool, base: int) -> list[list[int]]:
+    """CALLS concurrent ``SELECT %s::int``, distinct values; the (sent, got) pairs that differ."""
+    values = range(base, base + CALLS)
+    replies = [ipool.run("SELECT %s::int", (v,), timeout=10) for v in values]
+    wrong = []
+    for v, reply in zip(values, replies, strict=True):
+        got = reply.get(timeout=15)[0][0]
+        if got != v:
+            wrong.append([v, got])
+    return wrong
+
+
+def _echo_get_put(pool: DBConnectionPool, base: int) -> list[list[int]]:
+    def one(v: int) -> int:
+        with pool.connection(timeout=10) as conn, conn.cursor() as cur:
+            cur.execute("SELECT %s::int", (v,))
+            return int(cur.fetchone()[0])
+
+    values = range(base, base + CALLS)
+    jobs = [gevent.spawn(one, v) for v in values]
+    gevent.joinall(jobs, timeout=20, raise_error=True)
+    return [[v, job.value] for v, job in zip(values, jobs, strict=True) if job.value != v]
+
+
+def _backends(dsn: str, application_name: str) -> int:
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    with DBConnectionPool(dsn, 1, name="counter") as pool:
+        return _count(pool, sql, application_name)
+
+
+def _count(pool: DBConnectionPool, sql: str, application_name: str) -> int:
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute(sql, (application_name,))
+        return int(cur.fetchone()[0])
+
+
+def test_interaction_pool_used_before_fork_answers_each_process_its_own_rows(dsn: str) -> None:
+    with DBInteractionPool(dsn, pool_size=4) as ipool:
+        assert ipool.run("SELECT 1").get(timeout=10) == [(1,)]  # first use before the fork
+        child = Child(lambda: _echo_run(ipool, 1_000_000))
+        wrong_here = _echo_run(ipool, 0)  # concurrently with the child
+        assert child.result() == []
+        assert wrong_here == []
+        # The child has exited (its copies closed): the parent's sessions are intact.
+        assert _echo_run(ipool, 2_000_000) == []
+        assert ipool.pool().stats()["connections_lost"] == 0
+
+
+def test_connection_pool_get_put_before_fork_answers_each_process_its_own_rows(dsn: str) -> None:
+    with DBConnectionPool(dsn, 4, name="forked") as pool:
+        _echo_get_put(pool, 0)
+        child = Child(lambda: _echo_get_put(pool, 1_000_000))
+        wrong_here = _echo_get_put(pool, 3_000_000)
+        assert child.result() == []
+        assert wrong_here == []
+        assert _echo_get_put(pool, 2_000_000) == []
+        assert pool.stats()["connections_lost"] == 0
+
+
+def test_a_pool_reopened_in_the_child_opens_its_own_connections(dsn: str) -> None:
+    with DBConnectionPool(dsn, 2, name="own", application_name="gdbpool-fork-own") as pool:
+        pool.wait(10)
+
+        def in_child() -> int:
+            pool.wait(10)  # reopens: min_size fresh connections
+            return _backends(dsn, "gdbpool-fork-own")
+
+        assert Child(in_child).result() == 4  # the parent's 2 and the child's 2
+        assert _backends(dsn, "gdbpool-fork-own") == 2
+
+
+def test_a_pool_closed_in_the_child_before_use_stays_closed(dsn: str) -> None:
+    with DBConnectionPool(dsn, 1, name="closed") as pool:
+
+        def in_child() -> bool:
+            pool.close()
+            try:
+                pool.get(timeout=1)
+            except Exception as exc:
+                return type(exc).__name__ == "PoolClosed" and pool.closed
+            return False
+
+        assert Child(in_child).result() is True
+        assert _echo_get_put(pool, 0) == []  # the parent's pool is not closed
