@@ -37,13 +37,16 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions
 
+from gdbpool.errors import ForkError
 from gdbpool.logging import get_logger
 
-__all__ = ["TrackedConnection", "register"]
+__all__ = ["TrackedConnection", "fork_error", "register", "silence_zmq"]
 
 _connections: weakref.WeakSet[TrackedConnection] = weakref.WeakSet()
 _owners: weakref.WeakSet[Any] = weakref.WeakSet()
 _log = get_logger("gdbpool.fork")
+_parent = os.getpid()
+_forked_from = 0  # in a child: the pid of the process that forked it
 
 
 class TrackedConnection(extensions.connection):  # type: ignore[misc]
@@ -63,6 +66,29 @@ class TrackedConnection(extensions.connection):  # type: ignore[misc]
 def register(owner: Any) -> None:
     """Call ``owner._after_fork_in_child()`` in every child forked from now on (weakly held)."""
     _owners.add(owner)
+
+
+def silence_zmq(context: Any) -> None:
+    """Stop the hub's watchers of ``context``'s ``zmq.green`` sockets (in a fork() child).
+
+    A watcher would call into libzmq when the inherited descriptor turns
+    readable, and libzmq would consume the parent's wake-ups.  No zmq call is
+    made here; pyzmq itself skips ``close()``/``term()`` in a forked child.
+    """
+    for sock in list(getattr(context, "_sockets", ())):
+        watcher = getattr(sock, "_state_event", None)
+        if watcher is not None:
+            watcher.stop()
+
+
+def fork_error(what: str) -> ForkError:
+    """The ForkError for a ZeroMQ object ``what`` used in a child (names the fork and the fix)."""
+    parent = str(_forked_from) if _forked_from else "the parent"
+    return ForkError(
+        f"{what} was created in process {parent} before fork(); ZeroMQ contexts are not fork "
+        f"safe, so it cannot be used in this child process ({os.getpid()}): create it after "
+        "the fork, in the process that uses it (e.g. in gunicorn's post_fork hook)"
+    )
 
 
 def _abandon_connections() -> int:
@@ -90,6 +116,8 @@ def _abandon_connections() -> int:
 
 
 def _after_fork_in_child() -> None:
+    global _parent, _forked_from
+    _forked_from, _parent = _parent, os.getpid()
     # Connections first: nothing an owner does below may reach the parent's sessions.
     try:
         count = _abandon_connections()

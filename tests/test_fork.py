@@ -9,7 +9,15 @@ from __future__ import annotations
 import gevent
 from _fork import Child
 
-from gdbpool import DBConnectionPool, DBInteractionPool
+from gdbpool import (
+    DBConnectionPool,
+    DBInteractionPool,
+    ForkError,
+    Notification,
+    NotificationHub,
+    NotifySubscriber,
+    ZmqNotifyBridge,
+)
 
 CALLS = 300
 
@@ -98,3 +106,65 @@ def test_a_pool_closed_in_the_child_before_use_stays_closed(dsn: str) -> None:
 
         assert Child(in_child).result() is True
         assert _echo_get_put(pool, 0) == []  # the parent's pool is not closed
+
+
+def test_a_hub_in_the_child_receives_notifications_on_subscriptions_made_before(
+    dsn: str,
+) -> None:
+    with NotificationHub(dsn) as hub:
+        sub = hub.subscribe("forked")
+        hub.notify("forked", "before")
+        assert sub.get(timeout=5).payload == "before"
+
+        def in_child() -> list[str]:
+            events = [sub.get(timeout=10)]  # the gap: a new LISTEN connection here
+            hub.notify("forked", "child")
+            events.append(sub.get(timeout=10))
+            fresh = hub.subscribe("fresh")
+            hub.notify("fresh", "new")
+            events.append(fresh.get(timeout=10))
+            return [type(e).__name__ + ":" + getattr(e, "payload", "") for e in events]
+
+        child = Child(in_child)
+        assert child.result() == ["Reconnected:", "Notification:child", "Notification:new"]
+        # The parent's LISTEN session is intact and got the child's NOTIFY too.
+        assert sub.get(timeout=5).payload == "child"
+        hub.notify("forked", "after")
+        assert sub.get(timeout=5).payload == "after"
+        assert hub.stats()["reconnects"] == 0
+
+
+def test_a_bridge_and_a_subscriber_in_the_child_raise_fork_error(dsn: str) -> None:
+    with (
+        NotificationHub(dsn) as hub,
+        ZmqNotifyBridge(hub, ["zfork"], heartbeat_interval=0.1) as bridge,
+        NotifySubscriber(bridge.endpoint, ["zfork"]) as sub,
+    ):
+        sub.wait_connected(10)
+        hub.notify("zfork", "one")
+        assert _next_notification(sub).payload == "one"
+
+        def in_child() -> list[str]:
+            out = []
+            for call in (sub.get, sub.wait_connected, lambda: next(iter(sub)), bridge.stats):
+                try:
+                    call()
+                except ForkError as exc:
+                    text = str(exc)
+                    named = "fork()" in text and "after the fork" in text
+                    out.append("ForkError" if named else text)
+            sub.close()
+            bridge.close()  # no-ops in the child: nothing touches zmq
+            return out
+
+        assert Child(in_child).result() == ["ForkError"] * 4
+        hub.notify("zfork", "two")  # the parent's bridge and subscriber still work
+        assert _next_notification(sub).payload == "two"
+        assert bridge.stats()["published"] == 2
+
+
+def _next_notification(sub: NotifySubscriber) -> Notification:
+    while True:
+        event = sub.get(timeout=10)
+        if isinstance(event, Notification):
+            return event

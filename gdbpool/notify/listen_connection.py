@@ -123,6 +123,7 @@ class HubState:
     up: Event = field(default_factory=Event)  # set while connected (for waiters)
     down: Event = field(default_factory=Event)  # set while disconnected
     backend_pid: int | None = None
+    resume_reason: str = ""  # why the next (re)start reconnects, when not a crash (a fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,8 @@ class ListenConnection(Actor):
         if first:
             self._connect()  # fail fast: a bad DSN or a standby is the caller's error
             return
-        self._lost_reason = "listen connection actor restarted after a crash"
+        self._lost_reason = state.resume_reason or "listen connection actor restarted after a crash"
+        state.resume_reason = ""
         try:
             self._connect()
         except (PoolConnectionError, psycopg2.Error) as exc:
