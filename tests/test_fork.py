@@ -6,7 +6,16 @@ the real PostgreSQL from the fixtures.  The rule: docs/design/fork.md.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import gevent
+import requests
 from _fork import Child
 
 from gdbpool import (
@@ -168,3 +177,45 @@ def _next_notification(sub: NotifySubscriber) -> Notification:
         event = sub.get(timeout=10)
         if isinstance(event, Notification):
             return event
+
+
+def test_gunicorn_gevent_preload_workers_answer_each_request_its_own_row(dsn: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [
+        str(Path(sys.executable).with_name("gunicorn")),
+        "-k", "gevent", "-w", "2", "--preload", "--worker-connections", "200",
+        "-b", f"127.0.0.1:{port}", "--chdir", str(Path(__file__).parent / "support"),
+        "_fork_wsgi:app",
+    ]  # fmt: skip
+    env = {**os.environ, "GDBPOOL_TEST_DSN": dsn}
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(url, params={"v": 0}, timeout=2)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn not up"
+                time.sleep(0.05)  # a process starting up: there is nothing to wait on
+
+        def ask(value: int) -> tuple[int, str]:
+            with requests.Session() as session:
+                return value, session.get(url, params={"v": value}, timeout=20).text
+
+        with ThreadPoolExecutor(16) as clients:
+            answers = list(clients.map(ask, range(1, 401)))
+        wrong = [(v, text) for v, text in answers if text.split()[0] != str(v)]
+        assert wrong == []
+        assert len({text.split()[1] for _, text in answers}) == 2  # both workers answered
+    finally:
+        server.terminate()
+        try:
+            _, err = server.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, err = server.communicate()
+    assert b"Traceback" not in err, err.decode(errors="replace")[-3000:]

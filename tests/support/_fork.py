@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -37,14 +39,20 @@ class Child:
     def result(self, timeout: float = 20.0) -> Any:
         """What ``work()`` returned; AssertionError with the child's traceback if it raised."""
         chunks = []
-        with gevent.Timeout(timeout, AssertionError(f"child {self.pid} did not finish")):
-            while True:
-                chunk = gevent.os.nb_read(self._read, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+        try:
+            with gevent.Timeout(timeout, AssertionError(f"child {self.pid} did not finish")):
+                while True:
+                    chunk = gevent.os.nb_read(self._read, 65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                _, status = gevent.os.waitpid(self.pid, 0)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)  # never leave a hung child behind
+            raise
+        finally:
             os.close(self._read)
-            _, status = gevent.os.waitpid(self.pid, 0)
         out = json.loads(b"".join(chunks) or b"{}")
         assert "error" not in out, f"child failed: {out.get('tb') or out}"
         assert os.waitstatus_to_exitcode(status) == 0, out
