@@ -227,6 +227,10 @@ class NotificationHub:
 
     Every subscriber receives :class:`Notification` items and, after a
     reconnect, a :class:`Reconnected` gap event.
+
+    Fork safe: in a child forked after it was made the hub reopens with its
+    own LISTEN connection; subscriptions carried over keep receiving after a
+    :class:`Reconnected` event (docs/design/fork.md).
     """
 
     def __init__(

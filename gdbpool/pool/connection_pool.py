@@ -83,6 +83,10 @@ class DBConnectionPool:
     database, never the password) if it cannot; the others open in the
     background. An unparsable DSN raises PoolConnectionError too; a bad
     tunable raises :class:`~gdbpool.errors.ConfigurationError`.
+
+    Fork safe: used in a child forked after it was made, the pool reopens
+    there at its first use with its own connections, never touching the
+    parent's (docs/design/fork.md).
     """
 
     def __init__(

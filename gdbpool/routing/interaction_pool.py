@@ -94,7 +94,9 @@ class DBInteractionPool:
     between replica probes, default 1.0) and ``probe_timeout`` (default 2.0).
 
     ``ipool(...)`` is ``ipool.run(...)``.  :meth:`close` stops every pool, probe
-    and listener; it is also the context-manager exit.
+    and listener; it is also the context-manager exit.  Fork safe: in a child
+    forked after it was made it restarts its router and probes at first use,
+    and its pools and hub reopen (docs/design/fork.md).
     """
 
     def __init__(
