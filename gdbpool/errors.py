@@ -10,6 +10,7 @@ failed interaction.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentTypeError",
     "BridgeClosed",
     "ConfigurationError",
     "DBInteractionException",
@@ -18,6 +19,7 @@ __all__ = [
     "ForkError",
     "GDBPoolError",
     "InteractionTimeout",
+    "NoPrimaryAvailable",
     "NoReplicaAvailable",
     "NotificationError",
     "PoolClosed",
@@ -36,6 +38,28 @@ class GDBPoolError(Exception):
 
 class ConfigurationError(GDBPoolError, ValueError):
     """A bad argument or setting: the message names it and says what is allowed."""
+
+
+class ArgumentTypeError(GDBPoolError, TypeError):
+    """An argument of the wrong type: the message names the argument and the type expected.
+
+    A :class:`TypeError` (what Python raises for wrong types) that is also a
+    :class:`GDBPoolError`, so ``except GDBPoolError`` catches every bad input;
+    a right-typed argument with a bad value is a :class:`ConfigurationError`.
+    """
+
+
+def check_type(name: str, value: object, expected: type | tuple[type, ...], what: str) -> None:
+    """Raise :class:`ArgumentTypeError` naming ``name`` unless ``value`` is an ``expected``.
+
+    ``bool`` passes only where ``bool`` itself is expected (``True`` is not a
+    size); ``what`` says in words what was expected (``"an int"``).  Used by
+    the public entry points at construction, off the hot paths.
+    """
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, kinds) and (type(value) is not bool or bool in kinds):
+        return
+    raise ArgumentTypeError(f"{name} must be {what}, not {type(value).__name__}")
 
 
 class EmbeddedPostgresError(GDBPoolError):
@@ -67,6 +91,15 @@ class PoolClosed(GDBPoolError):
 
 class NoReplicaAvailable(GDBPoolError):
     """A read-only interaction found no acceptable replica and fallback is ``"fail"``."""
+
+
+class NoPrimaryAvailable(GDBPoolError):
+    """No single writable primary within ``failover_timeout`` (or the write's ``timeout``).
+
+    The primary is down or read-only and no other node is writable, or two
+    nodes are (split brain: gdbpool never writes to either then). The message
+    says which. See docs/design/router.md, "Following the primary".
+    """
 
 
 class DBInteractionException(GDBPoolError):

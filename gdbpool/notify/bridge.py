@@ -57,6 +57,7 @@ from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
 from gdbpool.fork import fork_error, register, silence_zmq
 from gdbpool.logging import get_logger
 from gdbpool.notify.curve import authenticate, bind_zap, curve_key
+from gdbpool.notify.endpoint import check_endpoint
 from gdbpool.notify.notification import Reconnected
 from gdbpool.notify.replay import DEFAULT_REPLAY_RATE, DEFAULT_REPLAY_SIZE, ReplayRing, ReplayServer
 from gdbpool.notify.subscription import Overflow
@@ -345,8 +346,8 @@ class ZmqNotifyBridge:
                 f"replay_size must be >= 0 and replay_rate >= 1, got {replay_size} "
                 f"and {replay_rate}"
             )
-        if not isinstance(replay_bind, str):
-            raise TypeError(f"replay_bind must be a str, not {type(replay_bind).__name__}")
+        check_endpoint(bind, name="bind", bind=True)
+        check_endpoint(replay_bind, name="replay_bind", bind=True)
         if not channels or not all(isinstance(c, str) and c for c in channels):
             raise ConfigurationError(f"channels must be non-empty channel names, got {channels!r}")
         if sndhwm < 0 or queue_size < 1:

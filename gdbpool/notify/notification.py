@@ -132,13 +132,15 @@ def check_payload(payload: str) -> str:
     """Return ``payload`` if PostgreSQL accepts it as a NOTIFY payload.
 
     Raises :class:`NotificationError` when it is not a ``str``, contains NUL,
-    or is longer than :data:`MAX_PAYLOAD_BYTES` bytes in UTF-8 — before any
-    round trip to the server.
+    is not valid UTF-8 text (a lone surrogate), or is longer than
+    :data:`MAX_PAYLOAD_BYTES` bytes in UTF-8 — before any round trip to the
+    server.
     """
     if not isinstance(payload, str):
         raise NotificationError(
             f"NOTIFY payload must be str, not {type(payload).__name__}; encode it (e.g. json.dumps)"
         )
+    _check_text(payload, "NOTIFY payload")
     # Cheap upper bound first: a UTF-8 character is at most 4 bytes.
     if len(payload) * 4 > MAX_PAYLOAD_BYTES:
         size = len(payload.encode("utf-8"))
@@ -152,11 +154,29 @@ def check_payload(payload: str) -> str:
     return payload
 
 
+def _check_text(text: str, what: str) -> None:
+    """NotificationError if ``text`` cannot be sent as UTF-8 (a lone surrogate).
+
+    Python puts lone surrogates where it could not decode bytes (a Latin-1
+    byte in ``sys.argv`` becomes ``"\\udce9"``); psycopg2 would fail on them
+    only when encoding the query.  ASCII text is checked in constant time.
+    """
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise NotificationError(
+                f"{what} is not valid UTF-8 text: a lone surrogate at position {exc.start} "
+                "(bytes that were not UTF-8, e.g. Latin-1, on the command line or stdin?)"
+            ) from None
+
+
 def check_channel(channel: str) -> str:
     """Return ``channel`` if it is a usable channel name (any identifier text).
 
     Raises :class:`NotificationError` when it is not a ``str``, is empty,
-    contains NUL, or is longer than :data:`MAX_CHANNEL_BYTES` bytes in UTF-8
+    contains NUL or a lone surrogate (not UTF-8), or is longer than
+    :data:`MAX_CHANNEL_BYTES` bytes in UTF-8
     (PostgreSQL would truncate it silently).  Spaces, quotes, semicolons and
     mixed case are fine: names are always quoted, never folded.
     """
@@ -166,6 +186,7 @@ def check_channel(channel: str) -> str:
         raise NotificationError("channel name must not be empty")
     if "\x00" in channel:
         raise NotificationError("channel name must not contain NUL characters")
+    _check_text(channel, "channel name")
     size = len(channel.encode("utf-8"))
     if size > MAX_CHANNEL_BYTES:
         raise NotificationError(

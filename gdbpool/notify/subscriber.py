@@ -51,6 +51,7 @@ from gevent import monkey
 from gdbpool.errors import BridgeClosed, ConfigurationError, ForkError, WireFormatError
 from gdbpool.fork import fork_error, register, silence_zmq
 from gdbpool.logging import get_logger
+from gdbpool.notify.endpoint import check_endpoint
 from gdbpool.notify.notification import Notification, Reconnected
 from gdbpool.notify.wire import (
     RESERVED_PREFIX,
@@ -75,8 +76,13 @@ __all__ = [
     "SubscriberEvent",
 ]
 
-#: Seconds without any message from a source before :class:`BridgeSilent`.
+#: Seconds without any message from a source before :class:`BridgeSilent`,
+#: for a source whose heartbeat interval is not known yet (no heartbeat heard,
+#: or one that states no interval), when ``heartbeat_timeout`` is not given.
 DEFAULT_HEARTBEAT_TIMEOUT = 3.0
+#: Heartbeat intervals a source may miss before it counts as silent: by
+#: default a source is silent after this many of its own advertised intervals.
+HEARTBEAT_MISSES: Final = 3
 #: Receive high-water mark: messages queued in this process before ZeroMQ drops.
 DEFAULT_RCVHWM = 10_000
 #: Seconds to wait for a replay answer before reporting the range as a Gap.
@@ -159,13 +165,14 @@ class _Replayer:
 
 
 class _Source:
-    __slots__ = ("bridge", "heard", "heard_wall", "silent")
+    __slots__ = ("bridge", "heard", "heard_wall", "silent", "silent_after")
 
-    def __init__(self, bridge: str) -> None:
+    def __init__(self, bridge: str, silent_after: float) -> None:
         self.bridge = bridge
         self.heard = time.monotonic()
         self.heard_wall = time.time()
         self.silent = False
+        self.silent_after = silent_after  # seconds without a message: BridgeSilent
 
 
 def _use_green(green: bool | None) -> bool:
@@ -181,8 +188,10 @@ class NotifySubscriber:
 
     ``channels`` are topic prefixes (``"orders"`` also matches
     ``"orders_eu"``); empty means every channel.  Heartbeats are always
-    subscribed.  Defaults: ``heartbeat_timeout`` 3.0 s (three default
-    heartbeat intervals), ``rcvhwm`` 10,000 messages.  CURVE: pass the
+    subscribed.  ``heartbeat_timeout``: seconds without a message from a
+    source before :class:`BridgeSilent`; by default (None) three of that
+    source's own heartbeat intervals, as each heartbeat states (3.0 s until
+    the first heartbeat says).  ``rcvhwm``: 10,000 messages by default.  CURVE: pass the
     bridge's ``curve_server_key`` and this subscriber's key pair (a fresh
     pair is made when only the server key is given).
 
@@ -199,7 +208,7 @@ class NotifySubscriber:
         connect: str | Sequence[str],
         channels: Sequence[str] = (),
         *,
-        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        heartbeat_timeout: float | None = None,
         rcvhwm: int = DEFAULT_RCVHWM,
         green: bool | None = None,
         curve_server_key: str | bytes | None = None,
@@ -213,8 +222,12 @@ class NotifySubscriber:
         endpoints = [connect] if isinstance(connect, str) else list(connect)
         if not endpoints:
             raise ConfigurationError("connect needs at least one bridge endpoint")
-        if heartbeat_timeout <= 0:
-            raise ConfigurationError(f"heartbeat_timeout must be > 0, got {heartbeat_timeout}")
+        for endpoint in endpoints:
+            check_endpoint(endpoint, name="connect", bind=False)
+        if heartbeat_timeout is not None and not heartbeat_timeout > 0:
+            raise ConfigurationError(
+                f"heartbeat_timeout must be > 0 or None, got {heartbeat_timeout}"
+            )
         if replay_timeout <= 0:
             raise ConfigurationError(f"replay_timeout must be > 0, got {replay_timeout}")
         if max_lateness is not None and max_lateness <= 0:
@@ -234,6 +247,7 @@ class NotifySubscriber:
         self._last_seq: dict[_Key, int] = {}
         self._position: dict[_Key, int] = {}
         self._bridge_of: dict[str, str] = {}
+        self._restarted: set[str] = set()  # sources that replaced a known one: count from 0
         self.replay = replay
         self.replay_timeout = replay_timeout
         self.max_lateness = max_lateness
@@ -246,6 +260,9 @@ class NotifySubscriber:
         self._curve: tuple[bytes, bytes, bytes] | None = None
         self._closed = False
         self._forked = False  # used in a fork() child: every call raises ForkError
+        self._received = 0
+        self._malformed = 0
+        self._unknown = 0
         if resume is not None:
             self._resume(resume)
         self._log = get_logger("gdbpool.subscriber", endpoints=list(self.endpoints))
@@ -337,6 +354,20 @@ class NotifySubscriber:
             self._position[key] = seq
         return event
 
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: what arrived and what was skipped.
+
+        ``received``: messages read from the bridges' PUB sockets;
+        ``malformed``: those (and replay answers) skipped because they are not
+        the wire format (:func:`gdbpool.notify.wire.decode` says why; logged
+        as ``bad_bridge_message``), or claim a known source under another
+        bridge name; ``unknown``: well-formed messages of a type this version
+        does not know (from a newer bridge), skipped.  Without CURVE any
+        process that can reach the endpoint can publish: docs/guide/notify.md,
+        "Who can publish".
+        """
+        return {"received": self._received, "malformed": self._malformed, "unknown": self._unknown}
+
     def position(self) -> Position:
         """Where this subscriber stands: per source, the last seq handed out per channel.
 
@@ -417,12 +448,16 @@ class NotifySubscriber:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return True  # a replay answer woke us: the next round reads it
+        self._received += 1
         try:
             message = decode(frames)
         except WireFormatError as exc:
-            self._log.warning("bad_bridge_message", error=str(exc))
+            self._malformed += 1
+            self._log.warning("bad_bridge_message", error=str(exc)[:300])
             return True
-        if message is not None:
+        if message is None:
+            self._unknown += 1
+        else:
             self._handle(message)
         return True
 
@@ -433,13 +468,19 @@ class NotifySubscriber:
             old = self._by_bridge.get(m.bridge)
             if old is not None and old != src:
                 self._forget(old)
+                self._restarted.add(src)
                 self._pending.append((BridgeRestarted(old, src, m.bridge), None, 0))
                 self._log.warning(
                     "bridge_restarted", bridge=m.bridge, old_source=old, new_source=src
                 )
-            state = self._sources[src] = _Source(m.bridge)
+            state = self._sources[src] = _Source(m.bridge, self._silence_default())
             self._by_bridge[m.bridge] = src
             self._bridge_of[src] = m.bridge
+        elif m.bridge != state.bridge:
+            # a source id belongs to one bridge run: this message is not from it
+            self._malformed += 1
+            self._log.warning("bad_bridge_message", error="source id under another bridge name")
+            return
         else:
             state.heard = time.monotonic()
             state.heard_wall = time.time()
@@ -447,6 +488,8 @@ class NotifySubscriber:
         if self.max_lateness is not None:
             self._check_lateness(m.ts)
         if m.kind == "heartbeat":
+            if self.heartbeat_timeout is None and m.interval > 0:
+                state.silent_after = HEARTBEAT_MISSES * m.interval
             if self.replay:
                 self._advertised(src, m.replay)
             for channel, last in m.seqs.items():
@@ -464,6 +507,11 @@ class NotifySubscriber:
         """
         key = (src, channel)
         last = self._last_seq.get(key)
+        if last is None and src in self._restarted:
+            # A restarted bridge numbers each channel from 1: everything it sent
+            # before we heard from it is known, so its loss is exact (Gap or replay).
+            last = self._last_seq[key] = 0
+            self._position.setdefault(key, 0)
         if last is None:
             self._last_seq[key] = seq
             if heartbeat:
@@ -490,7 +538,7 @@ class NotifySubscriber:
             stream = self._streams[key] = deque()
         stream.append(_Hole(first, last))
         if src not in self._replayers:
-            replayer = self._replayers[src] = _Replayer(time.monotonic() + self.heartbeat_timeout)
+            replayer = self._replayers[src] = _Replayer(time.monotonic() + self._silence_of(src))
             if src in self._endpoints:
                 self._connect(src, replayer)
 
@@ -516,6 +564,7 @@ class NotifySubscriber:
             self._poller.unregister(replayer.socket)
             replayer.socket.close(linger=0)
         self._resumed.discard(src)
+        self._restarted.discard(src)
         self._endpoints.pop(src, None)
         self._sources.pop(src, None)
         for key in [k for k in self._last_seq if k[0] == src]:
@@ -636,7 +685,8 @@ class NotifySubscriber:
         try:
             answer: ReplayAnswer = decode_replay_answer(frames)
         except WireFormatError as exc:
-            self._log.warning("bad_replay_answer", source=src, error=str(exc))
+            self._malformed += 1
+            self._log.warning("bad_replay_answer", source=src, error=str(exc)[:300])
             return
         if answer.id != request_id:
             return  # an answer to a request that timed out
@@ -733,17 +783,23 @@ class NotifySubscriber:
     def _wants(self, channel: str) -> bool:
         return not self.channels or channel.startswith(self.channels)
 
+    def _silence_default(self) -> float:
+        fixed = self.heartbeat_timeout
+        return DEFAULT_HEARTBEAT_TIMEOUT if fixed is None else fixed
+
+    def _silence_of(self, src: str) -> float:
+        state = self._sources.get(src)
+        return self._silence_default() if state is None else state.silent_after
+
     def _check_silence(self, now: float) -> None:
         for src, state in self._sources.items():
-            if not state.silent and now - state.heard >= self.heartbeat_timeout:
+            if not state.silent and now - state.heard >= state.silent_after:
                 state.silent = True
                 self._pending.append((BridgeSilent(src, state.heard_wall, state.bridge), None, 0))
                 self._log.warning("bridge_silent", source=src, bridge=state.bridge)
 
     def _next_silence(self, now: float) -> float | None:
-        due = [
-            s.heard + self.heartbeat_timeout - now for s in self._sources.values() if not s.silent
-        ]
+        due = [s.heard + s.silent_after - now for s in self._sources.values() if not s.silent]
         return max(0.0, min(due)) if due else None
 
 

@@ -49,6 +49,7 @@ from gdbpool.errors import WireFormatError
 
 __all__ = [
     "HEARTBEAT_TOPIC",
+    "MAX_HEADER_BYTES",
     "REPLAY_MAX_RANGE",
     "REPLAY_MAX_REQUEST_BYTES",
     "RESERVED_PREFIX",
@@ -199,73 +200,192 @@ class WireMessage:
     replay: str = ""
 
 
+#: Largest header frame decoded (a heartbeat of ~50,000 channels); larger is malformed.
+MAX_HEADER_BYTES: Final = 4 * 1024 * 1024
+_MAX_SEQ: Final = 2**63 - 1
+_MAX_PID: Final = 2**31 - 1
+_MAX_SECONDS: Final = 1e15  # ts, interval: finite, and an int this large still fits a float
+_MAX_NAME: Final = 1024  # src, bridge, replay endpoint, reason: characters
+_MAX_CHANNEL_BYTES: Final = 63  # notification.MAX_CHANNEL_BYTES (a NOTIFY identifier)
+_MAX_PAYLOAD_BYTES: Final = 7999  # notification.MAX_PAYLOAD_BYTES
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# NaN and Infinity are not JSON (Python's json accepts them by default).
+_json_decoder: Final = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _parse_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` as a JSON object of a supported version, or :class:`WireFormatError`.
+
+    Strict UTF-8 (``json.loads`` would also take UTF-16/32), no NaN/Infinity,
+    nesting too deep for the parser (``RecursionError``) is malformed too;
+    ``v`` must be the int 1 (``true == 1`` in Python).
+    """
+    try:
+        obj = _json_decoder.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise WireFormatError(f"{what} is not UTF-8 JSON: {raw[:80]!r}") from exc
+    if type(obj) is not dict:
+        raise WireFormatError(f"{what} is not a JSON object: {raw[:80]!r}")
+    version = obj.get("v")
+    if type(version) is not int or version != WIRE_VERSION:
+        raise WireFormatError(
+            f"unsupported wire format version {version!r:.40} in {what} (this side speaks "
+            f"{WIRE_VERSION}); upgrade gdbpool on the subscriber side"
+        )
+    return obj
+
+
+def _is_text(value: str) -> bool:
+    """True if ``value`` is valid Unicode text: no lone surrogate, no NUL."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return "\x00" not in value
+
+
+def _name(header: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = header.get(key, None if required else "")
+    if (
+        type(value) is not str
+        or len(value) > _MAX_NAME
+        or (required and not value)
+        or not _is_text(value)
+    ):
+        raise WireFormatError(
+            f"header field {key!r} must be a{' non-empty' if required else ''} string of at "
+            f"most {_MAX_NAME} characters, got {type(value).__name__}"
+        )
+    return value
+
+
+def _count(
+    header: dict[str, Any], key: str, low: int, high: int, default: int | None = None
+) -> int:
+    value = header.get(key, default)
+    if type(value) is not int or not low <= value <= high:
+        raise WireFormatError(
+            f"header field {key!r} must be an integer in {low}..{high}, got {value!r:.40}"
+        )
+    return value
+
+
+def _seconds(header: dict[str, Any], key: str, default: float | None = None) -> float:
+    value = header.get(key, default)
+    if (type(value) is not float and type(value) is not int) or not 0 <= value <= _MAX_SECONDS:
+        raise WireFormatError(
+            f"header field {key!r} must be a finite number >= 0, got {value!r:.40}"
+        )
+    return float(value)
+
+
+def _channel(topic: bytes) -> str:
+    if not 0 < len(topic) <= _MAX_CHANNEL_BYTES or b"\x00" in topic:
+        raise WireFormatError(
+            f"topic must be a channel name of 1 to {_MAX_CHANNEL_BYTES} bytes without NUL, "
+            f"got {topic[:80]!r}"
+        )
+    try:
+        return topic.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireFormatError(f"topic is not UTF-8: {topic[:80]!r}") from exc
+
+
+def _seqs(header: dict[str, Any]) -> dict[str, int]:
+    seqs = header.get("seqs")
+    if type(seqs) is not dict:
+        raise WireFormatError(f"heartbeat seqs must be an object, got {type(seqs).__name__}")
+    for channel, last in seqs.items():
+        if (
+            not channel
+            or not _is_text(channel)
+            or len(channel.encode("utf-8")) > _MAX_CHANNEL_BYTES
+            or type(last) is not int
+            or not 0 <= last <= _MAX_SEQ
+        ):
+            raise WireFormatError(
+                f"heartbeat seqs must map channel names to integers >= 0, got "
+                f"{channel[:70]!r}: {last!r:.40}"
+            )
+    return seqs
+
+
 def decode(frames: list[bytes]) -> WireMessage | None:
-    """Decode ``[topic, header, payload]``.
+    """Decode ``[topic, header, payload]``, checking every field's type and range.
 
     Returns None for a message of an unknown ``type`` (sent by a newer
     bridge).  Raises :class:`~gdbpool.errors.WireFormatError` for anything
-    that is not this format (wrong frame count, bad JSON, unsupported
-    version, missing fields).
+    that is not this format: a wrong frame count, a header that is not a
+    UTF-8 JSON object (or larger than :data:`MAX_HEADER_BYTES`), an
+    unsupported version, a missing field or one of the wrong type or out of
+    range (docs/reference/wire.md lists them), a topic or payload that is not
+    a channel name or NOTIFY payload (UTF-8, PostgreSQL's limits), a
+    heartbeat on a channel topic or a notification on a reserved one.  A
+    subscriber counts such messages as ``malformed`` and skips them: they
+    may come from any process that can reach its endpoint.
     """
     if len(frames) != 3:
         raise WireFormatError(f"expected 3 frames [topic, header, payload], got {len(frames)}")
     topic, raw_header, payload = frames
-    try:
-        header = json.loads(raw_header)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireFormatError(f"header is not UTF-8 JSON: {raw_header[:80]!r}") from exc
-    if not isinstance(header, dict):
-        raise WireFormatError(f"header is not a JSON object: {raw_header[:80]!r}")
-    if header.get("v") != WIRE_VERSION:
-        raise WireFormatError(
-            f"unsupported wire format version {header.get('v')!r} (this side speaks "
-            f"{WIRE_VERSION}); upgrade gdbpool on the subscriber side"
-        )
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise WireFormatError(f"header of {len(raw_header)} bytes (at most {MAX_HEADER_BYTES})")
+    header = _parse_object(raw_header, "header")
     kind = header.get("type")
+    if type(kind) is not str:
+        raise WireFormatError(f"header field 'type' must be a string, got {type(kind).__name__}")
     if kind not in _KINDS:
         return None
-    try:
-        source = str(header["src"])
-        bridge = str(header.get("bridge", ""))
-        ts = float(header["ts"])
-        if kind == "heartbeat":
-            seqs = {str(k): int(v) for k, v in header["seqs"].items()}
-            replay = header.get("replay", "")
-            if not isinstance(replay, str):
-                raise TypeError(f"replay must be a string endpoint, got {replay!r}")
-            return WireMessage(
-                "heartbeat",
-                source,
-                bridge,
-                ts,
-                seqs=seqs,
-                interval=float(header.get("interval", 0.0)),
-                replay=replay,
-            )
-        channel = topic.decode()
-        seq = int(header["seq"])
-        if kind == "reconnected":
-            return WireMessage(
-                "reconnected",
-                source,
-                bridge,
-                ts,
-                channel=channel,
-                seq=seq,
-                reason=str(header.get("reason", "")),
-            )
+    source = _name(header, "src")
+    bridge = _name(header, "bridge")
+    ts = _seconds(header, "ts")
+    if kind == "heartbeat":
+        if topic != HEARTBEAT_TOPIC:
+            raise WireFormatError(f"a heartbeat on topic {topic[:80]!r}, not {HEARTBEAT_TOPIC!r}")
         return WireMessage(
-            "notify",
+            "heartbeat",
+            source,
+            bridge,
+            ts,
+            seqs=_seqs(header),
+            interval=_seconds(header, "interval", 0.0),
+            replay=_name(header, "replay", required=False),
+        )
+    channel = _channel(topic)
+    seq = _count(header, "seq", 1, _MAX_SEQ)
+    if kind == "reconnected":
+        return WireMessage(
+            "reconnected",
             source,
             bridge,
             ts,
             channel=channel,
             seq=seq,
-            pid=int(header.get("pid", 0)),
-            payload=payload.decode(),
+            reason=_name(header, "reason", required=False),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise WireFormatError(f"malformed {kind} header {raw_header[:120]!r}: {exc}") from exc
+    if len(payload) > _MAX_PAYLOAD_BYTES:
+        raise WireFormatError(f"payload of {len(payload)} bytes (at most {_MAX_PAYLOAD_BYTES})")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireFormatError(f"payload is not UTF-8: {payload[:80]!r}") from exc
+    if "\x00" in text:
+        raise WireFormatError("payload contains NUL (no NOTIFY payload can)")
+    return WireMessage(
+        "notify",
+        source,
+        bridge,
+        ts,
+        channel=channel,
+        seq=seq,
+        pid=_count(header, "pid", 0, _MAX_PID, 0),
+        payload=text,
+    )
 
 
 # -- replay: requests (DEALER -> ROUTER) and answers (ROUTER -> DEALER) -------------
@@ -317,21 +437,6 @@ def _strict_str(value: Any, what: str) -> str:
     return value
 
 
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireFormatError(f"{what} is not UTF-8 JSON: {raw[:80]!r}") from exc
-    if not isinstance(obj, dict):
-        raise WireFormatError(f"{what} is not a JSON object: {raw[:80]!r}")
-    if obj.get("v") != WIRE_VERSION:
-        raise WireFormatError(
-            f"unsupported wire format version {obj.get('v')!r} in {what} (this side speaks "
-            f"{WIRE_VERSION})"
-        )
-    return obj
-
-
 def encode_replay_request(request: ReplayRequest) -> list[bytes]:
     """The one frame of a replay request."""
     return [
@@ -357,7 +462,7 @@ def decode_replay_request(frames: list[bytes]) -> ReplayRequest:
         raise WireFormatError(
             f"a replay request is at most {REPLAY_MAX_REQUEST_BYTES} bytes, got {len(frames[0])}"
         )
-    obj = _json_object(frames[0], "replay request")
+    obj = _parse_object(frames[0], "replay request")
     if obj.get("type") != "replay":
         raise WireFormatError(f"unknown request type {obj.get('type')!r}")
     first = _strict_int(obj.get("from"), "from")
@@ -412,7 +517,7 @@ def decode_replay_answer(frames: list[bytes]) -> ReplayAnswer:
     """Decode a replay answer or refusal; :class:`WireFormatError` for anything else."""
     if not frames:
         raise WireFormatError("empty replay answer")
-    obj = _json_object(frames[0], "replay answer")
+    obj = _parse_object(frames[0], "replay answer")
     kind = obj.get("type")
     if kind == "replay_error":
         answer_id = obj.get("id")
@@ -429,7 +534,7 @@ def decode_replay_answer(frames: list[bytes]) -> ReplayAnswer:
             "its header"
         )
     channel = _strict_str(obj.get("channel"), "channel")
-    topic = channel.encode()
+    topic = channel.encode("utf-8", "surrogatepass")  # decode() judges it
     messages = []
     for i in range(count):
         message = decode([topic, frames[1 + 2 * i], frames[2 + 2 * i]])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import gevent
@@ -26,8 +26,15 @@ from gevent.lock import Semaphore
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
-from gdbpool.errors import ConfigurationError, PoolClosed, PoolConnectionError, PoolTimeout
+from gdbpool.errors import (
+    ConfigurationError,
+    PoolClosed,
+    PoolConnectionError,
+    PoolTimeout,
+    check_type,
+)
 from gdbpool.fork import register
+from gdbpool.green import ensure_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
@@ -38,7 +45,7 @@ from gdbpool.pool.connection import (
     ping,
     reset_session_here,
 )
-from gdbpool.pool.pool_actor import _Close, _PoolActor, _PoolStats, _Ready, _Status
+from gdbpool.pool.pool_actor import _Busy, _Close, _PoolActor, _PoolStats, _Ready, _Status
 from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import Gone, Return
 
@@ -82,7 +89,9 @@ class DBConnectionPool:
     raises :class:`~gdbpool.errors.PoolConnectionError` (naming host, port and
     database, never the password) if it cannot; the others open in the
     background. An unparsable DSN raises PoolConnectionError too; a bad
-    tunable raises :class:`~gdbpool.errors.ConfigurationError`.
+    tunable raises :class:`~gdbpool.errors.ConfigurationError`, one of the
+    wrong type :class:`~gdbpool.errors.ArgumentTypeError`, both before
+    anything connects.
 
     Fork safe: used in a child forked after it was made, the pool reopens
     there at its first use with its own connections, never touching the
@@ -105,13 +114,19 @@ class DBConnectionPool:
         check_after: float = 30.0,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 10.0,
+        _on_failure: Callable[[str], None] | None = None,
     ) -> None:
+        check_type("dsn", dsn, str, "a libpq connection string or postgresql:// URI")
+        check_type("name", name, str, "a str")
+        if application_name is not None:
+            check_type("application_name", application_name, str, "a str or None")
         min_size = pool_size if min_size is None else min_size
         _check_tunables(
             pool_size, min_size, timeout, max_waiting, max_lifetime, max_idle,
             connect_timeout, check_after, reconnect_initial, reconnect_max,
         )  # fmt: skip
         params = _parse_dsn(dsn, name)
+        ensure_green()  # the first pool makes psycopg2 cooperative (docs/design/green.md)
         self.name = name
         self.timeout = timeout
         self._log = get_logger("gdbpool.pool", pool=name)
@@ -128,6 +143,7 @@ class DBConnectionPool:
             backoff_initial=reconnect_initial,
             backoff_max=reconnect_max,
             log=self._log,
+            on_failure=_on_failure,
         )
         self._sizes = (min_size, pool_size, timeout, max_waiting, max_idle)
         self._forked = False  # in a fork() child, until the pool reopened there
@@ -180,13 +196,20 @@ class DBConnectionPool:
         server's default isolation, read-write). Raises PoolClosed after
         :meth:`close`, TooManyRequests past ``max_waiting``.
         """
-        if isolation_level is not None and isolation_level not in ISOLATION_LEVELS:
+        if isolation_level is not None and (
+            type(isolation_level) is not str or isolation_level not in ISOLATION_LEVELS
+        ):
+            check_type("isolation_level", isolation_level, str, "a str or None")
             raise ConfigurationError(
                 f"unknown isolation_level {isolation_level!r}; use one of "
                 f"{', '.join(ISOLATION_LEVELS)}"
             )
         wait = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
+        try:
+            deadline = time.monotonic() + wait
+        except TypeError:  # the check costs nothing on the way that works
+            check_type("timeout", timeout, (int, float), "a number of seconds or None")
+            raise
         left = wait
         while True:
             conn, idle_since = self._checkout(left)
@@ -344,6 +367,15 @@ class DBConnectionPool:
         ``connections_ms`` (time spent connecting), ``connections_errors``
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
         (total time connections were busy or lent).
+
+        Beyond psycopg_pool's (read by :mod:`gdbpool.metrics`): ``connections_idle``,
+        ``connections_busy`` (running an interaction), ``connections_lent`` (out
+        through ``get()``), ``connections_connecting`` (now),
+        ``connections_replaced`` (past ``max_lifetime``), ``pool_mailbox_depth``
+        (the pool actor's), ``worker_restarts`` (by the workers' supervisor), and
+        ``requests_wait_bucket_<le>`` / ``requests_wait_bucket_inf``: requests
+        that waited, by wait time in seconds (bounds:
+        :data:`gdbpool.pool.wait_queue.WAIT_BUCKETS`; not cumulative).
         """
         if self._forked:
             self._reopen()
@@ -392,6 +424,22 @@ class DBConnectionPool:
         return f"<DBConnectionPool {self.name!r} {self._settings.target} {state}>"
 
     # -- internals -------------------------------------------------------------------
+
+    def _withdraw_waiting(self) -> list[Interaction]:
+        """Take back the interactions still waiting here that were routed, not aimed (pool=None).
+
+        None of them has started; the interaction pool re-routes them after a
+        change of primary (docs/design/router.md).
+        """
+        return self._waiting.withdraw_interactions()
+
+    def _busy(self) -> tuple[int, int]:
+        """``(connections running an interaction or lent, requests waiting)``, for pause()."""
+        try:
+            result: tuple[int, int] = self._ref.ask(_Busy(), timeout=5.0).get()
+        except ActorStopped:
+            return (0, 0)
+        return result
 
     def _checkout(self, timeout: float) -> tuple[PooledConnection, float | None]:
         """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to this pool.
@@ -534,7 +582,23 @@ def _check_tunables(
     reconnect_initial: float,
     reconnect_max: float,
 ) -> None:
-    """ConfigurationError for a tunable out of range (defaults: :class:`DBConnectionPool`)."""
+    """ArgumentTypeError for a tunable of the wrong type, ConfigurationError out of range.
+
+    Defaults: :class:`DBConnectionPool`.  Runs before anything connects.
+    """
+    for label, count in (("pool_size", pool_size), ("min_size", min_size),
+                         ("max_waiting", max_waiting)):  # fmt: skip
+        check_type(label, count, int, "an int")
+    for label, seconds in (
+        ("timeout", timeout),
+        ("max_lifetime", max_lifetime),
+        ("max_idle", max_idle),
+        ("connect_timeout", connect_timeout),
+        ("check_after", check_after),
+        ("reconnect_initial", reconnect_initial),
+        ("reconnect_max", reconnect_max),
+    ):
+        check_type(label, seconds, (int, float), "a number of seconds")
     if pool_size < 1:
         raise ConfigurationError(f"pool_size must be >= 1, not {pool_size}")
     if not 0 <= min_size <= pool_size:
@@ -550,7 +614,7 @@ def _check_tunables(
     ):
         if not value > 0:
             raise ConfigurationError(f"{label} must be > 0 seconds, not {value}")
-    if check_after < 0:
+    if not check_after >= 0:  # NaN too
         raise ConfigurationError(f"check_after must be >= 0 seconds, not {check_after}")
-    if reconnect_max < reconnect_initial:
+    if not reconnect_max >= reconnect_initial:
         raise ConfigurationError("reconnect_max must be >= reconnect_initial")
