@@ -15,6 +15,10 @@ never competes with the receiver's event loop.
   starts and the receiver drains them.  Measured: N / time until the last one
   reached the subscriber (for 100 subscribers: until every subscriber had all
   N).  Subscriptions are sized to hold N, so nothing is dropped (checked).
+* **Durable vs plain**: sender throughput with ``pg_notify`` and with
+  ``gdbpool.notify()`` (a log row per event), the live delivery rate of a
+  durable subscription, and the cost of the read-your-writes token (one
+  WAL-position read per received batch, timed alone).
 * **Latency** at a fixed rate: the sender calls ``pg_notify`` ``--rate`` times
   a second (autocommit), each payload carrying ``CLOCK_MONOTONIC`` at send
   time; the receiver records arrival - send.  p50/p99 over ``--seconds``.
@@ -57,12 +61,13 @@ def send(dsn: str, mode: str, count: int, rate: float) -> None:
 
     conn = psycopg2.connect(dsn)
     cur = conn.cursor()
-    if mode in ("burst", "live"):
+    if mode in ("burst", "live", "durable"):
         size = _BATCH if mode == "burst" else _LIVE_BATCH
+        function = "gdbpool.notify" if mode == "durable" else "pg_notify"
         for lo in range(1, count + 1, size):
             hi = min(count, lo + size - 1)
             cur.execute(
-                "SELECT pg_notify(%s, g::text) FROM generate_series(%s, %s) g", (CHANNEL, lo, hi)
+                f"SELECT {function}(%s, g::text) FROM generate_series(%s, %s) g", (CHANNEL, lo, hi)
             )
             conn.commit()
     else:
@@ -170,6 +175,48 @@ def hub_throughput(dsn: str, n: int, subscribers: int, live: bool = False) -> tu
         return n / elapsed, sum(s.dropped for s in subs)
 
 
+def sender_rate(dsn: str, mode: str, n: int) -> float:
+    """Notifications/s one sender commits (``live`` or ``durable``), nobody listening."""
+    start = time.perf_counter()
+    run_sender(dsn, mode, n).wait()
+    return n / (time.perf_counter() - start)
+
+
+def durable_delivery(dsn: str, n: int) -> float:
+    """Notifications/s reaching a durable subscription while the sender runs."""
+    import gevent
+
+    from gdbpool import NotificationHub
+
+    with NotificationHub(dsn) as hub:
+        sub = hub.subscribe(CHANNEL, maxsize=n, durable=True)
+        start = time.perf_counter()
+        sender = run_sender(dsn, "durable", n)
+        got = 0
+        with gevent.Timeout(60):
+            while got < n:
+                got += type(sub.get()).__name__ == "Notification"
+        elapsed = time.perf_counter() - start
+        sender.wait()
+        return n / elapsed
+
+
+def token_cost(dsn: str, n: int = 2000) -> float:
+    """Microseconds of one WAL-position read (what the hub pays once per received batch)."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        start = time.perf_counter()
+        for _ in range(n):
+            cur.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
+            cur.fetchone()
+        elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed / n * 1e6
+
+
 def hub_latency(dsn: str, rate: float, seconds: float) -> list[float]:
     from gdbpool import NotificationHub
 
@@ -204,7 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--send", choices=["burst", "live", "paced"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--send", choices=["burst", "live", "paced", "durable"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--send-rate", type=float, help=argparse.SUPPRESS)
@@ -254,6 +303,25 @@ def main(argv: list[str] | None = None) -> None:
             f"({many * subs:,.0f} deliveries/s)"
         )
         print(f"  dropped: {sum(drops)}")
+
+        from gdbpool import DBInteractionPool
+
+        with DBInteractionPool(dsn, pool_size=1) as ipool:
+            ipool.install_durable()
+        plain_send = median_of(r, lambda: sender_rate(dsn, "live", n))
+        durable_send = median_of(r, lambda: sender_rate(dsn, "durable", n))
+        durable_live = median_of(r, lambda: durable_delivery(dsn, n))
+        print(f"\ndurable vs plain NOTIFY ({n:,}, {_LIVE_BATCH} per transaction)")
+        print(f"  sender, pg_notify            {plain_send:>12,.0f}/s")
+        print(
+            f"  sender, gdbpool.notify       {durable_send:>12,.0f}/s   "
+            f"{durable_send / plain_send:.2f}x plain"
+        )
+        print(
+            f"  durable subscription, live   {durable_live:>12,.0f}/s   "
+            f"{durable_live / one_live:.2f}x plain hub"
+        )
+        print(f"  token: one WAL-position read per received batch, {token_cost(dsn):.0f} us")
 
         raw_lat = raw_latency(dsn, args.rate, args.seconds)
         hub_lat = hub_latency(dsn, args.rate, args.seconds)

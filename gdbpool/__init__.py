@@ -43,6 +43,7 @@ from gdbpool.green import make_psycopg_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import configure_logging, redact
 from gdbpool.notify.bridge import ZmqNotifyBridge
+from gdbpool.notify.durable_subscription import DurableSubscription
 from gdbpool.notify.hub import ChannelListener, NotificationHub
 from gdbpool.notify.notification import Notification, Reconnected, check_channel, check_payload
 from gdbpool.notify.subscriber import (
@@ -55,9 +56,9 @@ from gdbpool.notify.subscriber import (
 from gdbpool.notify.subscription import Overflow, Subscription
 from gdbpool.notify.wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
 from gdbpool.pool.connection_pool import DBConnectionPool
+from gdbpool.read_your_writes import ReadYourWrites
 from gdbpool.routing.interaction_pool import DBInteractionPool, PoolRole
 from gdbpool.routing.node_probe import NodeStatus
-from gdbpool.routing.read_your_writes import ReadYourWrites
 from gdbpool.routing.replicas import ReplicaStatus
 from gdbpool.routing.topology import (
     NodeDown,
@@ -88,6 +89,7 @@ __all__ = [
     "DBInteractionException",
     "DBInteractionPool",
     "DBPoolConnectionException",
+    "DurableSubscription",
     "EmbeddedPostgres",
     "EmbeddedPostgresError",
     "ForkError",

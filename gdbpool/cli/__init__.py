@@ -49,6 +49,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- the parser ----------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gdbpool")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gdbpool`` command, with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -58,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 130 Ctrl-C",
     )
-    from gdbpool import __version__
-
-    parser.add_argument("--version", action="version", version=f"gdbpool {__version__}")
+    # The installed distribution's version: the one pyproject.toml reads from
+    # gdbpool.__version__ at build time (cli/ does not import the package root).
+    parser.add_argument("--version", action="version", version=f"gdbpool {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end tour (embedded PostgreSQL unless --dsn)")

@@ -213,6 +213,8 @@ class BridgePublisher(Actor):
                 seq=seq,
                 pid=item.pid,
                 ts=item.received_at,
+                log_id=item.log_id,
+                lsn=item.lsn,
             )
             self._counts["published"] += 1
         else:
@@ -281,7 +283,9 @@ class _Subscription(Protocol):
 class NotificationSource(Protocol):
     """What the bridge needs from a hub: ``NotificationHub`` fits."""
 
-    def subscribe(self, channel: str, maxsize: int = ..., overflow: Overflow = ...) -> Any: ...
+    def subscribe(
+        self, channel: str, maxsize: int = ..., overflow: Overflow = ..., *, durable: bool = ...
+    ) -> Any: ...
 
 
 class ZmqNotifyBridge:
@@ -304,6 +308,9 @@ class ZmqNotifyBridge:
       ``tcp://127.0.0.1:0``; ``replay_rate``: at most 50,000 replayed
       messages per second (see :mod:`gdbpool.notify.replay` and the wire
       format's "Replay" section).
+    - ``durable``: False; True subscribes every channel with ``durable=True``
+      (written through ``gdbpool.notify()``): the hub heals its LISTEN gaps
+      from the log table and each message's header carries ``log_id``.
     - CURVE: give ``curve_secret_key`` and ``curve_public_key`` (z85, as from
       ``zmq.curve_keypair()``) to encrypt; ``allowed_client_keys`` (z85
       public keys) to admit only those subscribers (None: any subscriber
@@ -336,8 +343,12 @@ class ZmqNotifyBridge:
         replay_size: int = DEFAULT_REPLAY_SIZE,
         replay_bind: str = "tcp://127.0.0.1:0",
         replay_rate: int = DEFAULT_REPLAY_RATE,
+        durable: bool = False,
     ) -> None:
         channels = list(dict.fromkeys(channels))
+        if not isinstance(durable, bool):
+            raise TypeError(f"durable must be True or False, not {type(durable).__name__}")
+        self._durable = durable
         for what, value in (("replay_size", replay_size), ("replay_rate", replay_rate)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -414,7 +425,7 @@ class ZmqNotifyBridge:
             self._spawn(self._replay.serve)
         try:
             for channel in self.channels:
-                sub = hub.subscribe(channel, maxsize=queue_size, overflow="drop_oldest")
+                sub = self._subscribe(hub, channel, queue_size)
                 self._subscriptions[channel] = sub
                 self._spawn(self._pump, channel, sub)
         except BaseException:
@@ -551,14 +562,17 @@ class ZmqNotifyBridge:
         except Exception as exc:
             return str(getattr(sub, "close_reason", "") or repr(exc))
 
+    def _subscribe(self, hub: NotificationSource, channel: str, size: int) -> Any:
+        if self._durable:
+            return hub.subscribe(channel, maxsize=size, overflow="drop_oldest", durable=True)
+        return hub.subscribe(channel, maxsize=size, overflow="drop_oldest")
+
     def _renew(self, channel: str) -> _Subscription | None:
         """Subscribe ``channel`` again, retrying with backoff; None once that cannot work."""
         delay, ceiling = self._resubscribe
         while not self._closed:
             try:
-                sub: _Subscription = self._hub.subscribe(
-                    channel, maxsize=self._queue_size, overflow="drop_oldest"
-                )
+                sub: _Subscription = self._subscribe(self._hub, channel, self._queue_size)
             except PoolClosed as exc:
                 self._log.error("resubscribe_impossible", channel=channel, error=str(exc))
                 return None

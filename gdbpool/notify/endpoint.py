@@ -32,7 +32,7 @@ def check_endpoint(endpoint: object, *, name: str, bind: bool) -> str:
         if not (colon and (free or number)):
             allowed = "1 to 65535, or 0 or * for a free port" if bind else "1 to 65535"
             raise ConfigurationError(
-                f"cannot {'bind' if bind else 'connect'} {name} {endpoint[:100]!r}: the port "
+                f"cannot {'bind' if bind else 'connect'} to {endpoint[:100]!r} ({name}): the port "
                 f"must be {allowed} (got {port[:20]!r}); e.g. tcp://127.0.0.1:5555"
             )
     return endpoint

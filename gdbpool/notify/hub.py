@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,14 @@ from gdbpool.errors import (
     NotificationError,
     PoolClosed,
     PoolConnectionError,
+    check_type,
 )
 from gdbpool.fork import TrackedConnection, register
 from gdbpool.green import ensure_green
 from gdbpool.logging import describe_dsn, get_logger, redact
+from gdbpool.notify import durable as durable_module
+from gdbpool.notify.durable import CatchUp
+from gdbpool.notify.durable_subscription import DurableSubscription
 from gdbpool.notify.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_CHECK,
@@ -295,7 +300,13 @@ class NotificationHub:
     # -- public API ---------------------------------------------------------
 
     def subscribe(
-        self, channel: str, maxsize: int = DEFAULT_MAXSIZE, overflow: Overflow = DEFAULT_OVERFLOW
+        self,
+        channel: str,
+        maxsize: int = DEFAULT_MAXSIZE,
+        overflow: Overflow = DEFAULT_OVERFLOW,
+        *,
+        durable: bool = False,
+        since: int | None = None,
     ) -> Subscription:
         """Subscribe to ``channel``; LISTEN on it unless already listening.
 
@@ -305,17 +316,50 @@ class NotificationHub:
         :class:`NotificationError` for a bad channel name,
         :class:`ConfigurationError` for bad options, :class:`PoolClosed` after
         :meth:`close`.
+
+        ``durable=True`` (the channel is written through ``gdbpool.notify()``,
+        see :meth:`install_durable`) returns a
+        :class:`~gdbpool.notify.durable_subscription.DurableSubscription`: what
+        a reconnect or an overflow lost is read back from the log table, each
+        event once; ``since=ID`` first delivers the logged events after log id
+        ``ID`` (a restarted subscriber's ``last_log_id``).  Rules:
+        docs/design/durable.md.
         """
         check_channel(channel)
         check_subscription_options(maxsize, overflow)
-        sub = Subscription(
-            channel,
-            maxsize=maxsize,
-            overflow=overflow,
-            on_close=self._unsubscribe,
-            log_context={"hub": self.source},
-        )
+        check_type("durable", durable, bool, "True or False")
+        if since is not None:
+            check_type("since", since, int, "a log id (int) or None")
+            if since < 0:
+                raise ConfigurationError(f"since must be a log id >= 0, not {since!r}")
+            if not durable:
+                raise ConfigurationError("since= needs durable=True")
+        sub: Subscription
+        if durable:
+            sub = DurableSubscription(
+                channel,
+                self._read_missed,
+                since=since,
+                maxsize=maxsize,
+                overflow=overflow,
+                on_close=self._unsubscribe,
+                log_context={"hub": self.source},
+            )
+        else:
+            sub = Subscription(
+                channel,
+                maxsize=maxsize,
+                overflow=overflow,
+                on_close=self._unsubscribe,
+                log_context={"hub": self.source},
+            )
         self._register(sub)
+        if isinstance(sub, DurableSubscription):
+            try:
+                sub._start()
+            except BaseException:
+                sub.close()
+                raise
         return sub
 
     def listen_on(self, result_queue: Any, channel_name: str, cancel_event: Event) -> None:
@@ -342,8 +386,11 @@ class NotificationHub:
         finally:
             sub.close()
 
-    def notify(self, channel: str, payload: str = "") -> None:
+    def notify(self, channel: str, payload: str = "", *, durable: bool = False) -> int | None:
         """Send ``NOTIFY channel, payload`` (as ``SELECT pg_notify(%s, %s)``, parameters).
+
+        ``durable=True`` writes through ``gdbpool.notify(channel, payload)``
+        instead (see :meth:`install_durable`) and returns the log id (None otherwise).
 
         Checked before any round trip: :class:`NotificationError` for a bad
         channel name or a payload over 7999 UTF-8 bytes.  Runs on the hub's own
@@ -355,9 +402,57 @@ class NotificationHub:
         """
         check_channel(channel)
         check_payload(payload)
+        check_type("durable", durable, bool, "True or False")
+        if durable:
+            durable_payload = durable_module.check_durable_payload(payload)
+            row = self._on_notify_connection(
+                durable_module.write, (channel, durable_payload), f"durable NOTIFY {channel!r}"
+            )
+            return int(row[0])
         self._on_notify_connection(
             "SELECT pg_notify(%s, %s)", (channel, payload), f"NOTIFY {channel!r}"
         )
+        return None
+
+    def install_durable(self) -> None:
+        """Create schema ``gdbpool``, table ``notify_log``, ``gdbpool.notify()`` (idempotent).
+
+        On the notify connection; see docs/design/durable.md for the table and
+        the function applications call from their own triggers.
+        """
+        self._with_notify_cursor(durable_module.install, "install_durable()")
+
+    def prune_durable(
+        self,
+        older_than: float = durable_module.DEFAULT_PRUNE_OLDER_THAN,
+        keep: int = durable_module.DEFAULT_PRUNE_KEEP,
+    ) -> int:
+        """Delete log rows older than ``older_than`` s beyond the newest ``keep`` per channel.
+
+        Never a row one of this hub's open durable subscriptions has not read
+        (see docs/design/durable.md).  Returns the number of rows deleted.
+        """
+        protected = self.durable_cursors()
+        result: int = self._with_notify_cursor(
+            lambda cur: durable_module.prune(cur, older_than, keep, protected), "prune_durable()"
+        )
+        return result
+
+    def durable_cursors(self) -> dict[str, int]:
+        """Channel → lowest cursor (snapshot horizon) of the open durable subscriptions."""
+        out: dict[str, int] = {}
+        for sub in list(self._subscriptions):
+            if isinstance(sub, DurableSubscription) and not sub.closed:
+                known = out.get(sub.channel)
+                out[sub.channel] = sub.cursor if known is None else min(known, sub.cursor)
+        return out
+
+    def _read_missed(self, channel: str, horizon: int | None, after_id: int) -> CatchUp:
+        result: CatchUp = self._with_notify_cursor(
+            lambda cur: durable_module.read_missed(cur, channel, horizon, after_id),
+            f"durable catch-up read of {channel!r}",
+        )
+        return result
 
     def queue_usage(self) -> float:
         """``pg_notification_queue_usage()`` of the server (0..1), on the NOTIFY connection.
@@ -373,6 +468,15 @@ class NotificationHub:
 
     def _on_notify_connection(self, sql: str, params: tuple[Any, ...], what: str) -> Any:
         """Run ``sql`` on the notify connection (reopened and retried once); its first row."""
+
+        def first_row(cur: Any) -> Any:
+            cur.execute(sql, params)
+            return cur.fetchone()
+
+        return self._with_notify_cursor(first_row, what)
+
+    def _with_notify_cursor(self, work: Callable[[Any], Any], what: str) -> Any:
+        """``work(cursor)`` on the notify connection (reopened and retried once)."""
         self._check_open()
         with self._notify_lock:
             for attempt in (1, 2):
@@ -380,8 +484,7 @@ class NotificationHub:
                 conn = self._notify_connection()
                 try:
                     with conn.cursor() as cur:
-                        cur.execute(sql, params)
-                        return cur.fetchone()
+                        return work(cur)
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     self._drop_notify_connection()
                     if fresh or attempt == 2:

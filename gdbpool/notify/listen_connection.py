@@ -10,7 +10,10 @@ waiting on the socket again.  So LISTEN/UNLISTEN statements
 actor's mailbox and can never interleave on the connection.
 
 A read drains ``conn.notifies``, numbers each notification (hub-wide ``seq``,
-receive order, from 1) and tells each channel's route one batch per channel.
+receive order, from 1), stamps the batch with one WAL position read after it
+arrived (``Notification.lsn``, a read-your-writes token; see
+:meth:`ListenConnection._wal_position`) and tells each channel's route one
+batch per channel.
 
 A connection can also die silently (a half-open TCP connection after a
 network blackhole: nothing arrives, nothing fails).  So when nothing was read
@@ -173,6 +176,10 @@ class _ReaderFailed:
     error: BaseException
 
 
+# The WAL insert position as a byte count (compares like the LSN).
+_WAL_POSITION_SQL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+# Larger than any real LSN: a token at it sends reads to the primary.
+_PRIMARY_ONLY = (1 << 64) - 1
 # Channels per LISTEN round trip when (re)connecting.
 _LISTEN_CHUNK = 500
 _LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -200,6 +207,7 @@ class ListenConnection(Actor):
         super().__init__()
         self._state = state
         self._conn: Any = None
+        self._lsn_conn: Any = None  # for _wal_position
         self._reader: gevent.Greenlet | None = None
         self._generation = 0
         self._attempt = 0
@@ -440,12 +448,57 @@ class ListenConnection(Actor):
         self._route()  # notifications read along with the statement's reply
 
     def _route(self) -> None:
-        """Number the notifications read so far and tell each channel's route its batch."""
+        """Number the notifications read so far and tell each channel's route its batch.
+
+        Each batch is stamped with one WAL position read after it arrived (see
+        :meth:`_wal_position`).
+        """
         conn = self._conn
         batch = conn.notifies
         if not batch:
             return
         conn.notifies = []  # swap, not copy: psycopg2 appends to whatever list is there
+        self._route_batch(batch, self._wal_position())
+
+    def _wal_position(self) -> int:
+        """The primary's WAL insert position now: past the commit of every NOTIFY received.
+
+        PostgreSQL delivers a notification only after its transaction
+        committed, so a position read after receiving it is at or past that
+        commit (the insert position, as for read-your-writes tokens: with
+        ``synchronous_commit=off`` the write position can lag the commit
+        record).  Read on a second small connection of the actor's (opened on
+        first use, application_name ``<application_name>/lsn``), not on the
+        LISTEN connection: a query there would pull every notification queued
+        on the server into its reply, one huge batch instead of the socket's
+        chunks.  If it cannot be read, the batch gets the end of time, which
+        sends its readers to the primary; nothing is delivered late for it.
+        """
+        state = self._state
+        try:
+            if self._lsn_conn is None:
+                with gevent.Timeout(state.connect_timeout, PoolConnectionError("timed out")):
+                    conn = psycopg2.connect(
+                        state.dsn, application_name=f"{state.application_name}/lsn"
+                    )
+                conn.autocommit = True
+                self._lsn_conn = conn
+            with self._lsn_conn.cursor() as cur:
+                cur.execute(_WAL_POSITION_SQL)
+                row = cur.fetchone()
+            return int(row[0])
+        except (psycopg2.Error, PoolConnectionError) as exc:
+            self._log.warning("wal_position_unavailable", error=_oneline(exc))
+            self._close_lsn_connection()
+            return _PRIMARY_ONLY
+
+    def _close_lsn_connection(self) -> None:
+        conn, self._lsn_conn = self._lsn_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+
+    def _route_batch(self, batch: list[Any], lsn: int) -> None:
         state = self._state
         first = state.received + 1
         state.received += len(batch)
@@ -453,7 +506,7 @@ class ListenConnection(Actor):
         source = state.source
         make = make_notification
         items = [
-            make(n.channel, n.payload, n.pid, now, seq, source)
+            make(n.channel, n.payload, n.pid, now, seq, source, lsn)
             for seq, n in enumerate(batch, first)
         ]
         routes = state.routes
@@ -529,3 +582,4 @@ class ListenConnection(Actor):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        self._close_lsn_connection()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gdbpool.errors import NotificationError
+from gdbpool.read_your_writes import ReadYourWrites
 
 __all__ = [
     "MAX_CHANNEL_BYTES",
@@ -55,7 +56,15 @@ class Notification:
     socket, ``seq`` its 1-based position in everything the hub ``source``
     received.  ``replayed`` is True for a notification a
     :class:`~gdbpool.NotifySubscriber` recovered from a bridge's replay ring
-    after it was lost on the way (its other fields are as first published).
+    after it was lost on the way (its other fields are as first published),
+    or a durable subscription read from the log table after a reconnect.
+
+    ``log_id`` is the row id in ``gdbpool.notify_log`` for a notification of a
+    durable channel (None otherwise; ``payload`` is then the application's
+    payload, without the id prefix).  ``lsn`` is a WAL position of the primary
+    at or past the sending transaction's commit (read by the hub once per
+    received batch; None when unknown): :meth:`session` turns it into a
+    read-your-writes token.  See docs/design/durable.md.
     """
 
     channel: str
@@ -65,6 +74,19 @@ class Notification:
     seq: int
     source: str
     replayed: bool = False
+    log_id: int | None = None
+    lsn: int | None = None
+
+    def session(self) -> ReadYourWrites:
+        """A read-your-writes token at :attr:`lsn`: ``ipool.run(..., read_only=True, session=...)``.
+
+        A read carrying it goes to a replica only once that replica has
+        replayed the sender's commit (to the primary otherwise).  Without a
+        known ``lsn`` the token sends reads to the primary.
+        """
+        token = ReadYourWrites()
+        token.advance((1 << 64) - 1 if self.lsn is None else self.lsn)
+        return token
 
     def json(self) -> Any:
         """Decode the payload as JSON.
@@ -108,9 +130,16 @@ def _fast_constructor() -> Any:
         slots[name].__set__
         for name in ("channel", "payload", "pid", "received_at", "seq", "source", "replayed")
     )
+    set_log_id, set_lsn = slots["log_id"].__set__, slots["lsn"].__set__
 
     def make(
-        channel: str, payload: str, pid: int, received_at: float, seq: int, source: str
+        channel: str,
+        payload: str,
+        pid: int,
+        received_at: float,
+        seq: int,
+        source: str,
+        lsn: int | None = None,
     ) -> Notification:
         n = new(Notification)
         set_channel(n, channel)
@@ -120,6 +149,8 @@ def _fast_constructor() -> Any:
         set_seq(n, seq)
         set_source(n, source)
         set_replayed(n, False)
+        set_log_id(n, None)
+        set_lsn(n, lsn)
         return n
 
     return make

@@ -135,7 +135,8 @@ class Lagging:
 SubscriberEvent = Notification | Reconnected | Gap | BridgeRestarted | BridgeSilent | Lagging
 
 #: What :meth:`NotifySubscriber.position` returns and ``resume=`` takes:
-#: ``{source_id: {"bridge": name, "seqs": {channel: last_seq}}}`` (JSON-ready).
+#: ``{source_id: {"bridge": name, "seqs": {channel: last_seq}}}`` (JSON-ready), plus
+#: ``"log_ids": {channel: last_log_id}`` for durable channels (``since=`` of a hub).
 Position = dict[str, dict[str, Any]]
 
 _Key = tuple[str, str]  # (source, channel)
@@ -246,6 +247,7 @@ class NotifySubscriber:
         self._by_bridge: dict[str, str] = {}
         self._last_seq: dict[_Key, int] = {}
         self._position: dict[_Key, int] = {}
+        self._log_ids: dict[_Key, int] = {}  # last durable log id handed out, per channel
         self._bridge_of: dict[str, str] = {}
         self._restarted: set[str] = set()  # sources that replaced a known one: count from 0
         self.replay = replay
@@ -352,6 +354,9 @@ class NotifySubscriber:
         event, key, seq = self._pending.popleft()
         if key is not None:
             self._position[key] = seq
+            log_id = getattr(event, "log_id", None)
+            if log_id is not None:
+                self._log_ids[key] = log_id
         return event
 
     def stats(self) -> dict[str, int]:
@@ -382,6 +387,9 @@ class NotifySubscriber:
         for (src, channel), seq in self._position.items():
             entry = result.setdefault(src, {"bridge": self._bridge_of.get(src, ""), "seqs": {}})
             entry["seqs"][channel] = seq
+        for (src, channel), log_id in self._log_ids.items():
+            entry = result.setdefault(src, {"bridge": self._bridge_of.get(src, ""), "seqs": {}})
+            entry.setdefault("log_ids", {})[channel] = log_id
         return result
 
     def wait_connected(self, timeout: float = 10.0, sources: int = 1) -> None:
@@ -571,6 +579,8 @@ class NotifySubscriber:
             del self._last_seq[key]
         for key in [k for k in self._position if k[0] == src]:
             del self._position[key]
+        for key in [k for k in self._log_ids if k[0] == src]:
+            del self._log_ids[key]
 
     # -- replay ---------------------------------------------------------------
 
@@ -601,6 +611,15 @@ class NotifySubscriber:
             for channel, seq in seqs.items():
                 self._last_seq[(src, channel)] = seq
                 self._position[(src, channel)] = seq
+            log_ids = entry.get("log_ids", {})
+            if not isinstance(log_ids, Mapping) or not all(
+                isinstance(c, str) and type(n) is int and n >= 1 for c, n in log_ids.items()
+            ):
+                raise ConfigurationError(
+                    f"resume: 'log_ids' of {src!r} must map channels to log ids (int >= 1)"
+                )
+            for channel, log_id in log_ids.items():
+                self._log_ids[(src, channel)] = log_id
 
     def _advertised(self, src: str, endpoint: str) -> None:
         """A heartbeat of ``src`` said where (``endpoint``) or that (empty: not) it replays."""
@@ -813,6 +832,8 @@ def _event_of(m: WireMessage, *, replayed: bool) -> Notification | Reconnected:
             seq=m.seq,
             source=m.source,
             replayed=replayed,
+            log_id=m.log_id,
+            lsn=m.lsn,
         )
     return Reconnected(channels=(m.channel,), at=m.ts, reason=m.reason)
 

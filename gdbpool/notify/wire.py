@@ -106,7 +106,16 @@ def _notify_prefix(source: str, bridge: str) -> bytes:
 
 
 def encode_notify(
-    channel: str, payload: str, *, source: str, bridge: str, seq: int, pid: int, ts: float
+    channel: str,
+    payload: str,
+    *,
+    source: str,
+    bridge: str,
+    seq: int,
+    pid: int,
+    ts: float,
+    log_id: int | None = None,
+    lsn: int | None = None,
 ) -> list[bytes]:
     """Frames of one notification.
 
@@ -116,21 +125,27 @@ def encode_notify(
     where a ``json.dumps`` call was a fifth of the bridge's CPU. ``repr`` of
     a finite float is how ``json`` writes it; anything else (a non-finite
     ``ts``, a non-int ``seq``/``pid``) takes the ``json.dumps`` path.
+    ``log_id`` (a durable channel's log id) and ``lsn`` (the read-your-writes
+    WAL position) are additive fields, written after ``ts`` when not None.
     """
-    if type(seq) is int and type(pid) is int and type(ts) is float and _finite(ts):
+    plain = log_id is None and lsn is None
+    if type(seq) is int and type(pid) is int and type(ts) is float and _finite(ts) and plain:
         header = b'%s%d,"pid":%d,"ts":%r}' % (_notify_prefix(source, bridge), seq, pid, ts)
     else:
-        header = _header(
-            {
-                "v": WIRE_VERSION,
-                "type": "notify",
-                "src": source,
-                "bridge": bridge,
-                "seq": seq,
-                "pid": pid,
-                "ts": ts,
-            }
-        )
+        fields: dict[str, Any] = {
+            "v": WIRE_VERSION,
+            "type": "notify",
+            "src": source,
+            "bridge": bridge,
+            "seq": seq,
+            "pid": pid,
+            "ts": ts,
+        }
+        if log_id is not None:
+            fields["log_id"] = log_id
+        if lsn is not None:
+            fields["lsn"] = lsn
+        header = _header(fields)
     return [channel.encode(), header, payload.encode()]
 
 
@@ -183,7 +198,8 @@ class WireMessage:
 
     ``channel`` is empty and ``seq`` is 0 for heartbeats; ``seqs``,
     ``interval`` and ``replay`` (the replay endpoint, empty when the bridge
-    offers none) are only set on heartbeats, ``reason`` on reconnected.
+    offers none) are only set on heartbeats, ``reason`` on reconnected;
+    ``log_id`` and ``lsn`` on notifications that carried them (else None).
     """
 
     kind: MessageKind
@@ -198,12 +214,15 @@ class WireMessage:
     interval: float = 0.0
     seqs: Mapping[str, int] = field(default_factory=dict)
     replay: str = ""
+    log_id: int | None = None
+    lsn: int | None = None
 
 
 #: Largest header frame decoded (a heartbeat of ~50,000 channels); larger is malformed.
 MAX_HEADER_BYTES: Final = 4 * 1024 * 1024
 _MAX_SEQ: Final = 2**63 - 1
 _MAX_PID: Final = 2**31 - 1
+_MAX_LSN: Final = 2**64 - 1
 _MAX_SECONDS: Final = 1e15  # ts, interval: finite, and an int this large still fits a float
 _MAX_NAME: Final = 1024  # src, bridge, replay endpoint, reason: characters
 _MAX_CHANNEL_BYTES: Final = 63  # notification.MAX_CHANNEL_BYTES (a NOTIFY identifier)
@@ -385,6 +404,8 @@ def decode(frames: list[bytes]) -> WireMessage | None:
         seq=seq,
         pid=_count(header, "pid", 0, _MAX_PID, 0),
         payload=text,
+        log_id=None if header.get("log_id") is None else _count(header, "log_id", 1, _MAX_SEQ),
+        lsn=None if header.get("lsn") is None else _count(header, "lsn", 0, _MAX_LSN),
     )
 
 

@@ -52,10 +52,11 @@ from gevent.lock import Semaphore
 from psycopg2 import sql
 
 from actors import ActorRef, ActorStopped
-from gdbpool.errors import ConfigurationError, PoolClosed
+from gdbpool.errors import ConfigurationError, PoolClosed, check_type
 from gdbpool.fork import register
 from gdbpool.interaction import Interaction
 from gdbpool.logging import configure_logging, get_logger, redact
+from gdbpool.notify import durable as durable_module
 from gdbpool.notify.hub import NotificationHub
 from gdbpool.notify.notification import check_channel, check_payload
 from gdbpool.notify.subscription import DEFAULT_MAXSIZE, DEFAULT_OVERFLOW, Overflow, Subscription
@@ -486,14 +487,23 @@ class DBInteractionPool:
     # -- LISTEN / NOTIFY -------------------------------------------------------------
 
     def subscribe(
-        self, channel: str, maxsize: int = DEFAULT_MAXSIZE, overflow: Overflow = DEFAULT_OVERFLOW
+        self,
+        channel: str,
+        maxsize: int = DEFAULT_MAXSIZE,
+        overflow: Overflow = DEFAULT_OVERFLOW,
+        *,
+        durable: bool = False,
+        since: int | None = None,
     ) -> Subscription:
         """Subscribe to ``channel`` on the primary; see :meth:`NotificationHub.subscribe`.
 
         The first call opens the interaction pool's :class:`NotificationHub`
         (one LISTEN connection to the primary, shared by every channel).
+        ``durable=True, since=None``: a durable subscription (docs/design/durable.md).
         """
-        return self.notification_hub().subscribe(channel, maxsize, overflow)
+        return self.notification_hub().subscribe(
+            channel, maxsize, overflow, durable=durable, since=since
+        )
 
     def listen_on(self, result_queue: Any, channel_name: str, cancel_event: Event) -> None:
         """The original API: deliver ``channel_name`` into ``result_queue`` until ``cancel_event``.
@@ -503,16 +513,60 @@ class DBInteractionPool:
         """
         self.notification_hub().listen_on(result_queue, channel_name, cancel_event)
 
-    def notify(self, channel: str, payload: str = "") -> AsyncResult:
+    def notify(self, channel: str, payload: str = "", *, durable: bool = False) -> AsyncResult:
         """``NOTIFY channel, payload`` on the primary, as ``SELECT pg_notify(%s, %s)``.
 
         A bad channel name or a payload over 7999 UTF-8 bytes raises
         :class:`~gdbpool.NotificationError` here, before any round trip.  The
         notification is an interaction like any other: the returned
         ``AsyncResult`` is set once it has been committed.
+
+        ``durable=True`` writes through ``SELECT gdbpool.notify(%s, %s)`` (see
+        :meth:`install_durable`): the event is logged and the NOTIFY carries its
+        id; the result is then ``[(log_id,)]``.
         """
+        check_type("durable", durable, bool, "True or False")
         args = (check_channel(channel), check_payload(payload))
+        if durable:
+            durable_module.check_durable_payload(payload)
+            return self.run(durable_module.write, args)
         return self.run("SELECT pg_notify(%s, %s)", args)
+
+    def install_durable(self, timeout: float | None = 30.0) -> None:
+        """Create the durable-channel schema on the primary (idempotent; blocks until done).
+
+        Schema ``gdbpool``, table ``gdbpool.notify_log`` and the function
+        ``gdbpool.notify(channel, payload)`` that application triggers call;
+        see docs/design/durable.md.
+        """
+
+        def work(conn: Any) -> None:
+            with conn.cursor() as cur:
+                durable_module.install(cur)
+
+        self.run(work, timeout=timeout).get()
+
+    def prune_durable(
+        self,
+        older_than: float = durable_module.DEFAULT_PRUNE_OLDER_THAN,
+        keep: int = durable_module.DEFAULT_PRUNE_KEEP,
+        timeout: float | None = 60.0,
+    ) -> int:
+        """Delete log rows older than ``older_than`` seconds, beyond each channel's newest ``keep``.
+
+        Defaults: 7 days, 1000 rows.  Rows an open durable subscription of this
+        pool's hub has not read are kept whatever their age (rule:
+        docs/design/durable.md).  Returns the number of rows deleted.
+        """
+        protected = self._hub.durable_cursors() if self._hub is not None else {}
+        durable_module.check_prune_options(older_than, keep)
+
+        def work(conn: Any) -> int:
+            with conn.cursor() as cur:
+                return durable_module.prune(cur, older_than, keep, protected)
+
+        deleted: int = self.run(work, timeout=timeout).get()
+        return deleted
 
     def notification_hub(self) -> NotificationHub:
         """The interaction pool's :class:`NotificationHub`, opened on first use."""
