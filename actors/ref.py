@@ -368,6 +368,23 @@ class ActorRef:
         if restart is not None:
             restart.kill(block=False)
 
+    def _abandon(self) -> None:
+        """End this ref in a ``fork()`` child without its actor handling anything more.
+
+        For an owner's ``os.register_at_fork(after_in_child=...)`` hook: the
+        actor and its greenlet are copies of the parent's. Sends raise
+        :class:`ActorStopped` from now on, what is left in the mailbox is
+        settled as when an actor ends (asks fail, tells go to ``on_dropped``),
+        no supervisor restarts it, and the greenlet is killed (at the next hub
+        iteration: nothing here switches greenlets).
+        """
+        greenlet = self._greenlet
+        self._cancel_restart()
+        self._supervisor = None
+        self._finish(None, "was left in the parent process by fork()")
+        if greenlet is not None and not greenlet.dead and greenlet is not getcurrent():
+            greenlet.kill(block=False)
+
     def _finish(self, cause: BaseException | None, why: str = "stopped") -> None:
         """Mark stopped, settle what is left in the mailbox, wake stop() waiters.
 

@@ -224,6 +224,20 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------
 
+    def _abandon(self) -> None:
+        """In a ``fork()`` child: abandon every child (``ActorRef._abandon``); stopped for good."""
+        self._running = False
+        self._stopped = True
+        restart, self._restart = self._restart, None
+        if restart is not None:
+            restart.kill(block=False)
+        for ref in list(self._children):
+            ref._abandon()
+        for sup in list(self._supervisors):
+            sup._abandon()
+        self._children.clear()
+        self._supervisors.clear()
+
     def _halt(self, timeout: float) -> None:
         """Stop all children but remember them, so a parent can revive us."""
         self._running = False

@@ -16,6 +16,7 @@ __all__ = [
     "DBInteractionException",
     "DBPoolConnectionException",
     "EmbeddedPostgresError",
+    "ForkError",
     "GDBPoolError",
     "InteractionTimeout",
     "NoPrimaryAvailable",
@@ -138,3 +139,14 @@ class SubscriptionClosed(NotificationError):
 
 class BridgeClosed(GDBPoolError):
     """The ZeroMQ bridge or subscriber is closed."""
+
+
+class ForkError(GDBPoolError):
+    """An object that cannot cross ``fork()`` was used in the child process.
+
+    ZeroMQ contexts are not fork safe, so a :class:`~gdbpool.ZmqNotifyBridge`
+    or :class:`~gdbpool.NotifySubscriber` made before ``fork()`` refuses to
+    work in the child: create it in the process that uses it (with gunicorn
+    ``--preload``, in a ``post_fork`` hook or on first use).  Pools and hubs
+    reopen in the child instead (docs/design/fork.md).
+    """

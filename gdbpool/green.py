@@ -45,6 +45,7 @@ from gevent.socket import wait_read, wait_write
 from psycopg2 import extensions
 
 from gdbpool.errors import ConfigurationError
+from gdbpool.fork import TrackedConnection
 
 __all__ = [
     "CANCEL_GRACE",
@@ -142,6 +143,8 @@ def _cancel_target(conn: Any) -> tuple[str, int] | None:
     try:
         if conn.closed or conn.status == extensions.STATUS_SETUP:
             return None  # closed, or interrupted while connecting: no statement runs
+        if getattr(conn, "gdbpool_inherited", False):
+            return None  # a fork() child's copy: the statement is the parent's (gdbpool.fork)
         pid = conn.info.backend_pid
         params = conn.get_dsn_parameters()
         password = conn.info.password
@@ -168,7 +171,7 @@ def cancel_backend(
     side = None
     try:
         with gevent.Timeout(timeout):
-            side = psycopg2.connect(dsn)
+            side = psycopg2.connect(dsn, connection_factory=TrackedConnection)
             if on_connect is not None:
                 on_connect(side)
             side.autocommit = True

@@ -54,6 +54,7 @@ from gevent.event import Event
 
 from actors import Actor, ActorError, ActorRef, handles
 from gdbpool.errors import ConfigurationError, GDBPoolError, PoolClosed
+from gdbpool.fork import fork_error, register, silence_zmq
 from gdbpool.logging import get_logger
 from gdbpool.notify.curve import authenticate, bind_zap, curve_key
 from gdbpool.notify.endpoint import check_endpoint
@@ -317,7 +318,10 @@ class ZmqNotifyBridge:
 
     Raises :class:`ConfigurationError` for a bad endpoint, an address in
     use, bad keys or bad bounds.  :meth:`close` stops everything; it is
-    idempotent.  The bridge is also a context manager.
+    idempotent.  The bridge is also a context manager.  Not fork safe
+    (ZeroMQ is not): in a child forked after it was made it stops publishing,
+    :meth:`stats` raises :class:`~gdbpool.errors.ForkError` and :meth:`close`
+    does nothing (docs/design/fork.md).
     """
 
     def __init__(
@@ -428,6 +432,8 @@ class ZmqNotifyBridge:
             self.close()
             raise
         self._spawn(self._heartbeat, heartbeat_interval)
+        self._forked = False  # used in a fork() child: stats() raises ForkError
+        register(self)
         self._log.info(
             "bridge_started",
             endpoint=self.endpoint,
@@ -451,6 +457,8 @@ class ZmqNotifyBridge:
         (error answers: malformed, busy, unknown source or channel) and
         ``replay_unsent`` (answers dropped because the requester did not read).
         """
+        if self._forked:
+            raise fork_error(f"ZmqNotifyBridge {self.name!r}")
         result: dict[str, int] = self._ref.ask(_PublisherStats()).get(timeout=timeout)
         if self._replay is not None:
             result.update(self._replay.counts)
@@ -472,6 +480,27 @@ class ZmqNotifyBridge:
             self._ref.stop(timeout=timeout)
         self._ctx.destroy(linger=0)
         self._log.info("bridge_stopped")
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork() child: stop every greenlet and actor without touching zmq (ForkError).
+
+        The hub subscriptions are closed from a greenlet (the hub reopens in
+        the child; nobody would read them).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._forked = True
+        silence_zmq(self._ctx)
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        self._ref._abandon()
+        gevent.spawn(self._close_subscriptions, list(self._subscriptions.values()))
+
+    def _close_subscriptions(self, subs: list[_Subscription]) -> None:
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                sub.close()
 
     def __enter__(self) -> ZmqNotifyBridge:
         return self

@@ -41,6 +41,7 @@ from gdbpool.errors import (
     PoolConnectionError,
     check_type,
 )
+from gdbpool.fork import TrackedConnection, register
 from gdbpool.green import ensure_green
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify import durable as durable_module
@@ -234,6 +235,10 @@ class NotificationHub:
 
     Every subscriber receives :class:`Notification` items and, after a
     reconnect, a :class:`Reconnected` gap event.
+
+    Fork safe: in a child forked after it was made the hub reopens with its
+    own LISTEN connection; subscriptions carried over keep receiving after a
+    :class:`Reconnected` event (docs/design/fork.md).
     """
 
     def __init__(
@@ -270,16 +275,10 @@ class NotificationHub:
         self._notify_lock = gevent.lock.BoundedSemaphore()
         self._log = get_logger("gdbpool.listener", hub=self.source)
         self._supervisor = Supervisor(f"{self.name}-supervisor", on_give_up=self._gave_up)
-        self._state = HubState(
-            dsn=dsn,
-            application_name=application_name,
-            source=self.source,
-            spawn_route=self._spawn_route,
-            connect_timeout=connect_timeout,
-            reconnect_initial=reconnect_initial,
-            reconnect_max=reconnect_max,
-            idle_check=idle_check,
-        )
+        self._tunables = (reconnect_initial, reconnect_max, idle_check)
+        self._state = self._new_state()
+        self._forked = False  # in a fork() child, until the hub reopened there
+        self._reopen_lock = gevent.lock.Semaphore()
         self._connection: ActorRef | None = None
         try:
             self._connection = self._supervisor.spawn(
@@ -296,6 +295,7 @@ class NotificationHub:
             raise PoolConnectionError(
                 f"cannot start the LISTEN connection to {describe_dsn(dsn)}: {exc}"
             ) from exc
+        register(self)
 
     # -- public API ---------------------------------------------------------
 
@@ -607,6 +607,8 @@ class NotificationHub:
     def _unsubscribe(self, sub: Subscription) -> None:
         """Subscription.close(): wait (bounded) until the channel table dropped it."""
         self._forget(sub)
+        if self._forked:
+            self._reopen()
         if self._closed:
             return
         with contextlib.suppress(PoolClosed):
@@ -642,6 +644,8 @@ class NotificationHub:
             raise PoolClosed(f"notification hub {self.name!r} is closed: {exc}") from exc
 
     def _check_open(self) -> None:
+        if self._forked:
+            self._reopen()
         if self._closed:
             raise PoolClosed(f"notification hub {self.name!r} is closed ({self._close_reason})")
 
@@ -656,7 +660,9 @@ class NotificationHub:
                     ),
                 ):
                     conn = psycopg2.connect(
-                        self._dsn, application_name=f"{self._application_name}/notify"
+                        self._dsn,
+                        application_name=f"{self._application_name}/notify",
+                        connection_factory=TrackedConnection,
                     )
             except psycopg2.Error as exc:
                 raise PoolConnectionError(
@@ -685,11 +691,88 @@ class NotificationHub:
         if conn is not None:
             conn.close()
 
+    def _new_state(self) -> HubState:
+        reconnect_initial, reconnect_max, idle_check = self._tunables
+        return HubState(
+            dsn=self._dsn,
+            application_name=self._application_name,
+            source=self.source,
+            spawn_route=self._spawn_route,
+            connect_timeout=self._connect_timeout,
+            reconnect_initial=reconnect_initial,
+            reconnect_max=reconnect_max,
+            idle_check=idle_check,
+        )
+
+    # -- fork() (the rule: docs/design/fork.md) -------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork() child (the at-fork hook: no I/O, no switch): abandon, then reopen.
+
+        The reopen runs in a greenlet at the child's first hub iteration (the
+        subscriptions carried over keep receiving, after a Reconnected gap),
+        or at the first call that needs the hub, whichever comes first.
+        """
+        if self._closed:
+            return
+        self._supervisor._abandon()  # the ListenConnection and every ChannelListener
+        self._connection = None
+        self._notify_conn = None  # its descriptor is /dev/null now (gdbpool.fork)
+        self._notify_lock = gevent.lock.BoundedSemaphore()
+        self._reopen_lock = gevent.lock.Semaphore()
+        # Another process: another source of seq numbers.
+        self.source = uuid.uuid4().hex[:12]
+        self._log = get_logger("gdbpool.listener", hub=self.source)
+        self._supervisor = Supervisor(f"{self.name}-supervisor", on_give_up=self._gave_up)
+        self._state = self._new_state()
+        self._forked = True
+        gevent.spawn(self._reopen)
+
+    def _reopen(self) -> None:
+        """In a fork() child: a new LISTEN connection for the subscriptions carried over.
+
+        Each of them gets a :class:`Reconnected` event first: what arrived
+        before the fork went to the parent.  Reconnects with backoff if the
+        server cannot be reached, like any lost LISTEN connection.
+        """
+        with self._reopen_lock:
+            if not self._forked:
+                return
+            state = self._state
+            subs = [sub for sub in self._subscriptions if not sub.closed]
+            self._subscriptions = set(subs)
+            try:
+                for sub in subs:
+                    route = state.routes.get(sub.channel)
+                    if route is None:
+                        route = state.routes[sub.channel] = self._spawn_route(sub.channel)
+                    route.add(sub)
+                    route.count += 1
+                state.started = True  # connect as a restart: LISTEN every channel, then a gap
+                state.resume_reason = (
+                    "the process forked: a new LISTEN connection in the child; "
+                    "notifications before it went to the parent"
+                )
+                self._connection = self._supervisor.spawn(
+                    ListenConnection,
+                    state,
+                    name=f"{self.name}-connection",
+                    start_timeout=self._connect_timeout + 5.0,
+                )
+            except ActorError as exc:
+                self._forked = False
+                self._log.error("hub_reopen_failed", error=str(exc))
+                self._shutdown(f"cannot reopen after fork(): {exc}", 5.0)
+                return
+            self._forked = False
+        self._log.info("hub_reopened_after_fork", channels=len(state.routes))
+
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("hub_failed", error=str(error))
         gevent.spawn(self._shutdown, f"listener supervisor gave up: {error}", 5.0)
 
     def _shutdown(self, reason: str, timeout: float) -> None:
+        self._forked = False  # closed in a fork() child before it reopened: stays closed
         self._closed = True
         if not self._close_reason:
             self._close_reason = reason

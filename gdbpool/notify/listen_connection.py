@@ -55,6 +55,7 @@ from psycopg2 import sql
 
 from actors import Actor, ActorError, handles
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
+from gdbpool.fork import TrackedConnection
 from gdbpool.green import keepalive_options, shutdown_socket
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.notification import Notification, Reconnected, make_notification
@@ -123,6 +124,7 @@ class HubState:
     up: Event = field(default_factory=Event)  # set while connected (for waiters)
     down: Event = field(default_factory=Event)  # set while disconnected
     backend_pid: int | None = None
+    resume_reason: str = ""  # why the next (re)start reconnects, when not a crash (a fork)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +223,8 @@ class ListenConnection(Actor):
         if first:
             self._connect()  # fail fast: a bad DSN or a standby is the caller's error
             return
-        self._lost_reason = "listen connection actor restarted after a crash"
+        self._lost_reason = state.resume_reason or "listen connection actor restarted after a crash"
+        state.resume_reason = ""
         try:
             self._connect()
         except (PoolConnectionError, psycopg2.Error) as exc:
@@ -369,6 +372,7 @@ class ListenConnection(Actor):
             ):
                 conn = psycopg2.connect(
                     state.dsn,
+                    connection_factory=TrackedConnection,
                     application_name=state.application_name,
                     **keepalive_options(state.dsn),
                 )

@@ -48,7 +48,8 @@ import zmq
 import zmq.green as gzmq
 from gevent import monkey
 
-from gdbpool.errors import BridgeClosed, ConfigurationError, WireFormatError
+from gdbpool.errors import BridgeClosed, ConfigurationError, ForkError, WireFormatError
+from gdbpool.fork import fork_error, register, silence_zmq
 from gdbpool.logging import get_logger
 from gdbpool.notify.endpoint import check_endpoint
 from gdbpool.notify.notification import Notification, Reconnected
@@ -197,7 +198,10 @@ class NotifySubscriber:
 
     Raises :class:`ConfigurationError` for a malformed endpoint or bad keys.
     After :meth:`close`, :meth:`get` raises :class:`BridgeClosed` and
-    iteration stops.
+    iteration stops.  Not fork safe (ZeroMQ is not): in a child forked after
+    it was made, :meth:`get`, :meth:`wait_connected` and iteration raise
+    :class:`~gdbpool.errors.ForkError` and :meth:`close` does nothing
+    (docs/design/fork.md).
     """
 
     def __init__(
@@ -257,6 +261,7 @@ class NotifySubscriber:
         self._request_ids = itertools.count(1)
         self._curve: tuple[bytes, bytes, bytes] | None = None
         self._closed = False
+        self._forked = False  # used in a fork() child: every call raises ForkError
         self._received = 0
         self._malformed = 0
         self._unknown = 0
@@ -276,6 +281,21 @@ class NotifySubscriber:
         except BaseException:
             self._ctx.destroy(linger=0)
             raise
+        register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork() child: refuse every use (ForkError); never touch the zmq objects."""
+        if self._closed:
+            return
+        silence_zmq(self._ctx)
+        self._pending.clear()  # the parent's events
+        self._closed = True
+        self._forked = True
+
+    def _closed_error(self) -> BridgeClosed | ForkError:
+        if self._forked:
+            return fork_error("this NotifySubscriber")
+        return BridgeClosed("the subscriber is closed")
 
     def _configure(
         self,
@@ -328,7 +348,7 @@ class NotifySubscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._pending:
             if self._closed:
-                raise BridgeClosed("the subscriber is closed")
+                raise self._closed_error()
             if not self._receive(deadline):
                 raise TimeoutError(f"no bridge event within {timeout} s")
         event, key, seq = self._pending.popleft()
@@ -379,6 +399,8 @@ class NotifySubscriber:
         subscription reached the bridge.  Events received meanwhile are kept
         for :meth:`get`.  Raises :class:`TimeoutError`.
         """
+        if self._closed:
+            raise self._closed_error()
         deadline = time.monotonic() + timeout
         while len(self._sources) < sources:
             if not self._receive(deadline):

@@ -25,6 +25,7 @@ from psycopg2 import sql as pgsql
 
 from actors import ActorRef
 from gdbpool.errors import PoolConnectionError
+from gdbpool.fork import TrackedConnection
 from gdbpool.green import keepalive_options, shutdown_socket
 from gdbpool.logging import redact
 
@@ -110,7 +111,7 @@ class _SessionCursor(extensions.cursor):  # type: ignore[misc]
         return super().callproc(procname, parameters)
 
 
-class PooledConnection(extensions.connection):  # type: ignore[misc]
+class PooledConnection(TrackedConnection):
     """A psycopg2 connection that knows the pool and worker it belongs to.
 
     ``put()`` uses these attributes to refuse foreign connections and double

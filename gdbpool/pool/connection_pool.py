@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 from psycopg2 import extensions
 
 from actors import ActorState, ActorStopped, Supervisor, SupervisorGaveUp
@@ -33,6 +34,7 @@ from gdbpool.errors import (
     PoolTimeout,
     check_type,
 )
+from gdbpool.fork import register
 from gdbpool.green import ensure_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction, isolation_level_name
 from gdbpool.logging import describe_dsn, get_logger
@@ -124,6 +126,10 @@ class DBConnectionPool:
     tunable raises :class:`~gdbpool.errors.ConfigurationError`, one of the
     wrong type :class:`~gdbpool.errors.ArgumentTypeError`, both before
     anything connects.
+
+    Fork safe: used in a child forked after it was made, the pool reopens
+    there at its first use with its own connections, never touching the
+    parent's (docs/design/fork.md).
     """
 
     def __init__(
@@ -199,12 +205,22 @@ class DBConnectionPool:
             on_failure=_on_failure,
         )
         self._reconnect_failed = reconnect_failed
-        first = open_connection(self._settings) if min_size > 0 else None
+        self._sizes = (min_size, pool_size, timeout, max_waiting, max_idle)
+        self._forked = False  # in a fork() child, until the pool reopened there
+        self._reopen_lock = Semaphore()
+        self._start(open_connection(self._settings) if min_size > 0 else None)
+        register(self)
+        self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
+                       max_size=pool_size)  # fmt: skip
+
+    def _start(self, first: PooledConnection | None) -> None:
+        """Make the pool's actors (the constructor, and a reopen in a fork() child)."""
+        min_size, pool_size, timeout, max_waiting, max_idle = self._sizes
         self._status = _Status()
         self._waiting = WaitQueue(max_waiting)
         self._shut = False  # close() has stopped the workers and the pool actor
         self._supervisor = Supervisor(
-            f"{name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
+            f"{self.name}.workers", max_restarts=10, within=1.0, on_give_up=self._gave_up
         )
         self._ref = _PoolActor.start(
             self._settings,
@@ -218,10 +234,8 @@ class DBConnectionPool:
             first,
             self._waiting,
             self._gave_up_reconnecting,
-            name=f"{name}.pool",
+            name=f"{self.name}.pool",
         )
-        self._log.info("pool_opened", target=self._settings.target, min_size=min_size,
-                       max_size=pool_size)  # fmt: skip
 
     # -- the 2011 API ------------------------------------------------------------
 
@@ -363,6 +377,9 @@ class DBConnectionPool:
         try:
             self._ref.tell(interaction)
         except ActorStopped:
+            if self._forked:  # first use in a fork() child: reopen off the caller's greenlet
+                gevent.spawn(self._submit_reopened, interaction)
+                return
             interaction.reply.set_exception(self._status.closed_error(self.name))
 
     def wait(self, timeout: float = 30.0) -> None:
@@ -371,6 +388,8 @@ class DBConnectionPool:
         Raises :class:`~gdbpool.errors.PoolTimeout` after ``timeout`` seconds,
         with the last connection error when the server is unreachable.
         """
+        if self._forked:
+            self._reopen()
         try:
             ready: Event = self._ref.ask(_Ready(), timeout=timeout).get()
         except ActorStopped:
@@ -462,6 +481,8 @@ class DBConnectionPool:
         self._log.info("pool_drained")
 
     def _ask(self, message: object) -> Any:
+        if self._forked:
+            self._reopen()
         try:
             return self._ref.ask(message, timeout=5.0).get()
         except ActorStopped:
@@ -476,6 +497,9 @@ class DBConnectionPool:
         self._close(timeout, "")
 
     def _close(self, timeout: float, reason: str) -> None:
+        if self._forked:  # closed in a fork() child before any use: it stays closed
+            self._forked = False
+            self._status.closed = True
         if self._shut:
             return
         deadline = time.monotonic() + timeout
@@ -535,6 +559,9 @@ class DBConnectionPool:
             handled = self._ref.tell(request)
         except ActorStopped:
             self._waiting.received()
+            if self._forked:  # first use in a fork() child
+                self._reopen()
+                return self._checkout(timeout)
             raise status.closed_error(self.name) from None
         reply = request.reply
         # Handled already (the pool actor was idle and ran it on this greenlet):
@@ -577,6 +604,49 @@ class DBConnectionPool:
         """A slot gave up reconnecting (``reconnect_timeout``): the user's ``reconnect_failed``."""
         if self._reconnect_failed is not None:
             gevent.spawn(self._reconnect_failed, self)
+
+    # -- fork() ------------------------------------------------------------------------
+    # The rule and its decisions: docs/design/fork.md and gdbpool.fork.
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork() child (the at-fork hook: no I/O, no switch): abandon, reopen on first use."""
+        if self._shut or self._status.closed:
+            return  # closed (or broken) in the parent: closed here too
+        old_status, old_waiting = self._status, self._waiting
+        old_status.reason = "its requests were made before fork(), in the parent process"
+        old_status.closed = True
+        for request in old_waiting.close():
+            request.reply.set_exception(old_status.closed_error(self.name))
+        self._supervisor._abandon()
+        self._ref._abandon()
+        # Placeholders until the reopen: every call finds the pool actor stopped,
+        # and that (already an error path) reopens the pool.
+        self._status = _Status()
+        self._waiting = WaitQueue(self._sizes[3])
+        self._reopen_lock = Semaphore()
+        self._forked = True
+
+    def _reopen(self) -> None:
+        """Start afresh in a fork() child: new actors, new connections (the first one here).
+
+        Raises PoolConnectionError like the constructor when the first
+        connection cannot be opened; the next call tries again.
+        """
+        with self._reopen_lock:
+            if not self._forked:
+                return  # reopened by another caller meanwhile, or closed
+            first = open_connection(self._settings) if self._sizes[0] > 0 else None
+            self._start(first)
+            self._forked = False
+        self._log.info("pool_reopened_after_fork", target=self._settings.target)
+
+    def _submit_reopened(self, interaction: Interaction) -> None:
+        try:
+            self._reopen()
+        except PoolConnectionError as exc:
+            interaction.reply.set_exception(exc)
+            return
+        self.submit(interaction)
 
     def _gave_up(self, error: SupervisorGaveUp) -> None:
         self._log.error("pool_workers_gave_up", error=str(error))

@@ -51,8 +51,9 @@ from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 from psycopg2 import sql
 
-from actors import ActorRef
+from actors import ActorRef, ActorStopped
 from gdbpool.errors import ConfigurationError, PoolClosed, check_type
+from gdbpool.fork import register
 from gdbpool.interaction import Interaction
 from gdbpool.logging import configure_logging, get_logger, redact
 from gdbpool.notify import durable as durable_module
@@ -114,7 +115,9 @@ class DBInteractionPool:
     docs/design/router.md, "Following the primary").
 
     ``ipool(...)`` is ``ipool.run(...)``.  :meth:`close` stops every pool, probe
-    and listener; it is also the context-manager exit.
+    and listener; it is also the context-manager exit.  Fork safe: in a child
+    forked after it was made it restarts its router and probes at first use,
+    and its pools and hub reopen (docs/design/fork.md).
     """
 
     def __init__(
@@ -159,7 +162,7 @@ class DBInteractionPool:
         self._hub: NotificationHub | None = None
         self._hub_lock = Semaphore()
         self._closed = False
-        self._router: ActorRef = _Router.start(
+        self._router_args = (
             pool_name,
             replica_fallback,
             max_replica_lag,
@@ -167,13 +170,17 @@ class DBInteractionPool:
             failover_timeout,
             self._probe_all_now,
             self._follow_primary,
-            name=f"router:{pool_name}",
         )
+        self._roles: dict[str, PoolRole] = {}
+        self._forked = False  # in a fork() child, until the router restarted there
+        self._reopen_lock = Semaphore()
+        self._router: ActorRef = _Router.start(*self._router_args, name=f"router:{pool_name}")
         try:
             self.add_pool(pool_name, dsn, pool_size, role="primary")
         except BaseException:
             self._router.stop()
             raise
+        register(self)
 
     # -- pools ------------------------------------------------------------------------
 
@@ -210,6 +217,7 @@ class DBInteractionPool:
             pool.close()
             raise
         self._pools[name] = pool
+        self._roles[name] = role
         # The probe and the hub keep one DSN each: a callable one is called once, here.
         self._dsns[name] = dsn if isinstance(dsn, str) else resolve_dsn(dsn, name)
         probe = NodeProbe(
@@ -318,6 +326,7 @@ class DBInteractionPool:
         After a change of primary the old primary is listed too (it serves
         reads once it is back as a standby).
         """
+        self._check_open()
         snapshot: dict[str, Any] = self._router.ask(_Snapshot()).get(timeout=5)
         return dict(snapshot["replicas"])
 
@@ -336,6 +345,7 @@ class DBInteractionPool:
         reads can go to it).  Raises ``gevent.Timeout`` after ``timeout``
         seconds.
         """
+        self._check_open()
         reply: AsyncResult = AsyncResult()
         min_lsn = session.lsn if session is not None else None
         self._router.tell(_AwaitReplica(name, acceptable, reply, min_lsn))
@@ -394,9 +404,15 @@ class DBInteractionPool:
             interaction, args, read_only, isolation_level, timeout, cursor_factory, dry_run,
             dec2float, pool, session,
         )  # fmt: skip
-        if self._closed:
-            raise PoolClosed("the interaction pool is closed")
-        self._router.tell(msg)
+        try:
+            self._router.tell(msg)
+        except ActorStopped:
+            if self._closed:
+                raise PoolClosed("the interaction pool is closed") from None
+            if not self._forked:
+                raise
+            self._reopen()  # first use in a fork() child
+            self._router.tell(msg)
         return msg.reply
 
     __call__ = run
@@ -625,3 +641,35 @@ class DBInteractionPool:
     def _check_open(self) -> None:
         if self._closed:
             raise PoolClosed("the interaction pool is closed")
+        if self._forked:
+            self._reopen()
+
+    # -- fork() (the rule: docs/design/fork.md) -------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """In a fork() child (the at-fork hook): abandon router and probes; restart on use.
+
+        The pools and the hub reopen themselves (each is registered too).
+        """
+        if self._closed:
+            return
+        self._router._abandon()
+        for probe in self._probes:
+            probe._abandon()
+        self._reopen_lock = Semaphore()
+        self._hub_lock = Semaphore()
+        self._forked = True
+
+    def _reopen(self) -> None:
+        """A fresh router with the same pools and fresh probes, in a fork() child."""
+        with self._reopen_lock:
+            if not self._forked or self._closed:
+                return
+            router = _Router.start(*self._router_args, name=f"router:{self._primary_name}")
+            for name, pool in self._pools.items():
+                router.ask(_AddPool(name, pool, self._roles[name])).get()
+            self._router = router
+            for probe in self._probes:
+                probe.start()
+            self._forked = False
+        self._log.info("interaction_pool_reopened_after_fork")

@@ -38,6 +38,7 @@ from gevent import Greenlet
 from gevent.event import Event
 from gevent.lock import Semaphore
 
+from gdbpool.fork import TrackedConnection
 from gdbpool.green import shutdown_socket
 from gdbpool.interaction import Interaction
 from gdbpool.logging import get_logger
@@ -130,6 +131,19 @@ class NodeProbe:
             self._greenlet = None
         self._close()
 
+    def _abandon(self) -> None:
+        """In a fork() child: the probing greenlet is the parent's; kill it (no switch here).
+
+        The probe connection's descriptor is /dev/null by now (gdbpool.fork);
+        :meth:`start` probes afresh on a new connection.
+        """
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.kill(block=False)
+        self._conn = None
+        self._lock = Semaphore()
+        self._wake = Event()
+
     def probe_now(self) -> None:
         """Probe at once instead of at the end of the interval (never blocks)."""
         self._wake.set()
@@ -174,6 +188,7 @@ class NodeProbe:
                 self._dsn,
                 connect_timeout=max(1, int(self._timeout + 0.999)),
                 application_name=f"gdbpool-probe:{self.name}",
+                connection_factory=TrackedConnection,
             )
             self._conn.autocommit = True
         with self._conn.cursor() as cur:
