@@ -44,5 +44,7 @@ def test_a_users_project_gets_servers_databases_and_pools(
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # this checkout's gdbpool, not another install
     pytester.makepyfile(test_user=USER_TESTS)
-    result = pytester.runpytest_subprocess("-p", "gdbpool.pytest_plugin", "-q")
+    # Loaded through its pytest11 entry point, as a user's pytest would (an
+    # explicit -p as well would register it twice).
+    result = pytester.runpytest_subprocess("-q")
     result.assert_outcomes(passed=4)
