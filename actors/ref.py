@@ -14,12 +14,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import gevent
-import structlog
 from gevent import Greenlet, getcurrent
 from gevent.event import AsyncResult, Event
 from gevent.queue import Empty, Full, Queue
 
 from actors.errors import _HANDLER_ERRORS, ActorStopped, AskTimeout, MailboxFull
+from actors.log import get_logger
 
 if TYPE_CHECKING:
     from actors.actor import Actor
@@ -37,7 +37,7 @@ DEFAULT_STOP_TIMEOUT = 5.0
 # After a timed-out stop kills the greenlet, how long to wait for it to die.
 _KILL_GRACE = 0.5
 
-_log = structlog.get_logger("actors")
+_log = get_logger("actors")
 
 # Queued behind the messages already in the mailbox by stop(): the loop ends
 # when it reaches it, so earlier messages are still handled.
@@ -203,6 +203,11 @@ class ActorRef:
     def is_alive(self) -> bool:
         """True until the actor has stopped (while stopping or restarting too)."""
         return self._state is not ActorState.STOPPED
+
+    @property
+    def mailbox_depth(self) -> int:
+        """Messages waiting in the mailbox now (for metrics; reading it costs nothing else)."""
+        return int(self._mailbox.qsize())
 
     def tell(self, message: object) -> bool:
         """Post ``message`` and return at once.

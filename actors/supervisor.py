@@ -8,16 +8,16 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import gevent
-import structlog
 from gevent import Greenlet
 
 from actors.actor import DEFAULT_START_TIMEOUT, Actor, _launch, _start
 from actors.errors import ActorError, ActorStartError, SupervisorGaveUp
+from actors.log import get_logger
 from actors.ref import DEFAULT_SEND_TIMEOUT, DEFAULT_STOP_TIMEOUT, ActorRef, MailboxOverflow
 
 __all__ = ["Supervisor"]
 
-_log = structlog.get_logger("actors")
+_log = get_logger("actors")
 
 _Child: TypeAlias = "ActorRef | Supervisor"
 
@@ -76,6 +76,8 @@ class Supervisor:
         self._children: list[ActorRef] = []
         self._supervisors: list[Supervisor] = []
         self._restarts: dict[_Child, deque[float]] = {}
+        #: Restarts of children done so far, in total (for metrics).
+        self.restarts = 0
         self._running = True
         self._stopped = False  # stopped for good by stop(), not revivable
         self._restart: Greenlet | None = None  # pending restart by our parent
@@ -169,6 +171,7 @@ class Supervisor:
             self._give_up(child, exc, len(history) + 1)
             return
         history.append(now)
+        self.restarts += 1
         delay = min(self.backoff_initial * 2 ** (len(history) - 1), self.backoff_max)
         child._restart = gevent.spawn_later(delay, self._restart_child, child, len(history))
 

@@ -1,6 +1,6 @@
 """Benchmark: pg_notify → subscriber, through the ZeroMQ bridge, raw pyzmq and in-process.
 
-    ./run bench bridge [--n 30000] [--rounds 3] [--latency-n 2000] [--size 100]
+    ./run bench bridge [--n 30000] [--rounds 3] [--latency-n 2000] [--size 100] [--gap 1000]
 
 Starts its own EmbeddedPostgres.  Four paths:
 
@@ -20,6 +20,10 @@ transactions of 500) and reports messages/s and latency under load; the
 bridge and its hand-rolled ceiling alternate for ``--rounds`` bursts, and
 the bridge's ratio is taken against the ceiling of the same round (median
 [min..max]);
+Each round also runs the bridge with replay off (``--replay-size 0``), so
+the replay ring's cost is the ratio of the two in the same round; and "heal"
+times a resumed subscriber recovering a gap of ``--gap`` messages from the
+ring: from the heartbeat that reveals the gap to the last replayed message.
 "paced" sends ``--latency-n`` messages one every ~0.5 ms and reports latency
 at low load.  Latency is receive time minus the send time written into the
 payload (same host, same clock).
@@ -77,7 +81,10 @@ def role_bridge(args: argparse.Namespace) -> None:
     from gdbpool import ZmqNotifyBridge
 
     hub = _hub_class()(args.dsn)
-    bridge = ZmqNotifyBridge(hub, ["bench"], queue_size=100_000, sndhwm=100_000)
+    replay = {} if args.replay_size is None else {"replay_size": args.replay_size}
+    bridge = ZmqNotifyBridge(
+        hub, ["bench"], queue_size=100_000, sndhwm=100_000, heartbeat_interval=0.2, **replay
+    )
     print(json.dumps({"endpoint": bridge.endpoint}), flush=True)
     while True:
         wait_read(sys.stdin.fileno())
@@ -206,8 +213,13 @@ def role_send(args: argparse.Namespace) -> None:
 # -- the conductor ---------------------------------------------------------------
 
 
-def child(*argv: str) -> subprocess.Popen[bytes]:
+DSN_ENV = "GDBPOOL_BENCH_DSN"  # the DSN holds a password: never on a command line
+
+
+def child(*argv: str, dsn: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if dsn is not None:
+        env[DSN_ENV] = dsn
     return subprocess.Popen(
         [sys.executable, __file__, *argv],
         stdin=subprocess.PIPE,
@@ -237,11 +249,12 @@ def warm_until_ready(sub: subprocess.Popen[bytes], poke: Any) -> None:
 
 
 def run_bridge(
-    dsn: str, n: int, size: int, paced: bool, hand: bool = False
+    dsn: str, n: int, size: int, paced: bool, hand: bool = False, replay_size: int | None = None
 ) -> dict[str, Any]:
     import psycopg2
 
-    bridge = child("hand" if hand else "bridge", "--dsn", dsn)
+    replay = [] if replay_size is None else ["--replay-size", str(replay_size)]
+    bridge = child("hand" if hand else "bridge", *replay, dsn=dsn)
     try:
         endpoint = json.loads(read_line(bridge, 30))["endpoint"]
         sub = child("sub", "--connect", endpoint, "--n", str(n), *(["--hand"] if hand else []))
@@ -251,19 +264,51 @@ def run_bridge(
             warm_until_ready(sub, lambda: cur.execute("SELECT pg_notify('bench', 'warm')"))
         conn.close()
         sender = child(
-            "send",
-            "--dsn",
-            dsn,
-            "--n",
-            str(n),
-            "--size",
-            str(size),
-            *(["--paced"] if paced else []),
+            "send", "--n", str(n), "--size", str(size), *(["--paced"] if paced else []), dsn=dsn
         )
         result: dict[str, Any] = json.loads(read_line(sub, 120))
         sender.wait(60)
         return result
     finally:
+        assert bridge.stdin is not None
+        bridge.stdin.close()
+        bridge.wait(10)
+
+
+def run_heal(dsn: str, gap: int) -> dict[str, Any]:
+    """Seconds a resumed subscriber takes to recover ``gap`` messages from the ring."""
+    import psycopg2
+
+    from gdbpool import Notification, NotifySubscriber
+
+    bridge = child("bridge", dsn=dsn)
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        endpoint = json.loads(read_line(bridge, 30))["endpoint"]
+        with NotifySubscriber(endpoint, ["bench"], green=False, replay=False) as observer:
+            observer.wait_connected(30)
+            with NotifySubscriber(endpoint, ["bench"], green=False) as first:
+                first.wait_connected(30)
+                position = first.position()
+            with conn.cursor() as cur:  # while nobody resumable listens
+                cur.execute(
+                    "SELECT pg_notify('bench', 'g' || i) FROM generate_series(1, %s) AS i",
+                    (gap,),
+                )
+            got = 0
+            while got < gap:  # the bridge has published them all
+                got += isinstance(observer.get(timeout=30), Notification)
+        with NotifySubscriber(endpoint, ["bench"], green=False, resume=position) as sub:
+            sub.wait_connected(30)  # the heartbeat that shows the gap: replay asked for
+            started = time.monotonic()
+            replayed = 0
+            while replayed < gap:
+                event = sub.get(timeout=30)
+                replayed += isinstance(event, Notification) and event.replayed
+            return {"gap": gap, "seconds": time.monotonic() - started}
+    finally:
+        conn.close()
         assert bridge.stdin is not None
         bridge.stdin.close()
         bridge.wait(10)
@@ -303,7 +348,7 @@ def run_in_process(dsn: str, n: int, size: int, paced: bool) -> dict[str, Any]:
     hub = _hub_class()(dsn)
     subscription = hub.subscribe("bench", maxsize=max(n, 1000))
     sender = child(
-        "send", "--dsn", dsn, "--n", str(n), "--size", str(size), *(["--paced"] if paced else [])
+        "send", "--n", str(n), "--size", str(size), *(["--paced"] if paced else []), dsn=dsn
     )
     lat: list[float] = []
     first = last = 0.0
@@ -340,8 +385,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bursts of bridge vs hand-rolled")
     parser.add_argument("--latency-n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--gap", type=int, default=1000, help="messages to heal from the ring")
+    parser.add_argument("--replay-size", type=int, help=argparse.SUPPRESS)  # the bridge role's
     args = parser.parse_args()
     if args.role != "main":
+        args.dsn = args.dsn or os.environ.get(DSN_ENV)
         from gdbpool import configure_logging
 
         configure_logging(level="WARNING", stream=sys.stderr)  # stdout talks to the conductor
@@ -355,17 +403,26 @@ def main() -> None:
     configure_logging(level="WARNING")
     rows: list[tuple[str, str, dict[str, Any]]] = []
     ratios: list[float] = []
+    replay_costs: list[float] = []
     with EmbeddedPostgres() as pg:
         dsn = pg.dsn()
+        trio: list[tuple[str, bool, int | None]] = [
+            ("hand", True, None), ("bridge", False, None), ("no replay", False, 0)
+        ]  # fmt: skip
         for r in range(args.rounds):
-            pair = [("hand", True), ("bridge", False)]
             results = {
-                name: run_bridge(dsn, args.n, args.size, False, hand=hand)
-                for name, hand in (pair if r % 2 == 0 else pair[::-1])
+                name: run_bridge(dsn, args.n, args.size, False, hand=hand, replay_size=size)
+                for name, hand, size in trio[r % 3 :] + trio[: r % 3]
             }
+            for name, result in results.items():
+                if result["received"] != result["expected"]:
+                    raise SystemExit(f"{name}: {result['received']} of {result['expected']}")
             ratios.append(results["bridge"]["rate"] / results["hand"]["rate"])
+            replay_costs.append(1 - results["bridge"]["rate"] / results["no replay"]["rate"])
             rows.append((f"hand-rolled, round {r + 1}", "burst", results["hand"]))
             rows.append((f"bridge, round {r + 1}", "burst", results["bridge"]))
+            rows.append((f"bridge no replay, rd {r + 1}", "burst", results["no replay"]))
+        heal = run_heal(dsn, args.gap)
         for mode, n, paced in (("burst", args.n, False), ("paced", args.latency_n, True)):
             rows.append(("raw zmq PUB/SUB", mode, run_raw(n, args.size, paced)))
             rows.append(("in-process subscribe", mode, run_in_process(dsn, n, args.size, paced)))
@@ -384,6 +441,12 @@ def main() -> None:
         f"burst: bridge / hand-rolled ceiling, {args.rounds} rounds: "
         f"{statistics.median(ratios):.2f} [{min(ratios):.2f}..{max(ratios):.2f}]"
     )
+    print(
+        f"burst: replay's cost (1 - on/off rate), {args.rounds} rounds: "
+        f"{statistics.median(replay_costs):+.1%} "
+        f"[{min(replay_costs):+.1%}..{max(replay_costs):+.1%}]"
+    )
+    print(f"heal: a gap of {heal['gap']} messages recovered in {heal['seconds'] * 1000:.0f} ms")
     by = {(p, m): r for p, m, r in rows}
     for mode in ("burst", "paced"):
         bridge = by[("bridge (3 processes)", mode)]

@@ -1,232 +1,248 @@
-"""Benchmark: DBInteractionPool.run() against a raw-connection ceiling, psycopg_pool and asyncpg.
+"""Benchmark: what one call costs on each path, in greenlet switches and client CPU.
 
-Run ``python bench/interactions.py`` (``--seconds N`` per measurement,
-default 3). It starts its own EmbeddedPostgres, creates a 1,000,000-row table
-once, and measures two queries, each a single round trip:
+    ./run bench interactions [--seconds 2] [--paths run,submit,...] [--json]
 
-* ``SELECT 1``;
-* a point query by primary key on the 1,000,000-row table (a random key per
-  call, the same key generator for everyone).
+Starts its own EmbeddedPostgres and, in this one process (gevent patched),
+drives each path with ``SELECT 1`` on a pool of 16 connections, twice:
 
-Side by side, 16 connections each:
+* **idle**: one caller, so no request ever waits for a connection;
+* **loaded**: 64 callers sharing the 16 connections.
 
-* **ceiling**: 16 greenlets, each owning a raw cooperative psycopg2
-  connection (autocommit): no pool at all.
-* **gdbpool**: ``DBInteractionPool.run(sql, args).get()`` from 64 greenlets:
-  the router actor, the pool actor, a connection worker.
-* **psycopg_pool**: ``ConnectionPool`` (psycopg 3, autocommit) used by 16 OS
-  threads, in a child process that never imports gevent or gdbpool.
-* **asyncpg**: ``asyncpg.create_pool(min_size=16, max_size=16)`` used by 64
-  asyncio tasks (``pool.fetch``), in a child process, with its defaults: the
-  pool resets every connection it takes back (a second round trip per call),
-  which is what a user picking it gets.
+For each it prints calls/s, client CPU µs per call (``time.process_time``)
+and greenlet switches per call (``greenlet.settrace``: every ``switch`` and
+``throw``). The throughput comparison with the peers is ``bench/peers.py``
+(each mode in its own process); this script is the profile beside it: where a
+path spends switches and CPU, and what an option adds (a path per variant).
 
-Ceiling and gdbpool alternate for ``--rounds`` rounds (default 3), each
-ratio taken against the ceiling of its own round; the client CPU per call is
-printed too. Client and server share the machine's CPUs, so compare the
-ratios to the ceiling rather than absolute numbers.
+Paths:
+
+* ``raw``: a cooperative psycopg2 connection the caller owns (loaded: 16
+  greenlets, one connection each): the floor;
+* ``run``: ``DBInteractionPool.run("SELECT 1").get()``;
+* ``run_callable``: ``run(fn).get()`` with ``fn(conn, cursor)`` executing
+  ``SELECT 1`` (a callable: the connection may have been dirtied);
+* ``submit``: ``DBConnectionPool.submit(Interaction("SELECT 1"))`` and the
+  reply's ``get()``;
+* ``getput``: ``get(auto_commit=True)``, a cursor, ``SELECT 1``, ``put()``;
+* ``checkout``: ``get()`` then ``put()``, no query (never yields when idle);
+* ``run_metrics``, ``getput_metrics``: ``run`` and ``getput`` with metrics on:
+  a ``gdbpool.metrics.GDBPoolCollector`` over both pools, scraped
+  (``exposition()``) every ``--scrape-interval`` seconds (default 0.1, far
+  more often than any real scraper) by a greenlet beside the callers. The
+  collector adds nothing per call (it reads ``stats()``), so any difference
+  is the scrapes' share, charged to the calls. Needs the ``metrics`` extra.
+
+Switch counts are deterministic for the idle runs (the tests pin several of
+them, see docs/benchmarks.md); CPU per call moves with the machine's load, so
+compare paths within one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
+import json
+import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import (
-    CALLERS,
-    CONNECTIONS,
-    Measured,
-    alternate,
-    close_raw,
-    green_client,
-    print_child_result,
-    raw_cursors,
-    raw_query,
-    report,
-    run_child,
-    run_threads,
-    use_repository_packages,
-    warmup_seconds,
-)
+from _common import CALLERS, CONNECTIONS, use_repository_packages, warmup_seconds
 
-ROWS = 1_000_000
-TABLE = "bench_rows"
-SELECT_1 = "SELECT 1"
-POINT = f"SELECT id, payload FROM {TABLE} WHERE id = %s"
-POINT_ASYNCPG = f"SELECT id, payload FROM {TABLE} WHERE id = $1"
-QUERIES = ("select1", "point")
+PATHS = (
+    "raw", "run", "run_callable", "submit", "getput", "checkout", "run_metrics", "getput_metrics",
+)  # fmt: skip
+#: Paths measured with a scraper running: the path whose op they reuse.
+SCRAPED = {"run_metrics": "run", "getput_metrics": "getput"}
+SQL = "SELECT 1"
 
 
-def _key() -> int:
-    return random.randint(1, ROWS)
+def _ops(
+    dsn: str,
+) -> tuple[dict[str, Callable[[int], None]], Callable[[], None], tuple[Any, ...]]:
+    """``({path: op(i)}, close, pools)``: every path's op, over pools opened here."""
+    import psycopg2
+
+    from gdbpool import DBConnectionPool, DBInteractionPool, Interaction
+
+    raw = []
+    for _ in range(CONNECTIONS):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        raw.append(conn.cursor())
+    ipool = DBInteractionPool(dsn, CONNECTIONS, pool_name="bench-run")
+    pool = DBConnectionPool(dsn, CONNECTIONS, name="bench-pool")
+    ipool.pool().wait(30)
+    pool.wait(30)
+    run, submit, get, put = ipool.run, pool.submit, pool.get, pool.put
+
+    def raw_op(i: int) -> None:
+        cur = raw[i % CONNECTIONS]
+        cur.execute(SQL)
+        cur.fetchall()
+
+    def run_op(i: int) -> None:
+        run(SQL).get()
+
+    def select(conn: Any, cursor: Any) -> Any:
+        cursor.execute(SQL)
+        return cursor.fetchall()
+
+    def run_callable_op(i: int) -> None:
+        run(select).get()
+
+    def submit_op(i: int) -> None:
+        interaction = Interaction(SQL)
+        submit(interaction)
+        interaction.reply.get()
+
+    def getput_op(i: int) -> None:
+        conn = get(auto_commit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(SQL)
+                cur.fetchall()
+        finally:
+            put(conn)
+
+    def checkout_op(i: int) -> None:
+        put(get())
+
+    def close() -> None:
+        ipool.close()
+        pool.close()
+        for cur in raw:
+            cur.connection.close()
+
+    ops = {
+        "raw": raw_op,
+        "run": run_op,
+        "run_callable": run_callable_op,
+        "submit": submit_op,
+        "getput": getput_op,
+        "checkout": checkout_op,
+    }
+    return ops, close, (ipool, pool)
 
 
-# -- children (no gevent here) ------------------------------------------------------
+def _scraping(pools: tuple[Any, ...], interval: float) -> Callable[[], int]:
+    """Start a greenlet scraping ``pools`` every ``interval`` s; returns stop() -> scrapes."""
+    import gevent
+
+    from gdbpool.metrics import GDBPoolCollector, exposition
+
+    collector = GDBPoolCollector(*pools)
+    scrapes = 0
+
+    def loop() -> None:
+        nonlocal scrapes
+        while True:
+            exposition(collector)
+            scrapes += 1
+            gevent.sleep(interval)
+
+    scraper = gevent.spawn(loop)
+
+    def stop() -> int:
+        scraper.kill()
+        return scrapes
+
+    return stop
 
 
-def _bench_psycopg_pool(dsn: str, seconds: float) -> dict[str, float]:
-    from psycopg_pool import ConnectionPool
+def _measure(op: Callable[[int], None], callers: int, seconds: float) -> dict[str, float]:
+    """``op`` from ``callers`` greenlets for ``seconds``: calls/s, CPU µs and switches per call."""
+    import gevent
+    import greenlet
 
-    results: dict[str, float] = {}
-    with ConnectionPool(
-        dsn, min_size=CONNECTIONS, max_size=CONNECTIONS, kwargs={"autocommit": True}, open=True
-    ) as pool:
-        pool.wait(30)
+    def drive(span: float, counts: list[int]) -> None:
+        stop = time.monotonic() + span
 
-        def select1(i: int) -> None:
-            with pool.connection() as conn:
-                conn.execute(SELECT_1).fetchall()
-
-        def point(i: int) -> None:
-            with pool.connection() as conn:
-                conn.execute(POINT, (_key(),)).fetchall()
-
-        results["select1"] = run_threads(select1, CONNECTIONS, seconds)
-        results["point"] = run_threads(point, CONNECTIONS, seconds)
-    return results
-
-
-def _bench_asyncpg(dsn: str, seconds: float) -> dict[str, float]:
-    import asyncio
-    import time
-
-    import asyncpg
-    from psycopg2.extensions import parse_dsn  # parsing only: no connection, no gevent
-
-    params = parse_dsn(dsn)
-
-    async def rate(op: Callable[[Any], Any], pool: Any) -> float:
-        await rate_for(op, pool, warmup_seconds(seconds))  # off the record, like the others
-        return await rate_for(op, pool, seconds)
-
-    async def rate_for(op: Callable[[Any], Any], pool: Any, seconds: float) -> float:
-        stop = time.monotonic() + seconds
-        counts = [0] * CALLERS
-
-        async def loop(i: int) -> None:
+        def loop(i: int) -> None:
             n = 0
             while time.monotonic() < stop:
-                await op(pool)
+                op(i)
                 n += 1
             counts[i] = n
 
-        started = time.monotonic()
-        await asyncio.gather(*(loop(i) for i in range(CALLERS)))
-        return sum(counts) / (time.monotonic() - started)
+        gevent.joinall([gevent.spawn(loop, i) for i in range(callers)], raise_error=True)
 
-    async def main() -> dict[str, float]:
-        async with asyncpg.create_pool(
-            host=params["host"],
-            port=int(params["port"]),
-            user=params["user"],
-            password=params.get("password"),
-            database=params["dbname"],
-            min_size=CONNECTIONS,
-            max_size=CONNECTIONS,
-        ) as pool:
-            return {
-                "select1": await rate(lambda p: p.fetch(SELECT_1), pool),
-                "point": await rate(lambda p: p.fetch(POINT_ASYNCPG, _key()), pool),
-            }
+    drive(warmup_seconds(seconds), [0] * callers)  # off the record
+    counts = [0] * callers
+    started, cpu = time.monotonic(), time.process_time()
+    drive(seconds, counts)
+    elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+    calls = max(1, sum(counts))
+    # Switches in a pass of their own: the trace function's cost stays out of the CPU.
+    switches = 0
 
-    return asyncio.run(main())
+    def trace(event: str, args: object) -> None:
+        nonlocal switches
+        if event in ("switch", "throw"):
+            switches += 1
 
-
-# -- this process: the ceiling and gdbpool ---------------------------------------------
-
-
-def _create_table(dsn: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
-        if not cur.fetchone()[0]:
-            cur.execute(f"CREATE TABLE {TABLE} (id integer PRIMARY KEY, payload text NOT NULL)")
-            cur.execute(
-                f"INSERT INTO {TABLE} SELECT g, md5(g::text) FROM generate_series(1, %s) g",
-                (ROWS,),
-            )
-            cur.execute(f"VACUUM ANALYZE {TABLE}")
-    conn.close()
-
-
-def _bench_gevent_side(dsn: str, seconds: float, rounds: int) -> dict[str, list[Measured]]:
-    green_client()
-    from gdbpool import DBInteractionPool
-
-    cursors = raw_cursors(dsn)
-    raw_select1 = raw_query(cursors, SELECT_1)
-    raw_point = raw_query(cursors, POINT, lambda: (_key(),))
-
-    ipool = DBInteractionPool(dsn, CONNECTIONS, pool_name="bench")
-    ipool.pool().wait(30)
-    run = ipool.run
-
-    def run_select1(i: int) -> None:
-        run(SELECT_1).get()
-
-    def run_point(i: int) -> None:
-        run(POINT, (_key(),)).get()
-
-    results: dict[str, list[Measured]] = {}
-    for query, raw_op, run_op in (
-        ("select1", raw_select1, run_select1),
-        ("point", raw_point, run_point),
-    ):
-        pair = alternate((raw_op, CONNECTIONS), {"gdbpool": (run_op, CALLERS)}, seconds, rounds)
-        results["raw_" + query] = pair["ceiling"]
-        results["gdbpool_" + query] = pair["gdbpool"]
-    ipool.close()
-    close_raw(cursors)
-    return results
+    traced = [0] * callers
+    old = greenlet.settrace(trace)
+    try:
+        drive(warmup_seconds(seconds), traced)
+    finally:
+        greenlet.settrace(old)
+    # The joinall's own spawns and wake-ups are per pass, not per call: negligible.
+    return {
+        "calls_per_s": calls / elapsed,
+        "cpu_us_per_call": cpu / calls * 1e6,
+        "switches_per_call": switches / max(1, sum(traced)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of ceiling and pool")
-    parser.add_argument("--child", choices=("psycopg_pool", "asyncpg"), help=argparse.SUPPRESS)
-    parser.add_argument("--dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per path and load")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--scrape-interval", type=float, default=0.1, help="metrics paths: seconds between scrapes"
+    )
     args = parser.parse_args()
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        parser.error(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS)}")
 
-    if args.child == "psycopg_pool":
-        print_child_result(_bench_psycopg_pool(args.dsn, args.seconds))
-        return
-    if args.child == "asyncpg":
-        print_child_result(_bench_asyncpg(args.dsn, args.seconds))
-        return
+    from gevent import monkey
 
+    monkey.patch_all()
     use_repository_packages()
-    from gdbpool import EmbeddedPostgres
+    from gdbpool import EmbeddedPostgres, configure_logging, make_psycopg_green
 
+    make_psycopg_green()
+    configure_logging(level="WARNING")
+    results: dict[str, dict[str, dict[str, float]]] = {}
     with EmbeddedPostgres() as server:
-        dsn = server.dsn()
-        _create_table(dsn)
-        ours = _bench_gevent_side(dsn, args.seconds, args.rounds)
-        child_args = ("--seconds", str(args.seconds), "--dsn", dsn)
-        psycopg_pool = run_child(__file__, "--child", "psycopg_pool", *child_args)
-        asyncpg = run_child(__file__, "--child", "asyncpg", *child_args)
-
-    labels = {"select1": "SELECT 1", "point": f"point query ({ROWS:,} rows)"}
-    print(f"{args.rounds} rounds of {args.seconds:g} s; medians; ratio to the same round's ceiling")
-    peers = (("psycopg_pool, 16 threads", psycopg_pool), ("asyncpg, 64 tasks", asyncpg))
-    for q in QUERIES:
-        print(f"-- {labels[q]}")
-        print(report("raw psycopg2, 16 greenlets x own conn", ours["raw_" + q], None))
-        print(report("gdbpool run(), 64 greenlets", ours["gdbpool_" + q], ours["raw_" + q]))
-        ceiling = statistics.median(m.rate for m in ours["raw_" + q])
-        mine = statistics.median(m.rate for m in ours["gdbpool_" + q])
-        for label, peer in peers:
-            print(f"{label:46} {peer[q]:10.0f}/s   {peer[q] / ceiling:5.2f}x of the ceiling median")
-        print(
-            f"gdbpool run() / psycopg_pool: {mine / psycopg_pool[q]:.2f}x; "
-            f"/ asyncpg: {mine / asyncpg[q]:.2f}x"
-        )
+        ops, close, pools = _ops(server.dsn())
+        try:
+            for path in paths:
+                loaded = CONNECTIONS if path == "raw" else CALLERS
+                op = ops[SCRAPED.get(path, path)]
+                stop = _scraping(pools, args.scrape_interval) if path in SCRAPED else None
+                try:
+                    results[path] = {
+                        "idle": _measure(op, 1, args.seconds),
+                        "loaded": _measure(op, loaded, args.seconds),
+                    }
+                finally:
+                    if stop is not None:
+                        stop()
+        finally:
+            close()
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"{'path':<16}{'load':<8}{'calls/s':>10}{'CPU us/call':>13}{'switches/call':>15}")
+    for path, by_load in results.items():
+        for load, m in by_load.items():
+            print(
+                f"{path:<16}{load:<8}{m['calls_per_s']:>10,.0f}"
+                f"{m['cpu_us_per_call']:>13.1f}{m['switches_per_call']:>15.2f}"
+            )
 
 
 if __name__ == "__main__":

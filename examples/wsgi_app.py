@@ -14,6 +14,8 @@ Routes (all JSON):
 * ``POST /events``: insert a row on the primary (the writer's table and
   trigger: the row is also a NOTIFY).
 * ``GET /stats``: the pools' counters and the replica's last probe.
+* ``GET /metrics``: the same and more as OpenMetrics / Prometheus text, for a
+  scraper (``gdbpool.metrics``; needs the ``metrics`` extra, else 501).
 
 One process, one gevent hub: every request is a greenlet, queries never
 block the others (``import gdbpool`` makes psycopg2 cooperative).  Stops
@@ -38,6 +40,11 @@ from writer import SCHEMA
 
 from gdbpool import DBInteractionPool, configure_logging
 
+try:  # the optional metrics extra (prometheus_client)
+    from gdbpool.metrics import GDBPoolCollector, exposition
+except ImportError:
+    GDBPoolCollector = None
+
 READ = """SELECT id, channel, n, created_at, pg_is_in_recovery() AS on_replica
           FROM gdbpool_events ORDER BY id DESC LIMIT %s"""
 WRITE = "INSERT INTO gdbpool_events (channel, n) VALUES (%s, %s) RETURNING id"
@@ -49,9 +56,12 @@ class EventsApp:
 
     def __init__(self, ipool: DBInteractionPool) -> None:
         self.ipool = ipool
+        self.collector = GDBPoolCollector(ipool) if GDBPoolCollector is not None else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        if path == "/metrics" and method == "GET":
+            return self.metrics(environ, start_response)
         try:
             if path in ("/", "/events") and method == "GET":
                 status, body = "200 OK", self.latest()
@@ -72,6 +82,16 @@ class EventsApp:
         start_response(status, [("Content-Type", "application/json"),
                                 ("Content-Length", str(len(payload)))])
         return [payload]
+
+    def metrics(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The scrape: text in the format the scraper's Accept header asks for."""
+        if self.collector is None:
+            start_response("501 Not Implemented", [("Content-Type", "text/plain")])
+            return [b"pip install 'gdbpool[metrics]' for /metrics\n"]
+        body, content_type = exposition(self.collector, environ.get("HTTP_ACCEPT", ""))
+        start_response("200 OK", [("Content-Type", content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
 
     def latest(self, limit: int = 10) -> dict[str, Any]:
         """The latest rows, from a replica when one is acceptable (read_only=True)."""

@@ -1,10 +1,21 @@
 """gDBPool: PostgreSQL connection and interaction pooling for gevent.
 
-Importing this package makes psycopg2 cooperative (see :mod:`gdbpool.green`).
+Importing this package changes nothing in psycopg2: the first pool or hub
+installs the cooperative wait callback if no other one is installed, unless
+``GDBPOOL_NO_GREEN=1`` (see :mod:`gdbpool.green`).
 Users import from ``gdbpool`` only; submodules are internal.
 """
 
 from __future__ import annotations
+
+try:
+    import psycopg2 as _psycopg2  # noqa: F401 - the driver is an extra; say so clearly
+except ImportError as _exc:  # pragma: no cover - exercised in a venv without a driver
+    raise ImportError(
+        "gdbpool needs psycopg2, which is not installed: install "
+        "'gdbpool[binary]' (psycopg2-binary, a prebuilt wheel) or 'gdbpool[source]' "
+        "(psycopg2 built against your libpq), or install either one yourself"
+    ) from _exc
 
 from gdbpool.errors import (
     ArgumentTypeError,
@@ -15,6 +26,7 @@ from gdbpool.errors import (
     EmbeddedPostgresError,
     GDBPoolError,
     InteractionTimeout,
+    NoPrimaryAvailable,
     NoReplicaAvailable,
     NotificationError,
     PoolClosed,
@@ -32,18 +44,31 @@ from gdbpool.logging import configure_logging, redact
 from gdbpool.notify.bridge import ZmqNotifyBridge
 from gdbpool.notify.hub import ChannelListener, NotificationHub
 from gdbpool.notify.notification import Notification, Reconnected, check_channel, check_payload
-from gdbpool.notify.subscriber import BridgeRestarted, BridgeSilent, Gap, NotifySubscriber
+from gdbpool.notify.subscriber import (
+    BridgeRestarted,
+    BridgeSilent,
+    Gap,
+    Lagging,
+    NotifySubscriber,
+)
 from gdbpool.notify.subscription import Overflow, Subscription
 from gdbpool.notify.wire import HEARTBEAT_TOPIC, RESERVED_PREFIX, WIRE_VERSION
 from gdbpool.pool.connection_pool import DBConnectionPool
 from gdbpool.routing.interaction_pool import DBInteractionPool, PoolRole
+from gdbpool.routing.node_probe import NodeStatus
 from gdbpool.routing.read_your_writes import ReadYourWrites
 from gdbpool.routing.replicas import ReplicaStatus
+from gdbpool.routing.topology import (
+    NodeDown,
+    NodeRole,
+    NodeState,
+    NodeUp,
+    PrimaryChanged,
+    TopologyWatch,
+)
 from gdbpool.routing.transaction import Transaction
 from gdbpool.server.embedded import EmbeddedPostgres
 from gdbpool.server.wait import wait_for_server
-
-make_psycopg_green()
 
 __version__ = "0.1.0"
 
@@ -68,7 +93,14 @@ __all__ = [
     "Gap",
     "Interaction",
     "InteractionTimeout",
+    "Lagging",
+    "NoPrimaryAvailable",
     "NoReplicaAvailable",
+    "NodeDown",
+    "NodeRole",
+    "NodeState",
+    "NodeStatus",
+    "NodeUp",
     "Notification",
     "NotificationError",
     "NotificationHub",
@@ -79,12 +111,14 @@ __all__ = [
     "PoolConnectionException",
     "PoolRole",
     "PoolTimeout",
+    "PrimaryChanged",
     "ReadYourWrites",
     "Reconnected",
     "ReplicaStatus",
     "Subscription",
     "SubscriptionClosed",
     "TooManyRequests",
+    "TopologyWatch",
     "Transaction",
     "WireFormatError",
     "ZmqNotifyBridge",

@@ -18,6 +18,7 @@ __all__ = [
     "EmbeddedPostgresError",
     "GDBPoolError",
     "InteractionTimeout",
+    "NoPrimaryAvailable",
     "NoReplicaAvailable",
     "NotificationError",
     "PoolClosed",
@@ -89,6 +90,15 @@ class PoolClosed(GDBPoolError):
 
 class NoReplicaAvailable(GDBPoolError):
     """A read-only interaction found no acceptable replica and fallback is ``"fail"``."""
+
+
+class NoPrimaryAvailable(GDBPoolError):
+    """No single writable primary within ``failover_timeout`` (or the write's ``timeout``).
+
+    The primary is down or read-only and no other node is writable, or two
+    nodes are (split brain: gdbpool never writes to either then). The message
+    says which. See docs/design/router.md, "Following the primary".
+    """
 
 
 class DBInteractionException(GDBPoolError):

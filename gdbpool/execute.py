@@ -33,7 +33,8 @@ Decisions (what a caller may rely on):
   when the server raised it, ``original``/``__cause__`` the exception). Only
   ``BaseException`` that is not an ``Exception`` (greenlet kill, ``Timeout``)
   passes through unchanged.
-* **Timeout.** ``timeout`` seconds after the work started, the statement is
+* **Timeout.** ``timeout`` seconds after the interaction was made (``run()``;
+  waiting for a connection counts), the statement is
   cancelled on the server (``pg_cancel_backend`` over a short-lived side
   connection, see ``_Canceller`` in :mod:`gdbpool.green`
   for why not ``conn.cancel()``); it fails
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -109,7 +111,7 @@ def run_interaction(conn: Any, interaction: Interaction) -> Any:
             raise _failure(exc, interaction, None) from exc
 
     cursor = getattr(conn, "gdbpool_cursor", None)
-    canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
+    canceller = None if interaction.deadline is None else _start_canceller(conn, interaction)
     try:
         if conn.status != _STATUS_READY:
             return _run_joined(conn, interaction, canceller, cursor)
@@ -145,12 +147,27 @@ def run_in_transaction(conn: Any, interaction: Interaction) -> Any:
     """
     if interaction.dry_run:
         return run_interaction(conn, interaction)
-    canceller = None if interaction.timeout is None else _Canceller(conn, interaction.timeout)
+    canceller = None if interaction.deadline is None else _start_canceller(conn, interaction)
     try:
         return _run_joined(conn, interaction, canceller)
     finally:
         if canceller is not None:
             canceller.finish()
+
+
+def _start_canceller(conn: Any, interaction: Interaction) -> _Canceller:
+    """The canceller for what is left of the interaction's ``timeout`` (counted from run()).
+
+    Raises InteractionTimeout, running nothing, when nothing is left: the
+    call spent its whole timeout waiting for a connection.
+    """
+    left = interaction.deadline - time.monotonic()  # type: ignore[operator]
+    if left <= 0:
+        raise InteractionTimeout(
+            f"interaction ran past its timeout of {interaction.timeout} s before it "
+            "could start (waiting for a connection); nothing was run"
+        )
+    return _Canceller(conn, left)
 
 
 # -- the three modes ----------------------------------------------------------------

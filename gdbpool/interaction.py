@@ -9,6 +9,7 @@ is :mod:`gdbpool.execute`. This module is a leaf: it imports no executor.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
@@ -17,9 +18,9 @@ from gevent.event import AsyncResult
 from psycopg2 import extensions
 from psycopg2 import sql as pgsql
 
-from gdbpool.errors import ConfigurationError
+from gdbpool.errors import ConfigurationError, DBInteractionException
 
-__all__ = ["ISOLATION_LEVELS", "SQL_TYPES", "Interaction", "check_sql_text"]
+__all__ = ["ISOLATION_LEVELS", "SQL_TYPES", "Interaction", "Reply", "check_sql_text"]
 
 #: What counts as SQL text for ``work``: a string or a :mod:`psycopg2.sql` object.
 SQL_TYPES: Final = (str, pgsql.Composable)
@@ -33,6 +34,66 @@ ISOLATION_LEVELS: Final[Mapping[str, int]] = {
     "serializable": extensions.ISOLATION_LEVEL_SERIALIZABLE,
     "autocommit": extensions.ISOLATION_LEVEL_AUTOCOMMIT,
 }
+
+
+_get = AsyncResult.get
+_wait = AsyncResult.wait
+
+
+class Reply(AsyncResult):  # type: ignore[misc]
+    """The AsyncResult an interaction is answered on; its waiter may abandon it.
+
+    A greenlet waiting in :meth:`get` or :meth:`wait` that is interrupted
+    there (killed, or an exception thrown into it, such as an enclosing
+    ``gevent.Timeout``) while nobody else waits and no answer has come
+    abandons the interaction: the reply fails at once, so a pool that has not
+    started it skips it, and one running it cancels its statement on the
+    server (and severs the connection if the cancel gets no answer within
+    :data:`~gdbpool.green.CANCEL_GRACE`). ``get(timeout=...)`` running out on
+    its own does not abandon: the caller may wait again. See "Killed callers"
+    in docs/design/pool.md.
+
+    ``running`` is written by the connection worker only: the connection
+    the interaction runs on, replaced by the canceller once abandoned.
+    """
+
+    __slots__ = ("running",)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if timeout is None or not block:
+            try:
+                return _get(self, block, timeout)
+            except BaseException:
+                if block:
+                    self._interrupted()
+                raise
+        try:
+            _wait(self, timeout)
+        except BaseException:
+            self._interrupted()
+            raise
+        return _get(self, False)
+
+    def wait(self, timeout: float | None = None) -> Any:
+        try:
+            return _wait(self, timeout)
+        except BaseException:
+            self._interrupted()
+            raise
+
+    def _interrupted(self) -> None:
+        if self.ready() or self.linkcount():
+            return  # answered (get() raised its error), or someone else still waits
+        running = getattr(self, "running", None)
+        self.set_exception(
+            DBInteractionException(
+                "interaction abandoned: its caller was interrupted while waiting for it"
+            )
+        )
+        if running is not None:
+            from gdbpool.green import _Canceller  # the cancel machinery; only on this path
+
+            self.running = _Canceller(running, 0.0)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -52,8 +113,11 @@ class Interaction:
     * ``isolation_level``: ``"read committed"``, ``"repeatable read"``,
       ``"serializable"`` or ``"autocommit"``; None (default) keeps the
       connection's default (the server's, normally read committed).
-    * ``timeout``: seconds before the statement is cancelled on the server and
-      the reply fails with InteractionTimeout. None (default): no limit.
+    * ``timeout``: seconds the whole call may take, from this object's
+      creation (``run()``): waiting for a connection, its check, running; then
+      the statement is cancelled on the server and the reply fails with
+      InteractionTimeout (docs/design/pool.md, "Bounds"). None (default): no
+      limit.
     * ``cursor_factory``: psycopg2 cursor class (e.g. ``RealDictCursor``).
       None (default): tuples.
     * ``dry_run``: return the mogrified SQL, execute nothing. Default False.
@@ -61,7 +125,9 @@ class Interaction:
     * ``pool``: name of the pool to run on (used by the router). Default None.
     * ``session``: read-your-writes token (used by the router). Default None.
     * ``reply``: set by the worker that ran the interaction; a fresh
-      AsyncResult by default (or when None).
+      :class:`Reply` by default (or when None).
+    * ``deadline``: ``time.monotonic()`` when ``timeout`` runs out (None
+      without a timeout); computed, not passed.
 
     Raises :class:`~gdbpool.errors.ConfigurationError` when built with work
     that is neither SQL text nor a callable, SQL text containing NUL, an
@@ -86,6 +152,7 @@ class Interaction:
     pool: str | None = None
     session: Any = None
     reply: AsyncResult = field(default_factory=AsyncResult, compare=False, repr=False)
+    deadline: float | None = field(default=None, compare=False, repr=False)
 
     def __init__(
         self,
@@ -119,8 +186,14 @@ class Interaction:
                 f"unknown isolation_level {isolation_level!r}; "
                 f"use one of {', '.join(ISOLATION_LEVELS)}"
             )
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(f"interaction timeout must be > 0 seconds, not {timeout!r}")
+        if timeout is not None:
+            if not timeout > 0:
+                raise ConfigurationError(
+                    f"interaction timeout must be > 0 seconds, not {timeout!r}"
+                )
+            _set_deadline(self, time.monotonic() + timeout)
+        else:
+            _set_deadline(self, None)
         _set_work(self, work)
         _set_args(self, args)
         _set_read_only(self, read_only)
@@ -131,7 +204,7 @@ class Interaction:
         _set_dec2float(self, dec2float)
         _set_pool(self, pool)
         _set_session(self, session)
-        _set_reply(self, AsyncResult() if reply is None else reply)
+        _set_reply(self, Reply() if reply is None else reply)
 
 
 def check_sql_text(work: str | pgsql.Composable) -> None:
@@ -180,4 +253,5 @@ def _nul_in(part: object) -> str | None:
 (
     _set_work, _set_args, _set_read_only, _set_isolation_level, _set_timeout,
     _set_cursor_factory, _set_dry_run, _set_dec2float, _set_pool, _set_session, _set_reply,
+    _set_deadline,
 ) = (vars(Interaction)[f.name].__set__ for f in fields(Interaction))  # fmt: skip

@@ -1,13 +1,16 @@
 """structlog set-up for gdbpool, and the processor that keeps passwords out of logs.
 
 gdbpool never configures logging behind the application's back: it logs through
-``structlog.get_logger("gdbpool")`` and whatever the application configured
-applies.  :func:`configure_logging` is the one-call set-up used by
-``do_log=True``, the ``gdbpool`` command and the examples: readable console
-output by default, one JSON object per line with ``json=True``.  Both pipelines
-run :func:`redact_secrets` last before rendering, so a DSN or connection string
-that reaches an event (in a message, a field, a nested structure or a formatted
-traceback) is shown with its password replaced by ``***``.
+the standard ``logging`` loggers ``gdbpool`` (``gdbpool.pool``...) and
+``actors``, or through the application's structlog pipeline when it configured
+structlog, and is silent when the application configured neither.
+:func:`configure_logging` is the one-call set-up used by ``do_log=True``, the
+``gdbpool`` command and the examples: readable console output on stderr by
+default, one JSON object per line with ``json=True``.  Every event runs
+through :func:`redact_secrets` before it leaves gdbpool, so a DSN or connection
+string that reaches an event (in a message, a field, a nested structure or a
+formatted traceback) is shown with its password replaced by ``***``.
+The decisions are in docs/design/logging.md.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from urllib.parse import urlsplit
 import psycopg2
 import structlog
 from psycopg2.extensions import parse_dsn
+
+from actors.log import Logger, add_scrubber
+from actors.log import get_logger as _get_logger
+from gdbpool.errors import ConfigurationError
 
 __all__ = ["configure_logging", "describe_dsn", "get_logger", "redact", "redact_secrets"]
 
@@ -147,40 +154,69 @@ def redact_secrets(
     return event_dict
 
 
+#: Marks the handler :func:`configure_logging` installed, so a second call replaces it.
+_HANDLER_MARK = "_gdbpool_configure_logging"
+#: The stdlib loggers gdbpool's events go to (``gdbpool.pool``... are children).
+LOGGER_NAMES = ("gdbpool", "actors")
+
+
 def configure_logging(
     *, json: bool = False, level: int | str = logging.INFO, stream: TextIO | None = None
 ) -> None:
-    """Configure structlog for the whole process (call once, from the application).
+    """Show gdbpool's (and the actor kit's) events on stderr, readable or as JSON.
 
-    ``json=True`` renders one JSON object per line; otherwise a readable console
-    format.  Tracebacks are formatted before redaction so they are redacted too.
+    A convenience for applications and commands that configure no logging of
+    their own (``do_log=True`` calls it): it attaches one handler to the
+    stdlib loggers ``gdbpool`` and ``actors`` and sets their level, nothing
+    else.  The application's structlog configuration and its other loggers are
+    left alone; calling it again replaces the handler it installed.
+    ``json=True`` renders one JSON object per line; otherwise a readable
+    console format.  Passwords are redacted on both (see docs/design/logging.md).
     """
-    lvl = logging.getLevelName(level) if isinstance(level, str) else level
+    lvl = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(lvl, int):
+        raise ConfigurationError(f"configure_logging: unknown level {level!r}")
     out = stream if stream is not None else sys.stderr
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
         else structlog.dev.ConsoleRenderer(
-            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+            colors=bool(getattr(out, "isatty", lambda: False)()),
+            exception_formatter=structlog.dev.plain_traceback,
         )
     )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
-        structlog.processors.format_exc_info,
-        redact_secrets,
-        renderer,
-    ]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=False,
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            renderer,
+        ],
+        foreign_pre_chain=[structlog.processors.format_exc_info],
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    setattr(handler, _HANDLER_MARK, True)
+    for name in LOGGER_NAMES:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(lvl)
 
 
-def get_logger(name: str = "gdbpool", **context: Any) -> Any:
-    """Return a structlog logger bound to ``context`` (``pool=``, ``channel=``...)."""
-    return structlog.get_logger(name).bind(**context)
+def get_logger(name: str = "gdbpool", **context: Any) -> Logger:
+    """A logger for the stdlib logger ``name`` bound to ``context`` (``pool=``, ``channel=``...).
+
+    Events go to the standard ``logging`` logger ``name`` (silent unless the
+    application configured logging), or through structlog when the application
+    configured structlog; see :mod:`actors.log` and docs/design/logging.md.
+    """
+    return _get_logger(name, **context)
+
+
+logging.getLogger("gdbpool").addHandler(logging.NullHandler())
+add_scrubber(redact_secrets)

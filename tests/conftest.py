@@ -9,6 +9,8 @@
   break their server (so the shared primary is never disturbed).
 * ``wait_replay`` — wait until the replica has replayed everything the primary
   has written so far.
+* ``make_pair`` — a private primary + streaming replica for one test, which the
+  test may promote, stop or demote (failover tests); stopped afterwards.
 
 Every test has a pytest-timeout (pyproject.toml); fixtures bound their waits too.
 """
@@ -21,9 +23,11 @@ from collections.abc import Callable, Iterator
 
 import psycopg2
 import pytest
+from _pg_pair import PgPair
 
-import gdbpool  # noqa: F401 - makes psycopg2 cooperative for every test
-from gdbpool import EmbeddedPostgres
+from gdbpool import EmbeddedPostgres, make_psycopg_green
+
+make_psycopg_green()  # raw psycopg2.connect() in tests is cooperative too
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +133,43 @@ def make_pg() -> Iterator[Callable[..., EmbeddedPostgres]]:
     finally:
         for server in reversed(made):
             server.stop()
+
+
+@pytest.fixture
+def make_pair() -> Iterator[Callable[..., PgPair]]:
+    """``make_pair(sync=False)``: a fresh primary + replica that a test may promote.
+
+    ``sync=True`` makes the replica synchronous (every acknowledged commit is on
+    it too, so a test may check that no acknowledged write is lost). Both
+    commit with ``synchronous_commit=on`` (``_pg_pair.wait_caught_up`` relies on
+    it) and have ``full_page_writes`` and ``wal_keep_size`` set so that
+    ``make_standby_of`` can rewind either; standbys retry streaming every 100 ms.
+    """
+    made: list[EmbeddedPostgres] = []
+
+    def factory(sync: bool = False) -> PgPair:
+        settings = {
+            "synchronous_commit": "on",
+            "full_page_writes": "on",
+            "wal_keep_size": "'128MB'",
+            "wal_retrieve_retry_interval": "'100ms'",
+        }
+        primary_settings = dict(settings)
+        if sync:
+            primary_settings["synchronous_standby_names"] = "'*'"
+        primary = EmbeddedPostgres(settings=primary_settings)
+        made.append(primary)
+        primary.start()
+        replica = EmbeddedPostgres(
+            replica_of=primary, fast=True, settings={**settings, "synchronous_standby_names": "''"}
+        )
+        made.append(replica)
+        replica.start()
+        _wait_streaming(primary, timeout=30)
+        return PgPair(primary, replica)
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(made):
+            server.stop(mode="immediate")

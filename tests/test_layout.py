@@ -25,10 +25,11 @@ ALLOWED = {
     "notify": set(),
     "server": set(),
     "routing": {"pool", "notify"},
-    "cli": {"pool", "routing", "notify", "server"},
-    "root": {"pool", "routing", "notify", "server", "cli"},  # __init__ and __main__
+    "metrics": {"pool", "routing", "notify"},
+    "cli": {"pool", "routing", "notify", "server", "metrics"},
+    "root": {"pool", "routing", "notify", "server", "cli", "metrics"},  # __init__ and __main__
 }
-SUBPACKAGES = {"pool", "routing", "notify", "server", "cli"}
+SUBPACKAGES = {"pool", "routing", "notify", "server", "cli", "metrics"}
 
 
 def _modules() -> dict[str, Path]:

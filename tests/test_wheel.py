@@ -53,10 +53,13 @@ def test_the_wheel_installs_into_a_fresh_venv_and_serves_the_public_api(tmp_path
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    installed = _run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)],
-        cwd=tmp_path,
-    )
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    bare = _run([*pip, str(wheel)], cwd=tmp_path)  # no extra: no driver
+    assert bare.returncode == 0, bare.stderr
+    no_driver = _run([str(python), "-c", "import gdbpool"], cwd=tmp_path, timeout=60)
+    assert no_driver.returncode == 1
+    assert "gdbpool[binary]" in no_driver.stderr and "gdbpool[source]" in no_driver.stderr
+    installed = _run([*pip, f"gdbpool[binary] @ {wheel.as_uri()}"], cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr
 
     checked = _run([str(python), "-c", CHECK.format(root=str(ROOT))], cwd=tmp_path)
@@ -66,6 +69,28 @@ def test_the_wheel_installs_into_a_fresh_venv_and_serves_the_public_api(tmp_path
     helped = _run([str(env_dir / "bin" / "gdbpool"), "--help"], cwd=tmp_path, timeout=60)
     assert helped.returncode == 0, helped.stderr
     assert "usage: gdbpool" in helped.stdout
+    version = _run([str(env_dir / "bin" / "gdbpool"), "--version"], cwd=tmp_path, timeout=60)
+    assert version.returncode == 0 and version.stdout == f"gdbpool {gdbpool.__version__}\n"
     module = _run([str(python), "-m", "gdbpool", "--help"], cwd=tmp_path, timeout=60)
     assert module.returncode == 0 and module.stdout == helped.stdout
 
+
+
+def test_importing_gdbpool_without_a_driver_says_which_extra_to_install() -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['psycopg2'] = None  # as if neither psycopg2 nor psycopg2-binary were there\n"
+        "import gdbpool\n"
+    )
+    out = _run([sys.executable, "-c", script], cwd=ROOT, timeout=60)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: gdbpool needs psycopg2"), out.stderr
+    assert "gdbpool[binary]" in last and "gdbpool[source]" in last
+
+
+def test_the_version_is_single_sourced() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in text
+    assert 'version = { attr = "gdbpool.__version__" }' in text
+    assert "psycopg2" not in text.split("[project.optional-dependencies]")[0]

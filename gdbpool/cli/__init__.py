@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own ``cmd_*`` function, registered in
 :func:`build_parser`: ``demo`` here, ``postgres`` in :mod:`gdbpool.cli.postgres`, ``bridge``,
-``subscribe`` and ``notify`` in :mod:`gdbpool.cli.notify`, ``bench`` in
+``subscribe`` and ``notify`` in :mod:`gdbpool.cli.notify`, ``keys`` (CURVE key
+pairs; where the commands read keys from) in :mod:`gdbpool.cli.keys`, ``bench`` in
 :mod:`gdbpool.cli.bench`.  Exit codes: 0 success, 1 runtime failure (server
 down, query failed), 2 bad usage or bad input (argparse's convention), 130 on
 Ctrl-C; ``bench NAME`` exits with its benchmark's code.
@@ -23,8 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gdbpool.cli.args import BadInput, positive
+from gdbpool.cli.args import BadInput, check_dsn, positive, tcp_port
 from gdbpool.cli.bench import cmd_bench
+from gdbpool.cli.keys import SECRET_ENV, SERVER_ENV, cmd_keys
 from gdbpool.cli.notify import cmd_bridge, cmd_notify, cmd_subscribe
 from gdbpool.cli.postgres import PASSWORD_ENV, REPLICA_WAIT, cmd_postgres
 from gdbpool.errors import GDBPoolError
@@ -37,6 +39,9 @@ __all__ = ["build_parser", "main"]
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end (see :mod:`gdbpool.cli.demo`)."""
     from gdbpool.cli.demo import run_demo
+
+    if args.dsn is not None:
+        check_dsn(args.dsn)  # bad input exits 2 before the tour prints anything
 
     return run_demo(dsn=args.dsn, json_logs=args.json_logs)
 
@@ -53,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="exit codes: 0 ok, 1 runtime failure, 2 bad usage or input, 130 Ctrl-C",
     )
+    from gdbpool import __version__
+
+    parser.add_argument("--version", action="version", version=f"gdbpool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="run the end-to-end tour (embedded PostgreSQL unless --dsn)")
@@ -67,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="data directory (kept; initialised when empty). Default: throwaway",
     )
-    pg.add_argument("--port", type=int, default=5432, help="TCP port on 127.0.0.1 (default 5432)")
+    pg.add_argument(
+        "--port", type=tcp_port, default=5432, help="TCP port on 127.0.0.1 (default 5432)"
+    )
     pg.add_argument(
         "--password-env",
         metavar="VAR",
@@ -150,6 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
         "port; advertised in every heartbeat)",
     )
     br.add_argument(
+        "--curve-secret-file",
+        metavar="PATH",
+        default=None,
+        help=f"encrypt with CURVE: the bridge's key pair (a .key_secret file from gdbpool "
+        f"keys; default ${SECRET_ENV} when set, else plaintext)",
+    )
+    br.add_argument(
+        "--allow-file",
+        metavar="PATH",
+        default=None,
+        help="admit only the CURVE public keys listed in PATH, one per line "
+        "(default: any CURVE client)",
+    )
+    br.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve OpenMetrics text on http://HOST:PORT/metrics (e.g. 127.0.0.1:9187; "
+        "port 0 picks a free one; needs the metrics extra). Default: off",
+    )
+    br.add_argument(
         "--wait", type=positive(float, zero=True), default=0.0, metavar="SECONDS", help=wait_help
     )
     br.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
@@ -192,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument(
         "--heartbeat-timeout",
         type=positive(float),
-        default=3.0,
+        default=None,
         metavar="SECONDS",
-        help="report a bridge silent after SECONDS without a message (default 3)",
+        help="report a bridge silent after SECONDS without a message "
+        "(default: 3 of its own heartbeat intervals)",
     )
     su.add_argument(
         "--resume-file",
@@ -215,8 +247,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not ask bridges to replay what was missed (gaps are only reported)",
     )
+    su.add_argument(
+        "--curve-server-key-file",
+        metavar="PATH",
+        default=None,
+        help=f"the bridges speak CURVE: their public key (a .key file; default ${SERVER_ENV})",
+    )
+    su.add_argument(
+        "--curve-secret-file",
+        metavar="PATH",
+        default=None,
+        help=f"this subscriber's key pair (a .key_secret file; default ${SECRET_ENV}, "
+        "else a fresh pair per run)",
+    )
     su.add_argument("--json-logs", action="store_true", help="log to stderr as JSON lines")
     su.set_defaults(func=cmd_subscribe)
+
+    ke = sub.add_parser(
+        "keys",
+        help="write a CURVE key pair (OUT.key_secret 0600, OUT.key) and print the public key",
+    )
+    ke.add_argument("--out", required=True, metavar="OUT", help="path prefix of the two files")
+    ke.set_defaults(func=cmd_keys)
 
     no = sub.add_parser("notify", help="send one NOTIFY")
     no.add_argument("--dsn", required=True, help=dsn_help)

@@ -22,6 +22,7 @@ __all__ = [
     "describe",
     "is_loopback",
     "positive",
+    "tcp_port",
 ]
 
 _TCP = re.compile(r"^tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\*|\d{1,5})$")
@@ -31,8 +32,8 @@ class BadInput(GDBPoolError):
     """A command-line value that cannot work: exit code 2."""
 
 
-def check_dsn(dsn: str) -> str:
-    """``dsn`` if libpq can parse it; :class:`BadInput` (exit 2) otherwise."""
+def check_dsn(dsn: str, option: str = "--dsn") -> str:
+    """``dsn`` if libpq can parse it; :class:`BadInput` (exit 2) naming ``option`` otherwise."""
     from psycopg2 import ProgrammingError
     from psycopg2.extensions import parse_dsn
 
@@ -42,11 +43,22 @@ def check_dsn(dsn: str) -> str:
         parse_dsn(dsn)
     except ProgrammingError as exc:
         raise BadInput(
-            f"--dsn is not a valid libpq connection string ({one_line(exc)}); expected e.g. "
+            f"{option} is not a valid libpq connection string ({one_line(exc)}); expected e.g. "
             "'host=127.0.0.1 port=5432 dbname=app user=app' (password from PGPASSWORD) or "
             "'postgresql://app@127.0.0.1:5432/app'"
         ) from None
     return dsn
+
+
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port number, 1..65535 (argparse exits 2 naming the option)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, not {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1..65535)")
+    return port
 
 
 def describe(dsn: str) -> str:

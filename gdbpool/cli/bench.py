@@ -29,8 +29,7 @@ __all__ = ["BENCH_DIR", "EXTRA_MODULES", "cmd_bench", "find_benchmarks", "missin
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 #: Modules of the ``bench`` extra that a benchmark imports; checked before running it.
 EXTRA_MODULES: Mapping[str, tuple[str, ...]] = {
-    "pool": ("psycopg_pool",),
-    "interactions": ("psycopg_pool", "asyncpg"),
+    "peers": ("psycopg_pool", "asyncpg"),
 }
 _INSTALL_HINT = "pip install 'gdbpool[bench]' (or, in a source checkout, ./run bench {name})"
 

@@ -10,7 +10,10 @@ With no DSN it starts an embedded PostgreSQL primary and a streaming replica
 3. starts a :class:`ZmqNotifyBridge` on loopback and a :class:`NotifySubscriber`
    connected to it, inserts and updates rows, and shows the notifications the
    rules send arriving across ZeroMQ;
-4. prints a summary and stops everything, leaving nothing running.
+4. fails over (embedded servers only): under a steady write load it stops the
+   primary (``-m immediate``, a crash), promotes the replica and shows the
+   writes resuming on it and how long that took;
+5. prints a summary and stops everything, leaving nothing running.
 
 With ``--dsn`` it uses that server as the primary (no replica; reads fall back
 to the primary) and works in a private schema (``gdbpool_demo_<hex>``, unique
@@ -27,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import gevent
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn
 
@@ -81,6 +85,7 @@ def run_demo(dsn: str | None = None, *, json_logs: bool = False) -> int:
     print("gDBPool demo", flush=True)
     with contextlib.ExitStack() as stack:
         replica_dsn = None
+        servers: tuple[EmbeddedPostgres, EmbeddedPostgres] | None = None
         if dsn is None:
             with _step("starting embedded PostgreSQL (primary)"):
                 primary = stack.enter_context(EmbeddedPostgres())
@@ -88,10 +93,11 @@ def run_demo(dsn: str | None = None, *, json_logs: bool = False) -> int:
                 replica = primary.create_replica()
                 stack.callback(replica.stop)
             dsn, replica_dsn = primary.dsn(), replica.dsn()
+            servers = (primary, replica)
         print(f"  primary: {redact(dsn)}", flush=True)
         if replica_dsn:
             print(f"  replica: {redact(replica_dsn)}", flush=True)
-        summary = _tour(dsn, replica_dsn)
+        summary = _tour(dsn, replica_dsn, servers)
         with _step("stopping everything"):
             stack.close()
     print("summary:", flush=True)
@@ -101,19 +107,74 @@ def run_demo(dsn: str | None = None, *, json_logs: bool = False) -> int:
     return 0
 
 
-def _tour(dsn: str, replica_dsn: str | None) -> dict[str, Any]:
+def _tour(
+    dsn: str,
+    replica_dsn: str | None,
+    servers: tuple[EmbeddedPostgres, EmbeddedPostgres] | None = None,
+) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         if replica_dsn is None:  # a user's server: work in a private schema, dropped at the end
             with _step("creating a private schema"):
                 dsn = stack.enter_context(_private_schema(dsn))
-        ipool = stack.enter_context(DBInteractionPool(dsn, pool_size=4, health_interval=0.2))
+        ipool = stack.enter_context(
+            DBInteractionPool(
+                dsn, pool_size=4, health_interval=0.2, probe_timeout=1.0, reconnect_max=1.0
+            )
+        )
         with _step("loading the demo schema (test_values + NOTIFY rules)"):
             loaded = ipool.session()
             ipool.run(_SCHEMA, session=loaded).get(timeout=60)
         summary.update(_examples(ipool, replica_dsn, loaded))
         summary.update(_notifications(ipool))
+        if servers is not None:
+            summary.update(_failover(ipool, *servers))
     return summary
+
+
+def _failover(
+    ipool: DBInteractionPool, primary: EmbeddedPostgres, replica: EmbeddedPostgres
+) -> dict[str, Any]:
+    """Crash the primary under a write load, promote the replica, time the first write after."""
+    acked: list[tuple[float, bool]] = []  # (monotonic time, ran on the promoted replica)
+    failed = 0
+    stop = False
+
+    def writer() -> None:
+        nonlocal failed
+        while not stop:
+            try:
+                ((port,),) = ipool.run(
+                    "INSERT INTO test_values (val1, val2) VALUES (1, 1) "
+                    "RETURNING inet_server_port()",
+                    timeout=5,
+                ).get(timeout=10)
+                acked.append((time.monotonic(), port == replica.port))
+            except Exception:
+                failed += 1
+                gevent.sleep(0.01)
+
+    writers = [gevent.spawn(writer) for _ in range(4)]
+    try:
+        with _step("failover: crash the primary, promote the replica, writes resume"):
+            gevent.sleep(0.3)
+            primary.halt(mode="immediate")
+            replica.promote()
+            promoted = time.monotonic()
+            deadline = promoted + 30
+            while not any(on_new for _, on_new in acked) and time.monotonic() < deadline:
+                gevent.sleep(0.01)
+    finally:
+        stop = True
+        gevent.joinall(writers, timeout=15)
+    first = min((t for t, on_new in acked if on_new), default=None)
+    took = (
+        "never (within 30 s)" if first is None else f"{first - promoted:.2f}s after the promotion"
+    )
+    return {
+        "failover": f"writes on the new primary ({ipool.primary}) {took}; "
+        f"{failed} writes failed around the crash"
+    }
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from gdbpool.cli.args import (
     describe,
     is_loopback,
 )
+from gdbpool.cli.keys import SECRET_ENV, SERVER_ENV, allowed_keys, own_key_pair, server_key
 from gdbpool.cli.signals import StopFlag, Stopped
 from gdbpool.errors import GDBPoolError
 from gdbpool.server.wait import ATTEMPT_TIMEOUT, connect_when_ready, one_line, wait_for_server
@@ -51,6 +52,11 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     channels = check_channels(args.channel)
     bind = check_endpoint(args.bind, option="--bind", bind=True)
     replay_bind = check_endpoint(args.replay_bind, option="--replay-bind", bind=True)
+    metrics = _metrics_address(args.metrics) if args.metrics else None
+    keys = own_key_pair(args)
+    if args.allow_file is not None and keys is None:
+        raise BadInput(f"--allow-file needs CURVE keys: --curve-secret-file or ${SECRET_ENV}")
+    allowed = allowed_keys(args.allow_file)
 
     from gdbpool.errors import ConfigurationError
     from gdbpool.logging import configure_logging
@@ -59,7 +65,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     configure_logging(json=args.json_logs, stream=sys.stderr)
     for endpoint in (bind, replay_bind) if args.replay_size else (bind,):
-        if not is_loopback(endpoint):
+        if not is_loopback(endpoint) and keys is None:
             print(
                 f"gdbpool bridge: warning: publishing on {endpoint}, beyond loopback, in "
                 "plaintext: anyone who can reach it can read these notifications",
@@ -82,14 +88,22 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                     heartbeat_interval=args.heartbeat,
                     replay_size=args.replay_size,
                     replay_bind=replay_bind,
+                    curve_public_key=None if keys is None else keys[0],
+                    curve_secret_key=None if keys is None else keys[1],
+                    allowed_client_keys=allowed,
                 )
             except ConfigurationError as exc:  # the address is taken or not ours
                 raise GDBPoolError(str(exc)) from None
+            server = None
             try:
                 replay = f" replay={bridge.replay_endpoint}" if bridge.replay_endpoint else ""
+                served = ""
+                if metrics is not None:
+                    server, url = _serve_metrics(metrics, hub, bridge)
+                    served = f" metrics={url}"
                 print(
                     f"gdbpool bridge: endpoint {bridge.endpoint} channels={','.join(channels)} "
-                    f"source={bridge.source_id}{replay}",
+                    f"source={bridge.source_id}{replay}{served}",
                     flush=True,
                 )
                 while not stop.wait(1.0):
@@ -101,6 +115,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
                         )
                         return 1
             finally:
+                if server is not None:
+                    server.stop(timeout=1.0)
                 bridge.close()
         finally:
             hub.close()
@@ -110,6 +126,40 @@ def cmd_bridge(args: argparse.Namespace) -> int:
         stop.cancel()
     print("gdbpool bridge: stopped", flush=True)
     return stop.code
+
+
+def _metrics_address(address: str) -> str:
+    """``--metrics HOST:PORT`` checked (BadInput), with the extra it needs installed."""
+    try:
+        from gdbpool.metrics.collector import parse_address
+    except ImportError as exc:
+        raise BadInput(f"--metrics: {exc}") from None
+    from gdbpool.errors import ConfigurationError
+
+    try:
+        host, port = parse_address(address)
+    except ConfigurationError as exc:
+        raise BadInput(f"--metrics: {exc}") from None
+    if not is_loopback(f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"):
+        print(
+            f"gdbpool bridge: warning: serving metrics on {address}, beyond loopback: "
+            "anyone who can reach it can read channel names and counters",
+            file=sys.stderr,
+            flush=True,
+        )
+    return address
+
+
+def _serve_metrics(address: str, hub: Any, bridge: Any) -> tuple[Any, str]:
+    """Serve GET /metrics over the bridge and its hub: (server, url); GDBPoolError if taken."""
+    from gdbpool.metrics import GDBPoolCollector, serve
+
+    try:
+        server = serve(address, GDBPoolCollector(hub, bridge))
+    except OSError as exc:
+        raise GDBPoolError(f"--metrics {address}: cannot listen: {exc.strerror}") from None
+    host = address.rpartition(":")[0]
+    return server, f"http://{host}:{server.server_port}/metrics"
 
 
 def _event_record(event: Any) -> dict[str, Any]:
@@ -243,6 +293,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     channels = check_channels(args.channel)
     resume_file = Path(args.resume_file) if args.resume_file else None
     resume = _read_resume_file(resume_file) if resume_file is not None else None
+    bridge_key = server_key(args)
+    keys = own_key_pair(args)
+    if keys is not None and bridge_key is None:
+        raise BadInput(
+            f"CURVE keys need the bridge's public key: --curve-server-key-file or ${SERVER_ENV}"
+        )
 
     from gdbpool.logging import configure_logging
     from gdbpool.notify.notification import Notification
@@ -262,6 +318,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             replay=not args.no_replay,
             resume=resume,
             max_lateness=args.max_lateness,
+            curve_server_key=bridge_key,
+            curve_public_key=None if keys is None else keys[0],
+            curve_secret_key=None if keys is None else keys[1],
         ) as sub:
             idle_since = time.monotonic()
             while not stop.is_set():

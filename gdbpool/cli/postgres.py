@@ -33,7 +33,7 @@ def cmd_postgres(args: argparse.Namespace) -> int:
     replica_of = args.replica_of
     stop = StopFlag(green=False)
     if replica_of is not None:
-        replica_of = _with_password(check_dsn(replica_of), password)
+        replica_of = _with_password(check_dsn(replica_of, "--replica-of"), password)
         # Under a Procfile the primary starts at the same time: give it a while.
         wait = REPLICA_WAIT if args.wait is None else args.wait
         wait_for_server(replica_of, wait, pause=stop.pause)

@@ -39,12 +39,14 @@ from gdbpool.errors import (
     PoolClosed,
     PoolConnectionError,
 )
+from gdbpool.green import ensure_green
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.listen_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_CHECK,
     DEFAULT_RECONNECT_INITIAL,
     DEFAULT_RECONNECT_MAX,
+    Follow,
     HubState,
     ListenConnection,
     ListeningChannels,
@@ -160,6 +162,7 @@ class ChannelListener(Actor):
 
     def _gap(self, event: Reconnected) -> None:
         for sub in self._state.subscribers:
+            sub.gaps += 1
             try:
                 sub._offer_gap(event)
             except Exception:
@@ -245,6 +248,7 @@ class NotificationHub:
                 f"idle_check must be a number of seconds > 0 (or None to switch it off), "
                 f"not {idle_check!r}"
             )
+        ensure_green()  # as a pool does (docs/design/green.md)
         self.source = uuid.uuid4().hex[:12]
         self.name = name or f"hub-{self.source}"
         self.command_timeout = command_timeout
@@ -254,6 +258,9 @@ class NotificationHub:
         self._closed = False
         self._close_reason = ""
         self._subscriptions: set[Subscription] = set()
+        # delivered/dropped/gaps of closed subscriptions by (channel, overflow), so the
+        # totals subscription_stats() reports never go down (metrics counters).
+        self._retired: dict[tuple[str, str], list[int]] = {}
         self._notify_conn: Any = None
         self._notify_lock = gevent.lock.BoundedSemaphore()
         self._log = get_logger("gdbpool.listener", hub=self.source)
@@ -348,6 +355,24 @@ class NotificationHub:
         """
         check_channel(channel)
         check_payload(payload)
+        self._on_notify_connection(
+            "SELECT pg_notify(%s, %s)", (channel, payload), f"NOTIFY {channel!r}"
+        )
+
+    def queue_usage(self) -> float:
+        """``pg_notification_queue_usage()`` of the server (0..1), on the NOTIFY connection.
+
+        The fraction of the server's NOTIFY queue held by notifications some
+        listener has not read yet (a stuck listener fills it; at 1.0 NOTIFY
+        fails). Read by :mod:`gdbpool.metrics`; same connection rules as :meth:`notify`.
+        """
+        row = self._on_notify_connection(
+            "SELECT pg_notification_queue_usage()", (), "pg_notification_queue_usage()"
+        )
+        return float(row[0])
+
+    def _on_notify_connection(self, sql: str, params: tuple[Any, ...], what: str) -> Any:
+        """Run ``sql`` on the notify connection (reopened and retried once); its first row."""
         self._check_open()
         with self._notify_lock:
             for attempt in (1, 2):
@@ -355,17 +380,18 @@ class NotificationHub:
                 conn = self._notify_connection()
                 try:
                     with conn.cursor() as cur:
-                        cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-                    return
+                        cur.execute(sql, params)
+                        return cur.fetchone()
                 except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                     self._drop_notify_connection()
                     if fresh or attempt == 2:
                         raise PoolConnectionError(
-                            f"NOTIFY on {describe_dsn(self._dsn)} failed: "
+                            f"{what} on {describe_dsn(self._dsn)} failed: "
                             f"{redact(str(exc)).strip()}"
                         ) from exc
                 except psycopg2.Error as exc:
-                    raise NotificationError(f"NOTIFY {channel!r} failed: {exc}") from exc
+                    raise NotificationError(f"{what} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def listening_channels(self) -> list[str]:
         """``pg_listening_channels()`` of the hub's LISTEN connection, sorted (a round trip)."""
@@ -388,14 +414,52 @@ class NotificationHub:
         return self._closed
 
     def stats(self) -> dict[str, int]:
-        """Counters: channels, subscriptions, received, reconnects, connected (0/1)."""
+        """Counters: channels, subscriptions, received, reconnects, connected (0/1).
+
+        Also ``restarts`` (of the hub's actors, by its supervisor) and
+        ``mailbox_depth`` (the LISTEN connection actor's).
+        """
+        connection = self._connection
         return {
             "channels": len(self._state.routes),
             "subscriptions": len(self._subscriptions),
             "received": self._state.received,
             "reconnects": self._state.reconnects,
             "connected": int(self._state.connected),
+            "restarts": self._supervisor.restarts,
+            "mailbox_depth": 0 if connection is None else connection.mailbox_depth,
         }
+
+    def subscription_stats(self) -> list[dict[str, Any]]:
+        """Subscription counters by ``(channel, overflow)``, closed subscriptions included.
+
+        One dict per channel and drop policy: ``channel``, ``overflow``,
+        ``delivered`` (read by consumers), ``dropped`` (by the policy), ``gaps``
+        (reconnects told), ``pending`` (queued now), ``open`` (subscriptions open
+        now). Totals only grow: a closed subscription's counts stay in them.
+        """
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def entry(key: tuple[str, str]) -> dict[str, Any]:
+            found = out.get(key)
+            if found is None:
+                found = out[key] = {"channel": key[0], "overflow": key[1], "delivered": 0,
+                                    "dropped": 0, "gaps": 0, "pending": 0, "open": 0}  # fmt: skip
+            return found
+
+        for key, (delivered, dropped, gaps) in self._retired.items():
+            e = entry(key)
+            e["delivered"] += delivered
+            e["dropped"] += dropped
+            e["gaps"] += gaps
+        for sub in list(self._subscriptions):
+            e = entry((sub.channel, sub.overflow))
+            e["delivered"] += sub.delivered
+            e["dropped"] += sub.dropped
+            e["gaps"] += sub.gaps
+            e["pending"] += sub.pending
+            e["open"] += 1
+        return list(out.values())
 
     def close(self, timeout: float = 5.0) -> None:
         """Close every subscription, stop every listener and both connections (idempotent).
@@ -432,14 +496,14 @@ class NotificationHub:
         try:
             self._ask(Subscribe(sub), f"LISTEN {sub.channel!r}")
         except BaseException:
-            self._subscriptions.discard(sub)
+            self._forget(sub)
             sub._shut("subscribing failed")
             self._release(sub)
             raise
 
     def _unsubscribe(self, sub: Subscription) -> None:
         """Subscription.close(): wait (bounded) until the channel table dropped it."""
-        self._subscriptions.discard(sub)
+        self._forget(sub)
         if self._closed:
             return
         with contextlib.suppress(PoolClosed):
@@ -447,10 +511,19 @@ class NotificationHub:
 
     def _release(self, sub: Subscription) -> None:
         """Forget ``sub`` without waiting (from actors, which must not block on each other)."""
-        self._subscriptions.discard(sub)
+        self._forget(sub)
         if self._connection is not None:
             with contextlib.suppress(ActorError):
                 self._connection.tell(Unsubscribe(sub))
+
+    def _forget(self, sub: Subscription) -> None:
+        """Drop ``sub`` from the open set, keeping its counts in the retired totals."""
+        if sub in self._subscriptions:
+            self._subscriptions.discard(sub)
+            totals = self._retired.setdefault((sub.channel, sub.overflow), [0, 0, 0])
+            totals[0] += sub.delivered
+            totals[1] += sub.dropped
+            totals[2] += sub.gaps
 
     def _ask(self, message: object, what: str) -> Any:
         connection = self._connection
@@ -491,6 +564,19 @@ class NotificationHub:
             self._notify_conn = conn
         return self._notify_conn
 
+    def _follow(self, dsn: str, reason: str) -> None:
+        """Listen on ``dsn`` from now on (the interaction pool's primary changed); never blocks.
+
+        Subscribers get one :class:`Reconnected` whose ``reason`` is ``reason``,
+        then the new server's notifications; ``notify()`` goes there too.
+        """
+        if self._closed or self._connection is None:
+            return
+        self._dsn = dsn
+        self._drop_notify_connection()
+        with contextlib.suppress(ActorError):
+            self._connection.tell(Follow(dsn, reason))
+
     def _drop_notify_connection(self) -> None:
         conn, self._notify_conn = self._notify_conn, None
         if conn is not None:
@@ -504,8 +590,9 @@ class NotificationHub:
         self._closed = True
         if not self._close_reason:
             self._close_reason = reason
-        subs, self._subscriptions = self._subscriptions, set()
+        subs = list(self._subscriptions)
         for sub in subs:
+            self._forget(sub)
             sub._shut(reason)
         self._supervisor.stop(timeout)
         self._connection = None

@@ -49,11 +49,10 @@ import psycopg2
 from gevent.event import Event
 from gevent.socket import wait_read
 from psycopg2 import sql
-from psycopg2.extensions import parse_dsn
 
 from actors import Actor, ActorError, handles
 from gdbpool.errors import ConfigurationError, NotificationError, PoolConnectionError
-from gdbpool.green import shutdown_socket
+from gdbpool.green import keepalive_options, shutdown_socket
 from gdbpool.logging import describe_dsn, get_logger, redact
 from gdbpool.notify.notification import Notification, Reconnected, make_notification
 from gdbpool.notify.subscription import Subscription
@@ -69,7 +68,6 @@ __all__ = [
     "Route",
     "Subscribe",
     "Unsubscribe",
-    "keepalive_options",
 ]
 
 #: Seconds allowed for opening the LISTEN connection (each attempt).
@@ -161,18 +159,18 @@ class _Reconnect:
 
 
 @dataclass(frozen=True, slots=True)
+class Follow:
+    """Listen on another server from now on (the primary changed): reconnect there at once."""
+
+    dsn: str = field(repr=False)  # carries the password
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class _ReaderFailed:
     error: BaseException
 
 
-# libpq TCP keepalives on the LISTEN connection (a DSN's own values win): the
-# kernel gives up on a silent peer after about idle + interval * count seconds.
-_KEEPALIVES = {
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-}
 # Channels per LISTEN round trip when (re)connecting.
 _LISTEN_CHUNK = 500
 _LOST = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -185,15 +183,6 @@ class _IdleTimeout(Exception):
 def _oneline(exc: BaseException) -> str:
     """An error's message on one line, passwords masked (libpq messages span lines)."""
     return " ".join(redact(str(exc)).split())
-
-
-def keepalive_options(dsn: str) -> dict[str, str]:
-    """libpq keepalive parameters for the LISTEN connection that ``dsn`` does not set itself."""
-    try:
-        given = parse_dsn(dsn)
-    except psycopg2.Error:
-        given = {}  # psycopg2.connect reports the bad DSN
-    return {key: value for key, value in _KEEPALIVES.items() if key not in given}
 
 
 def _listen_sql(verb: str, channels: list[str]) -> sql.Composed:
@@ -309,7 +298,10 @@ class ListenConnection(Actor):
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
-        except _LOST:
+        except _LOST as lost:
+            # A reset lands here as well as the timer's shutdown: both are a lost
+            # connection to reconnect, never a crash of this actor.
+            exc: BaseException = lost
             if fired:
                 exc = PoolConnectionError(
                     f"no answer to the idle check (SELECT 1) within {limit} s "
@@ -331,6 +323,21 @@ class ListenConnection(Actor):
             self._connect()
         except (PoolConnectionError, ConfigurationError, psycopg2.Error) as exc:
             self._attempt += 1
+            self._schedule_reconnect(exc)
+            return
+        self._resumed()
+
+    @handles(Follow)
+    def _follow(self, msg: Follow) -> None:
+        """Move to ``msg.dsn``: subscribers get one Reconnected whose reason is ``msg.reason``."""
+        self._state.dsn = msg.dsn
+        self._lost_reason = msg.reason
+        self._log.info("listen_following", server=describe_dsn(msg.dsn), reason=msg.reason)
+        self._disconnect()  # also cancels a reconnect timer aimed at the old server
+        self._attempt = 0
+        try:
+            self._connect()
+        except (PoolConnectionError, ConfigurationError, psycopg2.Error) as exc:
             self._schedule_reconnect(exc)
             return
         self._resumed()

@@ -75,8 +75,13 @@ __all__ = [
     "SubscriberEvent",
 ]
 
-#: Seconds without any message from a source before :class:`BridgeSilent`.
+#: Seconds without any message from a source before :class:`BridgeSilent`,
+#: for a source whose heartbeat interval is not known yet (no heartbeat heard,
+#: or one that states no interval), when ``heartbeat_timeout`` is not given.
 DEFAULT_HEARTBEAT_TIMEOUT = 3.0
+#: Heartbeat intervals a source may miss before it counts as silent: by
+#: default a source is silent after this many of its own advertised intervals.
+HEARTBEAT_MISSES: Final = 3
 #: Receive high-water mark: messages queued in this process before ZeroMQ drops.
 DEFAULT_RCVHWM = 10_000
 #: Seconds to wait for a replay answer before reporting the range as a Gap.
@@ -159,13 +164,14 @@ class _Replayer:
 
 
 class _Source:
-    __slots__ = ("bridge", "heard", "heard_wall", "silent")
+    __slots__ = ("bridge", "heard", "heard_wall", "silent", "silent_after")
 
-    def __init__(self, bridge: str) -> None:
+    def __init__(self, bridge: str, silent_after: float) -> None:
         self.bridge = bridge
         self.heard = time.monotonic()
         self.heard_wall = time.time()
         self.silent = False
+        self.silent_after = silent_after  # seconds without a message: BridgeSilent
 
 
 def _use_green(green: bool | None) -> bool:
@@ -181,8 +187,10 @@ class NotifySubscriber:
 
     ``channels`` are topic prefixes (``"orders"`` also matches
     ``"orders_eu"``); empty means every channel.  Heartbeats are always
-    subscribed.  Defaults: ``heartbeat_timeout`` 3.0 s (three default
-    heartbeat intervals), ``rcvhwm`` 10,000 messages.  CURVE: pass the
+    subscribed.  ``heartbeat_timeout``: seconds without a message from a
+    source before :class:`BridgeSilent`; by default (None) three of that
+    source's own heartbeat intervals, as each heartbeat states (3.0 s until
+    the first heartbeat says).  ``rcvhwm``: 10,000 messages by default.  CURVE: pass the
     bridge's ``curve_server_key`` and this subscriber's key pair (a fresh
     pair is made when only the server key is given).
 
@@ -196,7 +204,7 @@ class NotifySubscriber:
         connect: str | Sequence[str],
         channels: Sequence[str] = (),
         *,
-        heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+        heartbeat_timeout: float | None = None,
         rcvhwm: int = DEFAULT_RCVHWM,
         green: bool | None = None,
         curve_server_key: str | bytes | None = None,
@@ -212,8 +220,10 @@ class NotifySubscriber:
             raise ConfigurationError("connect needs at least one bridge endpoint")
         for endpoint in endpoints:
             check_endpoint(endpoint, name="connect", bind=False)
-        if heartbeat_timeout <= 0:
-            raise ConfigurationError(f"heartbeat_timeout must be > 0, got {heartbeat_timeout}")
+        if heartbeat_timeout is not None and not heartbeat_timeout > 0:
+            raise ConfigurationError(
+                f"heartbeat_timeout must be > 0 or None, got {heartbeat_timeout}"
+            )
         if replay_timeout <= 0:
             raise ConfigurationError(f"replay_timeout must be > 0, got {replay_timeout}")
         if max_lateness is not None and max_lateness <= 0:
@@ -233,6 +243,7 @@ class NotifySubscriber:
         self._last_seq: dict[_Key, int] = {}
         self._position: dict[_Key, int] = {}
         self._bridge_of: dict[str, str] = {}
+        self._restarted: set[str] = set()  # sources that replaced a known one: count from 0
         self.replay = replay
         self.replay_timeout = replay_timeout
         self.max_lateness = max_lateness
@@ -435,11 +446,12 @@ class NotifySubscriber:
             old = self._by_bridge.get(m.bridge)
             if old is not None and old != src:
                 self._forget(old)
+                self._restarted.add(src)
                 self._pending.append((BridgeRestarted(old, src, m.bridge), None, 0))
                 self._log.warning(
                     "bridge_restarted", bridge=m.bridge, old_source=old, new_source=src
                 )
-            state = self._sources[src] = _Source(m.bridge)
+            state = self._sources[src] = _Source(m.bridge, self._silence_default())
             self._by_bridge[m.bridge] = src
             self._bridge_of[src] = m.bridge
         elif m.bridge != state.bridge:
@@ -454,6 +466,8 @@ class NotifySubscriber:
         if self.max_lateness is not None:
             self._check_lateness(m.ts)
         if m.kind == "heartbeat":
+            if self.heartbeat_timeout is None and m.interval > 0:
+                state.silent_after = HEARTBEAT_MISSES * m.interval
             if self.replay:
                 self._advertised(src, m.replay)
             for channel, last in m.seqs.items():
@@ -471,6 +485,11 @@ class NotifySubscriber:
         """
         key = (src, channel)
         last = self._last_seq.get(key)
+        if last is None and src in self._restarted:
+            # A restarted bridge numbers each channel from 1: everything it sent
+            # before we heard from it is known, so its loss is exact (Gap or replay).
+            last = self._last_seq[key] = 0
+            self._position.setdefault(key, 0)
         if last is None:
             self._last_seq[key] = seq
             if heartbeat:
@@ -497,7 +516,7 @@ class NotifySubscriber:
             stream = self._streams[key] = deque()
         stream.append(_Hole(first, last))
         if src not in self._replayers:
-            replayer = self._replayers[src] = _Replayer(time.monotonic() + self.heartbeat_timeout)
+            replayer = self._replayers[src] = _Replayer(time.monotonic() + self._silence_of(src))
             if src in self._endpoints:
                 self._connect(src, replayer)
 
@@ -523,6 +542,7 @@ class NotifySubscriber:
             self._poller.unregister(replayer.socket)
             replayer.socket.close(linger=0)
         self._resumed.discard(src)
+        self._restarted.discard(src)
         self._endpoints.pop(src, None)
         self._sources.pop(src, None)
         for key in [k for k in self._last_seq if k[0] == src]:
@@ -741,16 +761,24 @@ class NotifySubscriber:
     def _wants(self, channel: str) -> bool:
         return not self.channels or channel.startswith(self.channels)
 
+    def _silence_default(self) -> float:
+        fixed = self.heartbeat_timeout
+        return DEFAULT_HEARTBEAT_TIMEOUT if fixed is None else fixed
+
+    def _silence_of(self, src: str) -> float:
+        state = self._sources.get(src)
+        return self._silence_default() if state is None else state.silent_after
+
     def _check_silence(self, now: float) -> None:
         for src, state in self._sources.items():
-            if not state.silent and now - state.heard >= self.heartbeat_timeout:
+            if not state.silent and now - state.heard >= state.silent_after:
                 state.silent = True
                 self._pending.append((BridgeSilent(src, state.heard_wall, state.bridge), None, 0))
                 self._log.warning("bridge_silent", source=src, bridge=state.bridge)
 
     def _next_silence(self, now: float) -> float | None:
         due = [
-            s.heard + self.heartbeat_timeout - now for s in self._sources.values() if not s.silent
+            s.heard + s.silent_after - now for s in self._sources.values() if not s.silent
         ]
         return max(0.0, min(due)) if due else None
 

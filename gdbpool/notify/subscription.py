@@ -84,6 +84,7 @@ class Subscription:
         self.overflow: Overflow = overflow
         self.delivered = 0
         self.dropped = 0
+        self.gaps = 0  # reconnects the hub told this subscription of (Reconnected events)
         self.closed = False
         self.close_reason = ""
         self._items: deque[Item] = deque()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 import select
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from psycopg2 import extensions
 
 from actors import ActorRef
 from gdbpool.errors import PoolConnectionError
-from gdbpool.green import shutdown_socket
+from gdbpool.green import keepalive_options, shutdown_socket
 from gdbpool.logging import redact
 
 # The OS's poll, even when gevent.monkey has patched ``select``: the liveness
@@ -76,10 +77,17 @@ class PoolSettings:
     backoff_initial: float
     backoff_max: float
     log: Any
+    #: Told ``"25006 ..."`` or ``"connection lost"`` when an interaction fails
+    #: that way (the interaction pool probes the server's role at once). Error
+    #: paths only.
+    on_failure: Callable[[str], None] | None = None
 
 
 def open_connection(settings: PoolSettings) -> Any:
-    """Open one connection for the pool, bounded by ``connect_timeout``.
+    """Open one connection for the pool, bounded by ``connect_timeout``, with TCP keepalives.
+
+    Keepalives (:data:`~gdbpool.green.KEEPALIVES`, unless the DSN sets its own)
+    end a call on a connection whose peer vanished, timeout or not.
 
     Raises :class:`PoolConnectionError` naming host, port and database (never
     the password) when it cannot.
@@ -90,6 +98,7 @@ def open_connection(settings: PoolSettings) -> Any:
                 settings.dsn,
                 connection_factory=PooledConnection,
                 application_name=settings.application_name,
+                **keepalive_options(settings.dsn),
             )
     except gevent.Timeout:
         reason = f"no answer within connect_timeout={settings.connect_timeout} s"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import gevent
@@ -32,6 +32,7 @@ from gdbpool.errors import (
     PoolTimeout,
     check_type,
 )
+from gdbpool.green import ensure_green
 from gdbpool.interaction import ISOLATION_LEVELS, Interaction
 from gdbpool.logging import describe_dsn, get_logger
 from gdbpool.pool.connection import (
@@ -42,7 +43,7 @@ from gdbpool.pool.connection import (
     ping,
     reset_session_here,
 )
-from gdbpool.pool.pool_actor import _Close, _PoolActor, _PoolStats, _Ready, _Status
+from gdbpool.pool.pool_actor import _Busy, _Close, _PoolActor, _PoolStats, _Ready, _Status
 from gdbpool.pool.wait_queue import WaitQueue, _Checkout
 from gdbpool.pool.worker import Gone, Return
 
@@ -107,6 +108,7 @@ class DBConnectionPool:
         check_after: float = 30.0,
         reconnect_initial: float = 0.1,
         reconnect_max: float = 10.0,
+        _on_failure: Callable[[str], None] | None = None,
     ) -> None:
         check_type("dsn", dsn, str, "a libpq connection string or postgresql:// URI")
         check_type("name", name, str, "a str")
@@ -118,6 +120,7 @@ class DBConnectionPool:
             connect_timeout, check_after, reconnect_initial, reconnect_max,
         )  # fmt: skip
         params = _parse_dsn(dsn, name)
+        ensure_green()  # the first pool makes psycopg2 cooperative (docs/design/green.md)
         self.name = name
         self.timeout = timeout
         self._log = get_logger("gdbpool.pool", pool=name)
@@ -134,6 +137,7 @@ class DBConnectionPool:
             backoff_initial=reconnect_initial,
             backoff_max=reconnect_max,
             log=self._log,
+            on_failure=_on_failure,
         )
         first = open_connection(self._settings) if min_size > 0 else None
         self._status = _Status()
@@ -344,6 +348,15 @@ class DBConnectionPool:
         ``connections_ms`` (time spent connecting), ``connections_errors``
         (failed attempts), ``connections_lost`` (found broken), ``usage_ms``
         (total time connections were busy or lent).
+
+        Beyond psycopg_pool's (read by :mod:`gdbpool.metrics`): ``connections_idle``,
+        ``connections_busy`` (running an interaction), ``connections_lent`` (out
+        through ``get()``), ``connections_connecting`` (now),
+        ``connections_replaced`` (past ``max_lifetime``), ``pool_mailbox_depth``
+        (the pool actor's), ``worker_restarts`` (by the workers' supervisor), and
+        ``requests_wait_bucket_<le>`` / ``requests_wait_bucket_inf``: requests
+        that waited, by wait time in seconds (bounds:
+        :data:`gdbpool.pool.wait_queue.WAIT_BUCKETS`; not cumulative).
         """
         try:
             result: dict[str, int] = self._ref.ask(_PoolStats(), timeout=5.0).get()
@@ -387,6 +400,22 @@ class DBConnectionPool:
         return f"<DBConnectionPool {self.name!r} {self._settings.target} {state}>"
 
     # -- internals -------------------------------------------------------------------
+
+    def _withdraw_waiting(self) -> list[Interaction]:
+        """Take back the interactions still waiting here that were routed, not aimed (pool=None).
+
+        None of them has started; the interaction pool re-routes them after a
+        change of primary (docs/design/router.md).
+        """
+        return self._waiting.withdraw_interactions()
+
+    def _busy(self) -> tuple[int, int]:
+        """``(connections running an interaction or lent, requests waiting)``, for pause()."""
+        try:
+            result: tuple[int, int] = self._ref.ask(_Busy(), timeout=5.0).get()
+        except ActorStopped:
+            return (0, 0)
+        return result
 
     def _checkout(self, timeout: float) -> tuple[PooledConnection, float | None]:
         """Ask the pool actor for a connection; ``(conn, idle_since)``, marked lent to this pool.

@@ -31,10 +31,10 @@ import gevent
 from gevent.event import Event
 
 from actors import Actor, ActorError, ActorRef, ActorStopped, Supervisor, handles
-from gdbpool.errors import PoolClosed, PoolTimeout, TooManyRequests
+from gdbpool.errors import InteractionTimeout, PoolClosed, PoolTimeout, TooManyRequests
 from gdbpool.interaction import Interaction
 from gdbpool.pool.connection import PooledConnection, PoolSettings
-from gdbpool.pool.wait_queue import WaitQueue, _Checkout
+from gdbpool.pool.wait_queue import WAIT_BUCKETS, WaitQueue, _Checkout
 from gdbpool.pool.worker import (
     ConnectFailed,
     ConnectionWorker,
@@ -80,6 +80,11 @@ class _PoolStats:
 
 
 @dataclass(frozen=True, slots=True)
+class _Busy:
+    """Ask for (busy or lent workers, live waiting requests)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Close:
     """Ask: stop serving; the reply is an Event set once no worker is busy."""
 
@@ -102,6 +107,12 @@ class _Status:
 
 
 _EXPIRE = _Expire()
+
+
+def _deadline(request: Interaction | _Checkout, pool_deadline: float) -> float:
+    """When ``request`` stops waiting: the pool's timeout, or the interaction's own if sooner."""
+    own = request.deadline if isinstance(request, Interaction) else None
+    return pool_deadline if own is None or own > pool_deadline else own
 
 
 class _PoolActor(Actor):
@@ -171,6 +182,7 @@ class _PoolActor(Actor):
                 "connections_ms",
                 "connections_errors",
                 "connections_lost",
+                "connections_replaced",
                 "usage_ms",
             ),
             0,
@@ -301,7 +313,7 @@ class _PoolActor(Actor):
             return
         self.counters["requests_queued"] += 1
         now = time.monotonic()
-        deadline = now + timeout
+        deadline = _deadline(request, now + timeout)
         waiting.append(request, now, deadline)
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline, now)
@@ -316,7 +328,9 @@ class _PoolActor(Actor):
         if self._hand_to_idle(request):
             return
         now = time.monotonic()
-        deadline = now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
+        deadline = _deadline(
+            request, now + (request.timeout if isinstance(request, _Checkout) else self.timeout)
+        )
         self.waiting.appendleft(request, now, deadline)
         if self.timer is None or deadline < self.timer_deadline:
             self._arm(deadline, now)
@@ -364,6 +378,8 @@ class _PoolActor(Actor):
         worker = msg.worker
         if msg.broken:
             self.counters["connections_lost"] += 1
+        else:
+            self.counters["connections_replaced"] += 1  # past max_lifetime (Recycle)
         self._drop(worker)
         if worker in self.workers and not self.status.closed:
             self.connecting += 1  # it reconnects (a closing worker does not)
@@ -431,18 +447,36 @@ class _PoolActor(Actor):
 
     @handles(_PoolStats)
     def stats(self, msg: _PoolStats) -> dict[str, int]:
+        waiting = self.waiting
         counters = dict(self.counters)
-        counters["requests_wait_ms"] += self.waiting.wait_ms
-        counters["requests_num"] += self.waiting.offered
-        counters["requests_queued"] += self.waiting.offered
+        counters["requests_wait_ms"] += waiting.wait_ms
+        counters["requests_num"] += waiting.offered
+        counters["requests_queued"] += waiting.offered
+        lent = len(self.lent)
+        buckets = {
+            f"requests_wait_bucket_{bound:g}": count
+            for bound, count in zip(WAIT_BUCKETS, waiting.wait_buckets, strict=False)
+        }
+        buckets["requests_wait_bucket_inf"] = waiting.wait_buckets[-1]
         return {
             "pool_min": self.min_size,
             "pool_max": self.max_size,
             "pool_size": self._size(),
             "pool_available": len(self.idle),
-            "requests_waiting": self.waiting.live(),
+            "requests_waiting": waiting.live(),
             **counters,
+            "connections_idle": len(self.idle),
+            "connections_busy": len(self.busy_since) - lent,
+            "connections_lent": lent,
+            "connections_connecting": self.connecting,
+            "pool_mailbox_depth": self.ref.mailbox_depth,
+            "worker_restarts": self.supervisor.restarts,
+            **buckets,
         }
+
+    @handles(_Busy)
+    def busy(self, msg: _Busy) -> tuple[int, int]:
+        return (len(self.busy_since), self.waiting.live())
 
     @handles(_Close)
     def close(self, msg: _Close) -> Event:
@@ -583,10 +617,22 @@ class _PoolActor(Actor):
         for request, waited in self.waiting.expire(now):
             self.counters["requests_errors"] += 1
             self.counters["requests_wait_ms"] += int(waited * 1000)
-            request.reply.set_exception(PoolTimeout(self._timeout_message(waited)))
+            request.reply.set_exception(self._timeout_error(request, waited, now))
         deadline = self.waiting.next_deadline()
         if deadline is not None:
             self._arm(deadline, now)
+
+    def _timeout_error(
+        self, request: Interaction | _Checkout, waited: float, now: float
+    ) -> PoolTimeout | InteractionTimeout:
+        """InteractionTimeout when the interaction's own timeout ran out, else PoolTimeout."""
+        own = request.deadline if isinstance(request, Interaction) else None
+        if own is not None and own <= now:
+            return InteractionTimeout(
+                f"interaction ran past its timeout of {request.timeout} s waiting for a "
+                f"connection; nothing was run ({self._timeout_message(waited)})"
+            )
+        return PoolTimeout(self._timeout_message(waited))
 
     def _timeout_message(self, waited: float) -> str:
         text = (

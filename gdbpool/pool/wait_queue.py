@@ -12,13 +12,19 @@ actor need it (the pool actor imports this module, never the reverse).
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
+from typing import Final
 
 from gevent.event import AsyncResult
 
 from gdbpool.interaction import Interaction
 
-__all__ = ["WaitQueue"]
+__all__ = ["WAIT_BUCKETS", "WaitQueue"]
+
+#: Upper bounds (seconds) of the wait-time histogram buckets a WaitQueue keeps
+#: (``le`` in the ``gdbpool_pool_wait_seconds`` metric; the last bucket is +Inf).
+WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
 
 
 class _Checkout:
@@ -80,6 +86,7 @@ class WaitQueue:
         "limit",
         "offered",
         "timer_deadline",
+        "wait_buckets",
         "wait_ms",
     )
 
@@ -87,6 +94,9 @@ class WaitQueue:
         self._items: deque[_Entry] = deque()
         #: Total milliseconds that served requests waited (expired ones: see the pool).
         self.wait_ms = 0
+        #: Requests that waited, by :data:`WAIT_BUCKETS` bucket (one more: +Inf), served
+        #: and expired alike: one increment per request that had to wait, none for the rest.
+        self.wait_buckets = [0] * (len(WAIT_BUCKETS) + 1)
         #: Set by :meth:`close`: nothing waits any more, workers must not reconnect.
         self.closed = False
         #: ``max_waiting`` (0: unbounded); :meth:`offer` refuses at the bound.
@@ -112,6 +122,9 @@ class WaitQueue:
         if items and self.grown and not self.in_mailbox and not self.closed:
             now = time.monotonic()
             deadline = now + timeout
+            own = interaction.deadline  # the caller's timeout bounds the wait too
+            if own is not None and own < deadline:
+                deadline = own
             if deadline >= self.timer_deadline and not 0 < self.limit <= len(items):
                 items.append((interaction, now, deadline))
                 self.offered += 1
@@ -155,7 +168,7 @@ class WaitQueue:
         while items:
             request, since, _deadline = items.popleft()
             if not request.reply.ready():
-                self.wait_ms += int((now - since) * 1000)
+                self.waited(now - since)
                 return request
         return None
 
@@ -169,9 +182,14 @@ class WaitQueue:
                 continue
             if isinstance(request, _Checkout):
                 return None
-            self.wait_ms += int((now - items.popleft()[1]) * 1000)
+            self.waited(now - items.popleft()[1])
             return request
         return None
+
+    def waited(self, seconds: float) -> None:
+        """Count a served request that waited ``seconds`` (total and histogram bucket)."""
+        self.wait_ms += int(seconds * 1000)
+        self.wait_buckets[bisect_left(WAIT_BUCKETS, seconds)] += 1
 
     def expire(self, now: float) -> list[tuple[Interaction | _Checkout, float]]:
         """Remove and return ``(request, waited)`` for requests past their deadline.
@@ -186,6 +204,7 @@ class WaitQueue:
                 continue
             if deadline <= now:
                 expired.append((request, now - since))
+                self.wait_buckets[bisect_left(WAIT_BUCKETS, now - since)] += 1
             else:
                 keep.append(entry)
         if len(keep) != len(self._items):
@@ -196,6 +215,26 @@ class WaitQueue:
     def next_deadline(self) -> float | None:
         """The earliest deadline of the waiting requests (None when none waits)."""
         return min((entry[2] for entry in self._items), default=None)
+
+    def withdraw_interactions(self) -> list[Interaction]:
+        """Remove and return the waiting interactions not aimed at this pool (``pool`` None).
+
+        Checkouts and ``pool=NAME`` interactions stay, in order.
+        """
+        out: list[Interaction] = []
+        keep: list[_Entry] = []
+        for entry in self._items:
+            request = entry[0]
+            if request.reply.ready():
+                continue
+            if isinstance(request, Interaction) and request.pool is None:
+                out.append(request)
+            else:
+                keep.append(entry)
+        if out:
+            self._items.clear()
+            self._items.extend(keep)
+        return out
 
     def close(self) -> list[Interaction | _Checkout]:
         """Mark the queue closed; remove and return every request still waiting."""

@@ -232,16 +232,33 @@ class ConnectionWorker(Actor):
     @handles(Interaction)
     def run(self, interaction: Interaction) -> None:
         conn = self.conn
-        if conn is None or not self.alive(conn):
+        if interaction.reply.ready():
+            # Abandoned by its caller (see Reply) on its way here: never run it.
+            next_interaction = self.waiting.take_interaction(time.monotonic())
+            if next_interaction is None:
+                self.pool.tell(self._idle_msg)
+                return
+            interaction = next_interaction
+        if conn is None or not self.alive(conn, interaction.deadline):
             self._lose(retry=interaction)
             return
         take = self.waiting.take_interaction
         while True:
             reply = interaction.reply
+            try:  # noqa: SIM105 - per interaction: suppress() costs a context manager
+                reply.running = conn  # so a caller that abandons it can cancel it (Reply)
+            except AttributeError:
+                pass  # a plain AsyncResult given by the caller: not abandonable
             try:
                 reply.set(run_interaction(conn, interaction))
             except DBInteractionException as exc:
                 reply.set_exception(exc)
+                hook = self.settings.on_failure
+                if hook is not None:
+                    if exc.pgcode == "25006":
+                        hook("25006: read-only transaction")
+                    elif conn.closed:
+                        hook("connection lost")
             except Exception as exc:
                 # run_interaction converts what it knows; anything else is a
                 # bug somewhere below it: answer the caller, then trust
@@ -263,6 +280,14 @@ class ConnectionWorker(Actor):
                 )
                 self._killed()
                 raise
+            try:
+                running = reply.running
+            except AttributeError:
+                running = conn
+            else:
+                reply.running = None
+            if running is not conn:
+                running.finish()  # abandoned while running: its cancel lands before the next use
             now = time.monotonic()
             if not self._still_usable(conn, now):
                 return
@@ -313,12 +338,24 @@ class ConnectionWorker(Actor):
 
     # -- internals ------------------------------------------------------------------
 
-    def alive(self, conn: PooledConnection) -> bool:
-        """Cheap check, plus ``SELECT 1`` after ``check_after`` idle seconds (module docstring)."""
+    def alive(self, conn: PooledConnection, deadline: float | None = None) -> bool:
+        """Cheap check, plus ``SELECT 1`` after ``check_after`` idle seconds (module docstring).
+
+        The ``SELECT 1`` is bounded by ``connect_timeout`` and by the
+        interaction's ``deadline``: it counts against the caller's timeout.
+        Past the deadline it is skipped (the interaction fails with
+        InteractionTimeout without running, the connection is checked next time).
+        """
         if not check_connection(conn):
             return False
-        if time.monotonic() - conn.gdbpool_idle_since > self.settings.check_after:
-            return ping(conn, self.settings.connect_timeout)
+        now = time.monotonic()
+        if now - conn.gdbpool_idle_since > self.settings.check_after:
+            limit = self.settings.connect_timeout
+            if deadline is not None:
+                if deadline <= now:
+                    return True
+                limit = min(limit, deadline - now)
+            return ping(conn, limit)
         return True
 
     def _after_use(self, conn: PooledConnection) -> None:

@@ -20,6 +20,11 @@ Routing, in order:
    (then :class:`NoReplicaAvailable`).  A read whose token no replica has
    reached always goes to the primary: that is correctness, not fallback.
 
+"The primary" is whichever node takes writes now: every node is probed for
+its role (:mod:`gdbpool.routing.node_probe`) and the router follows a change
+of primary, holding writes while there is none, and during :meth:`pause`
+(docs/design/router.md, "Following the primary").
+
 Cost of one ``run()``, in greenlet switches measured with ``greenlet.settrace``:
 on an idle pool 6 from ``run()`` to the caller holding the result: the router
 and the pool actor are ``inline`` actors (see :class:`~actors.Actor`), so an
@@ -54,17 +59,24 @@ from gdbpool.notify.hub import NotificationHub
 from gdbpool.notify.notification import check_channel, check_payload
 from gdbpool.notify.subscription import DEFAULT_MAXSIZE, DEFAULT_OVERFLOW, Overflow, Subscription
 from gdbpool.pool.connection_pool import DBConnectionPool
+from gdbpool.routing.node_probe import NodeProbe, NodeStatus
 from gdbpool.routing.read_your_writes import ReadYourWrites
-from gdbpool.routing.replicas import ReplicaProbe, ReplicaStatus
+from gdbpool.routing.replicas import ReplicaStatus
 from gdbpool.routing.router import (
     PoolRole,
     _AddPool,
     _AwaitReplica,
-    _ReplicaReport,
+    _NodeReport,
+    _Pause,
     _Route,
     _Router,
+    _RouterStats,
     _Snapshot,
+    _Suspect,
+    _ToPrimary,
+    _Watch,
 )
+from gdbpool.routing.topology import NodeState, PrimaryChanged, TopologyWatch
 from gdbpool.routing.transaction import Transaction
 
 __all__ = ["DBInteractionPool", "PoolRole"]
@@ -73,6 +85,8 @@ __all__ = ["DBInteractionPool", "PoolRole"]
 DEFAULT_HEALTH_INTERVAL = 1.0
 #: Seconds a probe may take before the replica counts as unhealthy.
 DEFAULT_PROBE_TIMEOUT = 2.0
+#: Seconds writes wait for a primary (docs/design/router.md).
+DEFAULT_FAILOVER_TIMEOUT = 30.0
 
 
 # -- the public facade ---------------------------------------------------------------
@@ -90,7 +104,10 @@ class DBInteractionPool:
     Replica routing knobs: ``max_replica_lag`` (seconds, default None: no
     bound), ``max_replica_lag_bytes`` (default None), ``replica_fallback``
     (``"primary"``, the default, or ``"fail"``), ``health_interval`` (seconds
-    between replica probes, default 1.0) and ``probe_timeout`` (default 2.0).
+    between probes of each node, default 1.0) and ``probe_timeout`` (default
+    2.0).  ``failover_timeout`` (default 30 s): how long writes wait for a
+    primary before :class:`~gdbpool.NoPrimaryAvailable` (see
+    docs/design/router.md, "Following the primary").
 
     ``ipool(...)`` is ``ipool.run(...)``.  :meth:`close` stops every pool, probe
     and listener; it is also the context-manager exit.
@@ -108,8 +125,18 @@ class DBInteractionPool:
         replica_fallback: Literal["primary", "fail"] = "primary",
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        failover_timeout: float = DEFAULT_FAILOVER_TIMEOUT,
         **pool_options: Any,
     ) -> None:
+        for label, value in (
+            ("health_interval", health_interval),
+            ("probe_timeout", probe_timeout),
+            ("failover_timeout", failover_timeout),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{label} must be a number of seconds, not {value!r}")
+            if not value > 0:
+                raise ConfigurationError(f"{label} must be > 0 seconds, not {value}")
         if replica_fallback not in ("primary", "fail"):
             raise ConfigurationError(
                 f"replica_fallback must be 'primary' or 'fail', not {replica_fallback!r}"
@@ -123,7 +150,8 @@ class DBInteractionPool:
         self._health_interval = health_interval
         self._probe_timeout = probe_timeout
         self._pools: dict[str, DBConnectionPool] = {}
-        self._probes: list[ReplicaProbe] = []
+        self._dsns: dict[str, str] = {}
+        self._probes: list[NodeProbe] = []
         self._hub: NotificationHub | None = None
         self._hub_lock = Semaphore()
         self._closed = False
@@ -132,6 +160,9 @@ class DBInteractionPool:
             replica_fallback,
             max_replica_lag,
             max_replica_lag_bytes,
+            failover_timeout,
+            self._probe_all_now,
+            self._follow_primary,
             name=f"router:{pool_name}",
         )
         try:
@@ -162,40 +193,125 @@ class DBInteractionPool:
         if name in self._pools:
             raise ConfigurationError(f"a pool named {name!r} already exists")
         options = {**self._pool_options, **pool_options}
-        pool = DBConnectionPool(dsn, pool_size, name=name, **options)
+        pool = DBConnectionPool(
+            dsn,
+            pool_size,
+            name=name,
+            _on_failure=lambda reason: self._suspect(name, reason),
+            **options,
+        )
         try:
             self._router.ask(_AddPool(name, pool, role)).get()
         except BaseException:
             pool.close()
             raise
         self._pools[name] = pool
-        if role == "replica" and name != self._primary_name:
-            probe = ReplicaProbe(
-                name,
-                pool.submit,
-                self._pools[self._primary_name].submit,
-                self._report_replica,
-                self._health_interval,
-                self._probe_timeout,
-            )
-            self._probes.append(probe)
-            probe.start()
+        self._dsns[name] = dsn
+        probe = NodeProbe(
+            name,
+            dsn,
+            self._submit_to_primary,
+            self._report_node,
+            self._health_interval,
+            self._probe_timeout,
+        )
+        self._probes.append(probe)
+        # The first probe answers before add_pool() returns (bounded by
+        # probe_timeout), so the next read already knows this node.
+        first = probe.probe_once()
+        self._router.ask(_NodeReport(first)).get(timeout=10)
+        probe.start()
         self._log.info("pool_added", name=name, role=role, dsn=redact(dsn))
         return pool
 
-    def _report_replica(self, status: ReplicaStatus) -> None:
-        self._router.tell(_ReplicaReport(status))
+    def _report_node(self, status: NodeStatus) -> None:
+        self._router.tell(_NodeReport(status))
+
+    def _submit_to_primary(self, interaction: Interaction) -> None:
+        self._router.tell(_ToPrimary(interaction))
+
+    def _suspect(self, name: str, reason: str) -> None:
+        """A pool's worker saw 25006 or a lost connection (a worker's greenlet: never blocks)."""
+        if not self._closed:
+            self._router.tell(_Suspect(name, reason))
+
+    def _probe_all_now(self) -> None:
+        for probe in self._probes:
+            probe.probe_now()
+
+    def _follow_primary(self, event: PrimaryChanged) -> None:
+        """The router moved writes to ``event.new``: the hub follows (never blocks)."""
+        hub = self._hub
+        if hub is not None and event.new is not None:
+            hub._follow(self._dsns[event.new], event.reason)
+
+    # -- the topology -----------------------------------------------------------------
+
+    @property
+    def primary(self) -> str | None:
+        """The name of the pool that takes writes now (None while there is none)."""
+        snapshot: dict[str, Any] = self._router.ask(_Snapshot()).get(timeout=5)
+        primary: str | None = snapshot["primary"]
+        return primary
+
+    def topology(self) -> dict[str, NodeState]:
+        """Each pool's role and last probe (roles: :data:`~gdbpool.NodeRole`)."""
+        snapshot: dict[str, Any] = self._router.ask(_Snapshot()).get(timeout=5)
+        return dict(snapshot["topology"])
+
+    def watch_topology(self) -> TopologyWatch:
+        """Events from now on: :class:`PrimaryChanged`, :class:`NodeUp`, :class:`NodeDown`.
+
+        Iterate the returned watch (it ends when closed, or with the
+        interaction pool) or call its ``get(timeout)``; ``close()`` it when done.
+        """
+        self._check_open()
+        watch = TopologyWatch()
+        self._router.ask(_Watch(watch)).get(timeout=5)
+        return watch
+
+    def pause(self, timeout: float = 30.0) -> bool:
+        """Hold new interactions; return once those in flight have finished.
+
+        For a planned switchover (docs/design/router.md): held interactions
+        keep their deadlines (``failover_timeout``, or their own ``timeout``
+        when shorter).  Returns False when some were still running (or
+        connections still lent) after ``timeout`` seconds; routing stays paused
+        either way until :meth:`resume`.
+        """
+        self._check_open()
+        self._router.ask(_Pause(True)).get(timeout=5)
+        deadline = time.monotonic() + timeout
+        while True:
+            if all(pool._busy() == (0, 0) for pool in self._pools.values()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            gevent.sleep(0.005)
+
+    def resume(self) -> None:
+        """Probe every node now, then release the held interactions to the current primary."""
+        self._check_open()
+        jobs = [gevent.spawn(probe.probe_and_report) for probe in self._probes]
+        gevent.joinall(jobs, timeout=self._probe_timeout + 1)
+        for job in jobs:
+            job.kill(block=False)
+        self._router.ask(_Pause(False)).get(timeout=5)
 
     def pool(self, name: str | None = None) -> DBConnectionPool:
-        """The named pool (default: the primary), e.g. for ``get()``/``put()``."""
-        name = self._primary_name if name is None else name
+        """The named pool (default: the current primary's), e.g. for ``get()``/``put()``."""
+        name = (self.primary or self._primary_name) if name is None else name
         try:
             return self._pools[name]
         except KeyError:
             raise ConfigurationError(f"unknown pool {name!r}") from None
 
     def replica_status(self) -> dict[str, ReplicaStatus | None]:
-        """The last probe result of every replica (None before the first probe)."""
+        """The last probe result of every replica (None before the first probe).
+
+        After a change of primary the old primary is listed too (it serves
+        reads once it is back as a standby).
+        """
         snapshot: dict[str, Any] = self._router.ask(_Snapshot()).get(timeout=5)
         return dict(snapshot["replicas"])
 
@@ -387,9 +503,15 @@ class DBInteractionPool:
         self._check_open()
         with self._hub_lock:
             if self._hub is None:
+                dsn = self._dsns.get(self.primary or self._primary_name, self._dsn)
                 self._hub = NotificationHub(
-                    self._dsn, application_name=f"gdbpool-listener:{self._primary_name}"
+                    dsn, application_name=f"gdbpool-listener:{self._primary_name}"
                 )
+        return self._hub
+
+    @property
+    def hub(self) -> NotificationHub | None:
+        """The hub once :meth:`notification_hub` opened it, else None (never opens one)."""
         return self._hub
 
     def session(self) -> ReadYourWrites:
@@ -401,6 +523,19 @@ class DBInteractionPool:
     def stats(self) -> dict[str, dict[str, int]]:
         """``stats()`` of every pool, by name."""
         return {name: pool.stats() for name, pool in self._pools.items()}
+
+    def router_stats(self) -> dict[str, Any]:
+        """The router's view, for :mod:`gdbpool.metrics`.
+
+        ``primary`` (its pool's name), ``roles`` (pool name -> ``"primary"`` /
+        ``"replica"``), ``replicas`` (name -> ``healthy``, ``acceptable``,
+        ``lag_seconds``, ``lag_bytes`` (None until probed), ``probe_errors``),
+        ``decisions`` (reads routed, by reason: see
+        :data:`gdbpool.routing.router.DECISIONS`) and the router's ``mailbox_depth``.
+        """
+        self._check_open()
+        result: dict[str, Any] = self._router.ask(_RouterStats(), timeout=5.0).get()
+        return result
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every probe, listener and pool, then the router. Idempotent."""

@@ -20,6 +20,12 @@ Decisions worth knowing:
   ``synchronous_commit`` and ``full_page_writes``: a crash may lose data,
   which is fine for tests and never the default of ``gdbpool postgres --data``.
 * The server listens on ``127.0.0.1`` only.
+* Changing roles (:meth:`EmbeddedPostgres.promote`,
+  :meth:`EmbeddedPostgres.make_standby_of`): ``wal_log_hints`` is always on so
+  that ``pg_rewind`` can bring an old primary whose history forked back as a
+  standby; ``pg_rewind`` also needs ``full_page_writes``, which ``fast`` turns
+  off, so a throwaway cluster that is to be rewound passes
+  ``settings={"full_page_writes": "on"}``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ import pwd
 import secrets
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
+import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -56,6 +66,64 @@ __all__ = ["EmbeddedPostgres", "find_pg_bindir", "free_port", "pid_alive"]
 _START_TIMEOUT = 60
 
 
+# The parent-death guard: a tiny process that blocks reading a pipe only the owning
+# process writes to.  When the owner exits in any way (SIGKILL included), the pipe
+# reaches EOF with nothing written (stop() writes first) and the guard shuts the
+# postmaster down and removes a throwaway cluster's files.  stdlib only, so it runs
+# with nothing but the interpreter.
+_GUARD = """
+import os, shutil, signal, sys, time
+pid, data_dir, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+try:
+    told = sys.stdin.buffer.read()
+except BaseException:
+    told = b""
+if told:  # the owner stopped the server itself and said so: nothing to do
+    sys.exit(0)
+def alive():
+    try:
+        first = open(os.path.join(data_dir, "postmaster.pid")).readline().strip()
+    except OSError:
+        return False
+    if first != str(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+for sig, wait in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+    if not alive():
+        break
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        break
+    deadline = time.monotonic() + wait
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+if root:
+    shutil.rmtree(root, ignore_errors=True)
+"""
+
+
+def _reap(guard: subprocess.Popen[bytes] | None, stand_down: bool = False) -> None:
+    """Stop a postmaster its owner forgot and remove a throwaway cluster (exit or collection).
+
+    Closing the guard's pipe is all it takes: the guard does the stopping.  With
+    ``stand_down`` (the owner stopped it itself) the guard is told to do nothing.
+    """
+    if guard is None:
+        return
+    with contextlib.suppress(OSError):
+        if guard.stdin is not None:
+            if stand_down:
+                guard.stdin.write(b"stopped")
+            guard.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        guard.wait(timeout=30)
+
+
 class EmbeddedPostgres:
     """One PostgreSQL cluster on loopback, started and stopped by this process.
 
@@ -66,6 +134,11 @@ class EmbeddedPostgres:
 
     ``replica_of`` (another running :class:`EmbeddedPostgres`) makes this
     cluster a streaming replica, cloned with ``pg_basebackup -R``.
+
+    ``ssl=True`` serves TLS with a certificate signed by a throwaway CA of its
+    own (made with the ``openssl`` command: :mod:`gdbpool.server.tls`); its
+    :meth:`dsn` then asks for ``sslmode=verify-full`` against that CA
+    (:attr:`ssl_root_cert`). Plaintext stays possible with ``sslmode=disable``.
     """
 
     def __init__(
@@ -78,6 +151,7 @@ class EmbeddedPostgres:
         settings: dict[str, str] | None = None,
         password: str | None = None,
         keep: bool | None = None,
+        ssl: bool = False,
     ) -> None:
         self.bindir = find_pg_bindir()
         self._throwaway = data_dir is None
@@ -101,6 +175,12 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).resolve() if data_dir is not None else None
         self.socket_dir: Path | None = None
         self._running = False
+        self.ssl = ssl
+        #: With ``ssl=True``, once started: the CA certificate clients verify the server
+        #: with (``sslrootcert``; :meth:`dsn` adds it).
+        self.ssl_root_cert: Path | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[..., EmbeddedPostgres] | None = None
 
     # -- public API -------------------------------------------------------------
 
@@ -118,6 +198,8 @@ class EmbeddedPostgres:
             "password": self.password,
             "dbname": dbname,
         }
+        if self.ssl and self.ssl_root_cert is not None:
+            parts |= {"sslmode": "verify-full", "sslrootcert": str(self.ssl_root_cert)}
         parts.update(extra)
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
 
@@ -163,6 +245,10 @@ class EmbeddedPostgres:
                     self._basebackup()
                 else:
                     self._initdb()
+            if self.ssl:
+                from gdbpool.server.tls import make_certificates
+
+                self.ssl_root_cert = make_certificates(self.data_dir)
             for attempt in range(3):
                 self._write_config()
                 try:
@@ -177,7 +263,31 @@ class EmbeddedPostgres:
             self.stop(mode="immediate")
             raise
         self._running = True
+        self._watch()
         return self
+
+    def _watch(self) -> None:
+        """Make sure the server dies with this process or object (see docs/design/embedded.md)."""
+        pid = self.postmaster_pid()
+        if pid is None or self.data_dir is None:
+            return
+        root = "" if self.keep or self._root is None else str(self._root)
+        self._guard = subprocess.Popen(
+            [sys.executable, "-I", "-c", _GUARD, str(pid), str(self.data_dir), root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the owner's group must not fire it early
+        )
+        self._finalizer = weakref.finalize(self, _reap, self._guard)
+
+    def _unwatch(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            _reap(guard, stand_down=True)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``, ``smart`` or ``immediate``); remove a throwaway cluster.
@@ -194,15 +304,19 @@ class EmbeddedPostgres:
                         os.kill(pid, signal.SIGKILL)
                     wait_gone(pid, 10)
         self._running = False
+        self._unwatch()
         if not self.keep and self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
 
-    def halt(self) -> None:
-        """Stop the server but keep its files, so :meth:`start` brings it back (restart tests)."""
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server but keep its files, so :meth:`start` brings it back (restart tests).
+
+        ``mode="immediate"`` is a crash as far as the server can tell.
+        """
         keep, self.keep = self.keep, True
         try:
-            self.stop()
+            self.stop(mode)
         finally:
             self.keep = keep
 
@@ -216,6 +330,60 @@ class EmbeddedPostgres:
         if not self.is_running:
             raise EmbeddedPostgresError("cannot create a replica of a server that is not running")
         return EmbeddedPostgres(port=port, replica_of=self, fast=self.fast).start()
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Promote this standby (``pg_ctl promote``); return once it accepts writes.
+
+        Raises :class:`EmbeddedPostgresError` when the server is not running,
+        is not a standby, or is still read-only after ``timeout`` seconds.
+        """
+        if not self.is_running:
+            raise EmbeddedPostgresError("cannot promote a server that is not running")
+        if self.psql("SELECT pg_is_in_recovery()") != "t":
+            raise EmbeddedPostgresError(f"{self!r} is not a standby: nothing to promote")
+        self._pg_ctl("promote", "-w", "-t", str(max(1, int(timeout))))
+        deadline = time.monotonic() + timeout
+        while self.psql("SELECT pg_is_in_recovery()") != "f":
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"{self!r} still in recovery {timeout} s after promote")
+            time.sleep(0.01)
+        self.replica_of = None
+        self._standby_signal().unlink(missing_ok=True)
+
+    def make_standby_of(
+        self, primary: EmbeddedPostgres, *, rewind: bool | None = None, start: bool = True
+    ) -> Self:
+        """Turn this cluster (an old primary, say) into a streaming standby of ``primary``.
+
+        A clean stop (``fast``; a server that crashed is recovered by
+        ``pg_rewind``), then ``pg_rewind`` from ``primary`` when its history
+        may have forked, then ``standby.signal`` and ``primary_conninfo``, then
+        (``start=True``) a start.  ``rewind=None`` rewinds when ``primary`` has
+        ``full_page_writes`` on (pg_rewind refuses otherwise; a switchover
+        after a clean stop needs no rewind), ``True`` always, ``False`` never.
+        The files are kept: a throwaway cluster stays throwaway.
+        """
+        if self.data_dir is None or not (self.data_dir / "PG_VERSION").exists():
+            raise EmbeddedPostgresError(f"{self!r} holds no cluster to turn into a standby")
+        if not primary.is_running:
+            raise EmbeddedPostgresError("the new primary is not running")
+        self.halt()
+        if rewind is None:
+            rewind = primary.psql("SHOW full_page_writes") == "on"
+        if rewind:
+            self._rewind(primary)
+        self.replica_of = primary
+        self.password = primary.password
+        params = parse_dsn(primary.dsn())
+        keys = ("host", "port", "user", "password")
+        conninfo = " ".join(f"{k}={_quote(params[k])}" for k in keys)
+        self.settings["primary_conninfo"] = _conf_string(conninfo)
+        signal_file = self._standby_signal()
+        signal_file.touch()
+        chown_to_server(signal_file)
+        if start:
+            self.start()
+        return self
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run one SQL command through ``psql`` on the unix socket; return its output."""
@@ -258,6 +426,23 @@ class EmbeddedPostgres:
         return f"<EmbeddedPostgres {role} {_HOST}:{self.port} data={self.data_dir}>"
 
     # -- internals --------------------------------------------------------------
+
+    def _standby_signal(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / "standby.signal"
+
+    def _rewind(self, source: EmbeddedPostgres) -> None:
+        assert self.data_dir is not None
+        # A freshly promoted server records its new timeline in pg_control only at
+        # its next checkpoint; pg_rewind reads it from there ("same timeline").
+        source.psql("CHECKPOINT")
+        params = parse_dsn(source.dsn())
+        conninfo = " ".join(f"{k}={_quote(params[k])}" for k in ("host", "port", "user", "dbname"))
+        # The password goes through the environment, never the command line.
+        run_program(
+            [str(self.bindir / "pg_rewind"), "-D", str(self.data_dir), "--source-server", conninfo],
+            env={"PGPASSWORD": source.password},
+        )
 
     @property
     def _logfile(self) -> Path:
@@ -370,8 +555,17 @@ class EmbeddedPostgres:
             "max_wal_senders": "10",
             "hot_standby": "on",
             "hot_standby_feedback": "on",
+            "wal_log_hints": "on",
             "logging_collector": "off",
         }
+        if self.ssl:
+            from gdbpool.server.tls import CERT_FILE, KEY_FILE
+
+            conf |= {
+                "ssl": "on",
+                "ssl_cert_file": f"'{CERT_FILE}'",
+                "ssl_key_file": f"'{KEY_FILE}'",
+            }
         if self.fast:
             conf |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         conf |= self.settings
@@ -396,6 +590,11 @@ class EmbeddedPostgres:
             with contextlib.suppress(OSError):
                 tail = "\n".join(self._logfile.read_text().splitlines()[-15:])
             raise EmbeddedPostgresError(f"{exc}\nserver log tail:\n{tail}") from exc
+
+
+def _conf_string(value: str) -> str:
+    """``value`` as a quoted postgresql.conf string."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _quote(value: str) -> str:

@@ -17,6 +17,7 @@ import gevent
 import psycopg2
 
 from gdbpool.errors import GDBPoolError
+from gdbpool.green import ensure_green
 from gdbpool.logging import describe_dsn, redact
 
 __all__ = [
@@ -63,6 +64,7 @@ def connect_when_ready(
     Authentication errors and a missing database fail at once.  Raises
     :class:`GDBPoolError` naming host, port and database, never the password.
     """
+    ensure_green()  # the bound on each attempt is a gevent timer (docs/design/green.md)
     deadline = time.monotonic() + wait
     delay = 0.1
     while True:

@@ -136,6 +136,7 @@ def test_demo_exits_0_and_leaves_no_postgres_behind() -> None:
     assert "password=***" in proc.stdout
     assert "ran on the replica" in proc.stdout
     assert "20 of 20, sequence contiguous" in proc.stdout
+    assert re.search(r"failover: writes on the new primary \(replica\) [0-9.]+s after", proc.stdout)
     ports = [int(p) for p in re.findall(r"^  (?:primary|replica): .*port=(\d+)", proc.stdout, re.M)]
     assert len(ports) == 2
     for port in ports:  # other tests may run servers meanwhile: look at the demo's own

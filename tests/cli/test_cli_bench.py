@@ -46,7 +46,7 @@ def test_bench_without_a_name_lists_every_benchmark_with_its_docstring_summary()
     header, *rows = proc.stdout.splitlines()
     assert f"benchmarks in {REPO / 'bench'}" in header
     assert [row.split()[0] for row in rows] == NAMES
-    assert {"actors", "pool", "interactions", "notify", "bridge"} <= set(NAMES)
+    assert {"actors", "peers", "interactions", "notify", "bridge"} <= set(NAMES)
     assert "_common" not in proc.stdout
     actors = next(row for row in rows if row.split()[0] == "actors")
     assert actors.endswith("Actor overhead against the floor of bare gevent queues.")
@@ -96,21 +96,21 @@ def test_bench_help_explains_name_args_and_the_extra() -> None:
 
 def test_a_benchmark_needing_the_bench_extra_exits_2_when_it_is_missing() -> None:
     # --help: were the check to let it through, the benchmark would only print its usage.
-    proc = _run("bench", "interactions", "--help", argv0=WITHOUT_BENCH_EXTRA)
+    proc = _run("bench", "peers", "--help", argv0=WITHOUT_BENCH_EXTRA)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip() == (
-        "gdbpool bench: error: benchmark 'interactions' needs the bench extra (psycopg_pool, "
+        "gdbpool bench: error: benchmark 'peers' needs the bench extra (psycopg_pool, "
         "asyncpg not installed): pip install 'gdbpool[bench]' (or, in a source checkout, "
-        "./run bench interactions)"
+        "./run bench peers)"
     )
-    assert "usage: interactions.py" not in proc.stdout
+    assert "usage: peers.py" not in proc.stdout
 
 
 def test_the_list_marks_benchmarks_whose_extra_is_missing() -> None:
     proc = _run("bench", argv0=WITHOUT_BENCH_EXTRA)
     assert proc.returncode == 0, proc.stderr
     marked = [row.split()[0] for row in proc.stdout.splitlines() if "[needs:" in row]
-    assert marked == ["interactions", "pool"]
+    assert marked == ["peers"]
 
 
 def test_without_a_bench_directory_bench_exits_2_saying_they_come_with_a_source_checkout(

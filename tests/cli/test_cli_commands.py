@@ -73,9 +73,9 @@ def _subscriber(bridge: Bridge, *args: str) -> ChildProcess:
 def test_help_lists_every_subcommand() -> None:
     proc = _run("--help")
     assert proc.returncode == 0
-    for name in ("demo", "postgres", "bridge", "subscribe", "notify", "bench"):
+    for name in ("demo", "postgres", "bridge", "subscribe", "notify", "keys", "bench"):
         assert name in proc.stdout
-    for name in ("bridge", "subscribe", "notify", "bench"):
+    for name in ("bridge", "subscribe", "notify", "keys", "bench"):
         assert _run(name, "--help").returncode == 0
 
 

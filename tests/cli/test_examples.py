@@ -18,6 +18,7 @@ from typing import Any
 import psycopg2
 import pytest
 from _cli_process import GDBPOOL, REPO, ChildProcess
+from prometheus_client.parser import text_string_to_metric_families
 
 from gdbpool import GDBPoolError
 from gdbpool.server.embedded import free_port
@@ -179,6 +180,18 @@ def test_the_wsgi_app_writes_on_the_primary_and_reads_on_the_replica(
         assert created["id"] in [row["id"] for row in page["rows"]]
         stats = _http("GET", f"{base}/stats")
         assert set(stats["pools"]) == {"default", "replica"}
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        # the read went to the replica: one routing decision, one request on its pool
+        assert samples[("gdbpool_router_decisions_total",
+                        (("primary", "default"), ("reason", "replica")))] == 1  # fmt: skip
+        assert samples[("gdbpool_pool_requests_total", (("pool", "replica"),))] >= 1
+        assert samples[("gdbpool_replica_acceptable", (("pool", "replica"),))] == 1
         assert app.stop(signal.SIGTERM) == 0, app.transcript()
     finally:
         app.kill()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +13,9 @@ from pathlib import Path
 
 import gevent
 import psycopg2
+import pytest
+from psycopg2.extensions import parse_dsn
+from tcp_proxy import TcpProxy
 
 from gdbpool.green import is_green
 
@@ -26,8 +31,8 @@ def sleep_on_own_connection(dsn: str, seconds: float) -> None:
         conn.close()
 
 
-def test_importing_gdbpool_makes_psycopg2_cooperative() -> None:
-    assert is_green()
+def test_the_test_session_made_psycopg2_cooperative() -> None:
+    assert is_green()  # conftest calls make_psycopg_green()
 
 
 def test_n_slow_queries_on_n_connections_take_the_time_of_one(dsn: str) -> None:
@@ -66,7 +71,7 @@ def test_other_greenlets_keep_running_while_a_query_waits(dsn: str) -> None:
 
 
 def test_importing_psycopg2_before_gdbpool_breaks_nothing(dsn: str) -> None:
-    """A connection opened before ``import gdbpool`` becomes cooperative too."""
+    """A connection opened before make_psycopg_green() becomes cooperative too."""
     script = textwrap.dedent(
         """
         import sys, time
@@ -75,6 +80,7 @@ def test_importing_psycopg2_before_gdbpool_breaks_nothing(dsn: str) -> None:
         import gevent
         import gdbpool
         from gdbpool.green import is_green
+        gdbpool.make_psycopg_green()
         assert is_green()
         late = psycopg2.connect(sys.argv[1])
         def sleep(conn):
@@ -97,3 +103,129 @@ def test_importing_psycopg2_before_gdbpool_breaks_nothing(dsn: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+@contextlib.contextmanager
+def env_vars(values: dict[str, str]):
+    """Set environment variables for the block (libpq reads them at connect time)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _child(script: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+def test_importing_gdbpool_leaves_psycopg2_alone_until_a_pool_is_created(dsn: str) -> None:
+    script = """
+    import sys
+    from psycopg2 import extensions
+    import gdbpool
+    from gdbpool.green import gevent_wait_callback
+    assert extensions.get_wait_callback() is None, "import installed a callback"
+    pool = gdbpool.DBConnectionPool(sys.argv[1], 1)
+    assert extensions.get_wait_callback() is gevent_wait_callback
+    pool.close()
+    print("ok")
+    """
+    out = _child(script, dsn)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok\n"
+
+
+def test_gdbpool_no_green_leaves_psycopg2_alone_and_make_psycopg_green_opts_in(dsn: str) -> None:
+    script = """
+    import sys
+    from psycopg2 import extensions
+    import gdbpool
+    from gdbpool.green import gevent_wait_callback
+    pool = gdbpool.DBConnectionPool(sys.argv[1], 1)
+    assert extensions.get_wait_callback() is None, "GDBPOOL_NO_GREEN=1 was ignored"
+    pool.close()
+    gdbpool.make_psycopg_green()
+    assert extensions.get_wait_callback() is gevent_wait_callback
+    print("ok")
+    """
+    out = _child(script, dsn, GDBPOOL_NO_GREEN="1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok\n"
+
+
+def test_a_callback_installed_by_someone_else_is_never_silently_replaced(dsn: str) -> None:
+    script = """
+    import sys
+    import psycopg2
+    from psycopg2 import extensions
+    from gevent.socket import wait_read, wait_write
+    def theirs(conn):
+        while True:
+            state = conn.poll()
+            if state == extensions.POLL_OK:
+                return
+            (wait_read if state == extensions.POLL_READ else wait_write)(conn.fileno())
+    extensions.set_wait_callback(theirs)
+    import gdbpool
+    from gdbpool.green import gevent_wait_callback
+    pool = gdbpool.DBConnectionPool(sys.argv[1], 1)
+    assert extensions.get_wait_callback() is theirs, "a pool replaced the callback"
+    pool.close()
+    try:
+        gdbpool.make_psycopg_green()
+    except gdbpool.ConfigurationError as exc:
+        assert "theirs" in str(exc), exc
+    else:
+        raise AssertionError("make_psycopg_green replaced it silently")
+    assert extensions.get_wait_callback() is theirs
+    gdbpool.make_psycopg_green(replace=True)
+    assert extensions.get_wait_callback() is gevent_wait_callback
+    print("ok")
+    """
+    out = _child(script, dsn)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok\n"
+
+
+@pytest.mark.parametrize("where", ["dsn", "env"])
+def test_connect_timeout_is_honoured_under_the_callback(dsn: str, where: str) -> None:
+    proxy = TcpProxy(int(parse_dsn(dsn)["port"])).start()
+    try:
+        proxy.set_mode("blackhole")
+        target = proxy.dsn(dsn)
+        if where == "dsn":
+            target += " connect_timeout=2"
+            env = {}
+        else:
+            env = {"PGCONNECT_TIMEOUT": "2"}
+        started = time.monotonic()
+        with env_vars(env), pytest.raises(psycopg2.OperationalError, match="timeout expired"):
+            psycopg2.connect(target)
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert 1.9 <= elapsed < 3.0, f"connect_timeout=2 took {elapsed:.2f}s"
+
+
+def test_a_connect_timeout_leaves_the_queries_unbounded(dsn: str) -> None:
+    conn = psycopg2.connect(dsn + " connect_timeout=2")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(2.3), 1")  # longer than connect_timeout: not cut
+            assert cur.fetchone() == ("", 1)
+    finally:
+        conn.close()

@@ -1,9 +1,10 @@
-"""structlog set-up: readable or JSON output, and passwords never reach a log line."""
+"""configure_logging: readable or JSON output, and passwords never reach a log line."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 import structlog
@@ -19,6 +20,11 @@ def log_stream() -> io.StringIO:
     stream = io.StringIO()
     yield stream
     structlog.reset_defaults()
+    for name in ("gdbpool", "actors"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]:
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.mark.parametrize(
@@ -42,7 +48,7 @@ def test_redact_masks_passwords_in_every_dsn_form(text: str, expected: str) -> N
 
 def test_console_output_redacts_messages_fields_and_nested_values(log_stream: io.StringIO) -> None:
     configure_logging(stream=log_stream)
-    log = get_logger("test", pool="default")
+    log = get_logger("gdbpool.test", pool="default")
     log.info(
         f"connecting to host=db password={SECRET}",
         dsn=f"postgresql://u:{SECRET}@h/db",
@@ -56,7 +62,8 @@ def test_console_output_redacts_messages_fields_and_nested_values(log_stream: io
 
 def test_json_output_is_one_object_per_line_and_redacted(log_stream: io.StringIO) -> None:
     configure_logging(json=True, stream=log_stream)
-    get_logger("test").warning("connection_lost", dsn=f"host=h password={SECRET}", password=SECRET)
+    log = get_logger("gdbpool.test")
+    log.warning("connection_lost", dsn=f"host=h password={SECRET}", password=SECRET)
     (line,) = log_stream.getvalue().splitlines()
     event = json.loads(line)
     assert event["event"] == "connection_lost"
@@ -70,7 +77,7 @@ def test_tracebacks_are_redacted(log_stream: io.StringIO) -> None:
     try:
         raise RuntimeError(f"could not connect: host=h password={SECRET}")
     except RuntimeError:
-        get_logger("test").exception("connect_failed")
+        get_logger("gdbpool.test").exception("connect_failed")
     out = log_stream.getvalue()
     assert "RuntimeError" in out
     assert SECRET not in out
@@ -78,8 +85,8 @@ def test_tracebacks_are_redacted(log_stream: io.StringIO) -> None:
 
 def test_level_filters_below_threshold(log_stream: io.StringIO) -> None:
     configure_logging(level="WARNING", stream=log_stream)
-    get_logger("test").info("quiet")
-    get_logger("test").error("loud")
+    get_logger("gdbpool.test").info("quiet")
+    get_logger("gdbpool.test").error("loud")
     out = log_stream.getvalue()
     assert "loud" in out
     assert "quiet" not in out

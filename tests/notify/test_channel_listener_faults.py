@@ -23,9 +23,12 @@ from gdbpool import (
     Notification,
     NotificationError,
     NotificationHub,
+    NotifySubscriber,
     Reconnected,
+    ZmqNotifyBridge,
 )
-from gdbpool.notify.listen_connection import _ReaderFailed, keepalive_options
+from gdbpool.green import keepalive_options
+from gdbpool.notify.listen_connection import _ReaderFailed
 
 WAIT = 5.0
 
@@ -335,3 +338,65 @@ def test_subscribe_gives_up_after_command_timeout_when_the_server_does_not_answe
             hub.subscribe("second")
         assert gevent.get_hub().loop.now() - started < 3
         proxy.set_mode("pass")
+
+
+def test_resets_during_the_idle_check_never_close_the_hub(dsn: str, proxy: TcpProxy) -> None:
+    # More resets than the hub supervisor's restart limit (3 within 5 s): each
+    # one is a lost connection to reconnect, not a crash that counts to it.
+    with NotificationHub(
+        proxy.dsn(dsn), idle_check=0.2, reconnect_initial=0.02, reconnect_max=0.05
+    ) as hub:
+        sub = hub.subscribe("feed")
+        for round_ in range(5):
+            proxy.held = 0
+            proxy.set_mode("blackhole")
+            assert wait_for(lambda: proxy.held > 0, WAIT)  # the idle check's SELECT 1 is held
+            proxy.set_mode("drop")  # ... and its connection is reset under it
+            proxy.set_mode("pass")
+            gap = sub.get(timeout=WAIT)
+            assert isinstance(gap, Reconnected), (round_, gap)
+            assert not hub.closed
+        hub.notify("feed", "still open")
+        got = sub.get(timeout=WAIT)
+        assert isinstance(got, Notification) and got.payload == "still open"
+
+
+def test_terminating_the_listen_backend_past_the_restart_limit_never_closes_the_hub(
+    dsn: str,
+) -> None:
+    with NotificationHub(dsn, reconnect_initial=0.02, reconnect_max=0.05) as hub:
+        sub = hub.subscribe("feed")
+        for _ in range(6):
+            pid = hub._state.backend_pid
+            terminate(dsn, pid)
+            assert isinstance(sub.get(timeout=WAIT), Reconnected)
+            assert wait_for(lambda old=pid: hub._state.backend_pid != old, WAIT)
+        assert not hub.closed
+        hub.notify("feed", "after")
+        got = sub.get(timeout=WAIT)
+        assert isinstance(got, Notification) and got.payload == "after"
+
+
+def test_a_bridge_keeps_publishing_through_resets_past_the_restart_limit(
+    dsn: str, proxy: TcpProxy
+) -> None:
+    with (
+        NotificationHub(
+            proxy.dsn(dsn), idle_check=0.2, reconnect_initial=0.02, reconnect_max=0.05
+        ) as hub,
+        ZmqNotifyBridge(hub, ["feed"], heartbeat_interval=0.1) as bridge,
+        NotifySubscriber(bridge.endpoint, ["feed"]) as sub,
+    ):
+        sub.wait_connected(timeout=WAIT)
+        for round_ in range(5):
+            proxy.held = 0
+            proxy.set_mode("blackhole")
+            assert wait_for(lambda: proxy.held > 0, WAIT)
+            proxy.set_mode("drop")
+            proxy.set_mode("pass")
+            event = sub.get(timeout=WAIT)
+            assert isinstance(event, Reconnected), (round_, event)
+        assert not bridge.closed and not hub.closed
+        hub.notify("feed", "still bridged")
+        got = sub.get(timeout=WAIT)
+        assert isinstance(got, Notification) and got.payload == "still bridged"

@@ -228,7 +228,7 @@ def test_a_gap_is_reported_when_the_subscriber_stalls_past_the_high_water_mark(
     total = 5000
     with NotifySubscriber(bridge.endpoint, ["orders"], rcvhwm=10, replay=False) as sub:
         probe = handshake(sub, notifier, "orders")
-        big = "x" * 2000  # beyond what loopback TCP buffers hold, so ZeroMQ must drop
+        big = "x" * 7000  # 35 MB: far beyond what loopback TCP buffers hold (about 10 MB)
         notifier("orders", [f"{i}:{big}" for i in range(total)])  # while nobody reads
         last = probe.seq + total
         received = missed = 0

@@ -467,3 +467,63 @@ def test_a_notify_header_is_byte_for_byte_what_json_dumps_makes_of_its_fields(
     expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
     header = encode_notify("c", "p", source=source, bridge=bridge, seq=seq, pid=pid, ts=ts)[1]
     assert header == expected
+
+
+# -- silence follows each source's own interval; restarts count from seq 1 (#16) -------------
+
+
+def _heartbeat_every(f: Feed, src: str, interval: float, beats: int) -> None:
+    for beat in range(beats):
+        if beat:
+            time.sleep(interval)  # the source's own pace, not a synchronisation
+        f.send(
+            encode_heartbeat(
+                source=src, bridge=src, ts=time.time(), interval=interval, seqs={"orders": 0}
+            )
+        )
+
+
+def test_silence_defaults_to_three_of_each_sources_own_heartbeat_intervals() -> None:
+    f = Feed()
+    try:
+        slow, quick = "s" * 16, "q" * 16
+        _heartbeat_every(f, slow, 3.3, 2)  # 3.3 s apart: past the old fixed 3 s
+        _heartbeat_every(f, quick, 0.1, 1)  # then it stops
+        events: list[object] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                events.append(f.sub.get(timeout=1.0))
+        silent = {e.source for e in events if isinstance(e, BridgeSilent)}
+        assert slow not in silent  # healthy: its heartbeats came every interval
+        assert quick in silent  # silent after ~0.3 s
+    finally:
+        f.close()
+
+
+def test_an_explicit_heartbeat_timeout_applies_to_every_source() -> None:
+    f = Feed(heartbeat_timeout=0.3)
+    try:
+        f.send(encode_heartbeat(source=SRC, bridge="b1", ts=time.time(), interval=10.0, seqs={}))
+        events = drain(f.sub, 2, timeout=3)
+        assert SRC in {e.source for e in events if isinstance(e, BridgeSilent)}
+    finally:
+        f.close()
+
+
+def test_what_a_restarted_bridge_sent_before_it_was_heard_is_an_exact_gap(feed: Feed) -> None:
+    feed.send(notify(10))
+    new = "bbbbbbbbbbbbbbbb"
+    feed.send(notify(201, src=new))  # 200 published before this subscriber heard it
+    events = drain(feed.sub, 4)
+    assert events[1] == BridgeRestarted(SRC, new, "b1")
+    assert events[2] == Gap(new, "orders", 1, 201, 200)
+    assert isinstance(events[3], Notification) and events[3].seq == 201
+
+
+def test_a_restarted_bridge_heard_first_by_its_heartbeat_counts_from_seq_1(feed: Feed) -> None:
+    feed.send(notify(3))
+    new = "bbbbbbbbbbbbbbbb"
+    feed.send(heartbeat({"orders": 50}, src=new))
+    events = drain(feed.sub, 3)
+    assert events[1] == BridgeRestarted(SRC, new, "b1")
+    assert events[2] == Gap(new, "orders", 1, 51, 50)

@@ -220,35 +220,31 @@ def test_a_promoted_replica_is_no_longer_used_for_reads(
         assert ipool.run("SELECT inet_server_port()", read_only=True).get(10) == [(primary.port,)]
 
 
-def test_a_probe_survives_a_primary_that_does_not_answer() -> None:
-    from gdbpool import Interaction, ReplicaStatus
-    from gdbpool.routing.replicas import ReplicaProbe
-
-    def replica_answers(interaction: Interaction) -> None:
-        interaction.reply.set([(True, "0/3000000", 0.0)])
+def test_a_probe_survives_a_primary_that_does_not_answer(pg_replica: EmbeddedPostgres) -> None:
+    from gdbpool import Interaction, NodeStatus
+    from gdbpool.routing.node_probe import NodeProbe
 
     def primary_never_answers(interaction: Interaction) -> None:
         pass
 
-    reports: list[ReplicaStatus] = []
+    reports: list[NodeStatus] = []
     enough = gevent.event.Event()
 
-    def report(status: ReplicaStatus) -> None:
+    def report(status: NodeStatus) -> None:
         reports.append(status)
         if len(reports) == 3:
             enough.set()
 
-    probe = ReplicaProbe(
-        "r", replica_answers, primary_never_answers, report, interval=0.01, timeout=0.05
+    probe = NodeProbe(
+        "r", pg_replica.dsn(), primary_never_answers, report, interval=0.01, timeout=0.2
     )
     probe.start()
     try:
         assert enough.wait(timeout=10), "the probe stopped reporting"
     finally:
         probe.stop()
-    assert all(s.healthy and s.lag_bytes is None for s in reports)
-    assert not reports[0].acceptable(None, 1024)  # an unknown byte lag fails a bytes bound
-    assert reports[0].acceptable(None, None)
+    assert all(s.reachable and s.in_recovery and s.lag_bytes is None for s in reports)
+    assert not any(s.writable for s in reports)
 
 
 def test_a_read_only_transaction_with_a_session_sees_the_sessions_writes(

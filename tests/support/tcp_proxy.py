@@ -43,6 +43,8 @@ class TcpProxy:
         self._pumps: set[gevent.Greenlet] = set()
         self._server = StreamServer(("127.0.0.1", 0), self._handle)
         self.accepted = 0
+        #: Chunks a pump has read and holds back (blackhole): a request is in flight.
+        self.held = 0
 
     @property
     def port(self) -> int:
@@ -122,6 +124,8 @@ class TcpProxy:
                 data = src.recv(_CHUNK)
                 if not data:
                     break
+                if not self._flowing.is_set():
+                    self.held += 1
                 self._flowing.wait()
                 dst.sendall(data)
         except OSError:
