@@ -34,22 +34,58 @@ __all__ = ["configure_logging", "describe_dsn", "get_logger", "redact", "redact_
 
 _MASK = "***"
 _SECRET_KEYS = frozenset({"password", "passwd", "pwd", "secret", "passfile_contents"})
-# key=value form of libpq connection strings: password=abc, password = 'a b\'c'
-_KV = re.compile(r"""(?i)(?<![?&])\b(password|passwd)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'"]+)""")
+# libpq's connection keywords: an unquoted password runs up to the next of them.
+_KEYWORDS = (
+    "host|hostaddr|port|dbname|user|passfile|channel_binding|connect_timeout|"
+    "client_encoding|options|application_name|fallback_application_name|keepalives|"
+    "keepalives_idle|keepalives_interval|keepalives_count|tcp_user_timeout|replication|"
+    "gssencmode|sslmode|requiressl|sslcompression|sslcert|sslkey|sslpassword|sslrootcert|"
+    "sslcrl|sslcrldir|sslsni|requirepeer|ssl_min_protocol_version|ssl_max_protocol_version|"
+    "krbsrvname|gsslib|gssdelegation|service|target_session_attrs|load_balance_hosts|"
+    "password|passwd"
+)
+# key=value form: password='a b\'c' (libpq quoting) is masked exactly; anything else
+# (unquoted, "double quoted" as users write it, a quote left open, spaces in it) up to
+# the next libpq keyword or the end of the line, so no fragment of it is left.
+_KV = re.compile(
+    r"(?i)(?<![?&\w])(sslpassword|password|passwd)(\s*=\s*)"
+    r"(?:'(?:[^'\\]|\\.)*'(?=\s|$)"
+    rf"|.*?(?=\s+(?:{_KEYWORDS})\s*=|[\r\n]|$))"
+)
 # URI form: postgresql://user:secret@host, also any scheme://user:secret@; the secret
-# runs to the last "@" of the authority, so an unescaped "@" in it is masked too.
-_URI = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*):([^/\s]*)@")
+# runs to the last "@" of the line, so "@", "/", ":" and spaces in it are masked too.
+_URI = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*):([^\r\n]*)@")
 # URI query form: ?password=abc&...
 _QUERY = re.compile(r"(?i)([?&](?:password|passwd)=)[^&\s]*")
+# libpq's DSN parse errors quote the fragment they choke on, which may be part of a
+# password: 'missing "=" after "b c" in connection info string'; so does the host
+# lookup error when a raw "@" in a URI's password made the rest of it the host name.
+_PARSE_ERROR = re.compile(
+    r"(?i)connection info string|connection option|percent-encoded|in URI|URI query|"
+    r"invalid integer value|invalid dsn|translate host name"
+)
+_QUOTED = re.compile(r'"[^\r\n]*"')  # first to last quote: a fragment may hold quotes
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with every password in a DSN, URI or query string masked."""
-    if "pass" not in text.lower() and "://" not in text:
+    """Return ``text`` with every password in a DSN, URI or query string masked.
+
+    Every libpq quoting form is covered (and ``password="..."``, which libpq
+    does not know but users write), URIs with ``@``, ``:`` or ``%``-escapes in
+    the password, and libpq's DSN parse errors, whose quoted fragments are
+    masked (they may be part of a password).  What follows an unquoted
+    password up to the next connection keyword is masked too: too much
+    rather than a fragment.
+    """
+    low = text.lower()
+    if "pass" not in low and "://" not in text and '"' not in text:
         return text
     text = _KV.sub(lambda m: f"{m.group(1)}{m.group(2)}{_MASK}", text)
     text = _URI.sub(lambda m: f"{m.group(1)}:{_MASK}@", text)
-    return _QUERY.sub(lambda m: f"{m.group(1)}{_MASK}", text)
+    text = _QUERY.sub(lambda m: f"{m.group(1)}{_MASK}", text)
+    if '"' in text and _PARSE_ERROR.search(text):
+        text = _QUOTED.sub(f'"{_MASK}"', text)
+    return text
 
 
 def describe_dsn(dsn: str | Mapping[str, str]) -> str:
@@ -58,6 +94,9 @@ def describe_dsn(dsn: str | Mapping[str, str]) -> str:
     An unparsable DSN is described from what can be read of it safely.
     """
     if isinstance(dsn, str):
+        # Read the masked text only: libpq reads a raw "/" in a URI's password as the
+        # end of the host part, and the password would become the port.
+        dsn = redact(dsn)
         try:
             params: Mapping[str, str] = parse_dsn(dsn)
         except psycopg2.Error:
