@@ -252,10 +252,11 @@ class _Router(Actor):
         return self._fallback == "fail" and not (msg.session is not None and msg.session.lsn)
 
     def _hold_back(self, interaction: Interaction) -> None:
-        wait = self._failover_timeout
-        if interaction.timeout is not None:
-            wait = min(wait, interaction.timeout)
-        deadline = time.monotonic() + wait
+        # Held at most failover_timeout, and never past the interaction's own
+        # deadline (set when run() made it: a retried interaction has used some).
+        deadline = time.monotonic() + self._failover_timeout
+        if interaction.deadline is not None:
+            deadline = min(deadline, interaction.deadline)
         self._state.held.append((interaction, deadline))
         self._arm()
 
